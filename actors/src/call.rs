@@ -1,0 +1,137 @@
+//! The call actor: one per live call, holding its record, heartbeats and end.
+//!
+//! Ending is durable first, then visible: the `CallEnded` event is journaled, the call moves to
+//! the directory's ended calls, and only then are its tenant, line and platform slots released
+//! (a release that raced a crashed owner is harmless: the owner is rebuilt from a journal that
+//! already holds the end). A duplicate end answers the same final record and changes nothing.
+//! The watchdog's sweep asks the core whether the call is stuck and, if so, ends it with the
+//! outcome `reclaimed_stale`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::clock::Clock;
+use crate::core::call::{CallCore, Watchdog};
+use crate::directory::SharedDirectory;
+use crate::event::Event;
+use crate::journal::{AppendError, Guard, JournalMsg};
+use crate::model::{CallRecord, EndedCall, OUTCOME_RECLAIMED_STALE};
+use crate::phone_line::LineMsg;
+use crate::platform::PlatformMsg;
+use crate::telemetry::Telemetry;
+use crate::tenant::TenantMsg;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("the call has ended")]
+    Ended(Box<EndedCall>),
+    #[error(transparent)]
+    Journal(#[from] AppendError),
+}
+
+pub enum CallMsg {
+    Get { reply: RpcReplyPort<CallCore> },
+    Heartbeat { reply: RpcReplyPort<Result<CallRecord, CallError>> },
+    End { outcome: String, duration_s: Option<u64>, reply: RpcReplyPort<Result<EndedCall, AppendError>> },
+    /// The watchdog's periodic question: are you stuck?
+    Sweep,
+    /// Fault injection for the supervision tests.
+    Crash,
+}
+
+pub struct CallActor {
+    pub journal: ActorRef<JournalMsg>,
+    pub directory: SharedDirectory,
+    pub clock: Arc<dyn Clock>,
+    pub telemetry: Arc<dyn Telemetry>,
+    pub watchdog: Watchdog,
+    pub journal_timeout: Duration,
+}
+
+impl Actor for CallActor {
+    type Msg = CallMsg;
+    type State = CallCore;
+    type Arguments = CallRecord;
+
+    async fn pre_start(&self, _: ActorRef<CallMsg>, record: CallRecord) -> Result<CallCore, ActorProcessingErr> {
+        Ok(CallCore::new(record))
+    }
+
+    async fn handle(&self, myself: ActorRef<CallMsg>, msg: CallMsg, core: &mut CallCore) -> Result<(), ActorProcessingErr> {
+        match msg {
+            CallMsg::Get { reply } => {
+                let _ = reply.send(core.clone());
+            }
+            CallMsg::Heartbeat { reply } => {
+                let _ = reply.send(self.heartbeat(core).await);
+            }
+            CallMsg::End { outcome, duration_s, reply } => {
+                let _ = reply.send(self.end(&myself, core, outcome, duration_s).await);
+            }
+            CallMsg::Sweep => {
+                let now_ms = self.clock.now_ms();
+                if let Some(stuck) = core.verdict(now_ms, self.watchdog) {
+                    let quiet_s = now_ms.saturating_sub(core.record.last_activity_at_ms) / 1000;
+                    match self.end(&myself, core, OUTCOME_RECLAIMED_STALE.to_owned(), None).await {
+                        Ok(_) => {
+                            self.telemetry.stuck_call_reclaimed();
+                            tracing::warn!(call_id = %core.record.id, tenant_id = %core.record.tenant_id, reason = stuck.as_str(), quiet_s, "reclaimed stuck call");
+                        }
+                        Err(error) => tracing::error!(call_id = %core.record.id, %error, "could not reclaim stuck call"),
+                    }
+                }
+            }
+            CallMsg::Crash => panic!("injected call crash"),
+        }
+        Ok(())
+    }
+}
+
+impl CallActor {
+    async fn heartbeat(&self, core: &mut CallCore) -> Result<CallRecord, CallError> {
+        if let Some(ended) = &core.ended {
+            return Err(CallError::Ended(Box::new(ended.clone())));
+        }
+        let at_ms = self.clock.now_ms();
+        let event = Event::CallHeartbeat { id: core.record.id, at_ms };
+        crate::append(&self.journal, event, Guard::default(), self.journal_timeout).await?;
+        core.heartbeat(at_ms);
+        Ok(core.record.clone())
+    }
+
+    async fn end(&self, myself: &ActorRef<CallMsg>, core: &mut CallCore, outcome: String, duration_s: Option<u64>) -> Result<EndedCall, AppendError> {
+        if let Some(ended) = &core.ended {
+            return Ok(ended.clone());
+        }
+        let ended = core.end_record(self.clock.now_ms(), outcome, duration_s);
+        let event = Event::CallEnded {
+            id: ended.call.id,
+            ended_at_ms: ended.ended_at_ms,
+            outcome: ended.outcome.clone(),
+            duration_s: ended.duration_s,
+        };
+        crate::append(&self.journal, event, Guard::default(), self.journal_timeout).await?;
+        core.commit_end(ended.clone());
+        self.release_slots(&ended);
+        self.telemetry.active_calls(&ended.call.plan, -1);
+        myself.stop(None);
+        Ok(ended)
+    }
+
+    fn release_slots(&self, ended: &EndedCall) {
+        let call = ended.call.id;
+        let mut directory = self.directory.write();
+        directory.finish_call(ended.clone());
+        if let Some(tenant) = directory.tenants.get(&ended.call.tenant_id) {
+            let _ = tenant.actor.cast(TenantMsg::Release { call });
+        }
+        if let Some(line) = ended.call.line_id.as_ref().and_then(|id| directory.lines.get(id)) {
+            let _ = line.slot.actor.cast(LineMsg::Release { call });
+        }
+        if let Some(platform) = &directory.platform {
+            let _ = platform.actor.cast(PlatformMsg::Release { call });
+        }
+    }
+}

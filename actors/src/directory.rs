@@ -1,0 +1,112 @@
+//! The directory: where each live entity's actor is, and which generation it is.
+//!
+//! The supervisor is its only writer for tenants, lines and the platform (it publishes every
+//! respawned `ActorRef` here); the admission path writes live and ended calls. Readers take a
+//! short read lock and clone what they need before awaiting anything. Our own ordered maps
+//! replace ractor's named registry, which is process-global and hash-ordered.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use ractor::{ActorId, ActorRef};
+
+use crate::call::CallMsg;
+use crate::journal::{Entity, JournalMsg};
+use crate::model::{CallId, CallRecord, EndedCall, LineId, TenantId};
+use crate::phone_line::LineMsg;
+use crate::platform::PlatformMsg;
+use crate::state::ENDED_CALLS_RETAINED_MAX;
+use crate::tenant::TenantMsg;
+
+/// An actor and the generation it was spawned at (see `journal.rs`).
+pub struct Slot<M> {
+    pub actor: ActorRef<M>,
+    pub generation: u32,
+}
+
+impl<M> Clone for Slot<M> {
+    fn clone(&self) -> Self {
+        Slot { actor: self.actor.clone(), generation: self.generation }
+    }
+}
+
+#[derive(Clone)]
+pub struct LineSlot {
+    pub slot: Slot<LineMsg>,
+    pub tenant_id: TenantId,
+}
+
+pub struct LiveCall {
+    pub actor: ActorRef<CallMsg>,
+    /// As admitted (heartbeats live in the call actor).
+    pub record: CallRecord,
+}
+
+pub enum CallLookup {
+    Live(ActorRef<CallMsg>),
+    Ended(Box<EndedCall>),
+    Unknown,
+}
+
+#[derive(Default)]
+pub struct Directory {
+    pub journal: Option<ActorRef<JournalMsg>>,
+    pub platform: Option<Slot<PlatformMsg>>,
+    pub tenants: BTreeMap<TenantId, Slot<TenantMsg>>,
+    pub lines: BTreeMap<LineId, LineSlot>,
+    pub calls: BTreeMap<CallId, LiveCall>,
+    /// Recently ended calls, bounded like the durable state's (`ENDED_CALLS_RETAINED_MAX`).
+    pub ended: BTreeMap<CallId, EndedCall>,
+    /// Which entity each supervised actor is, to respawn the right one when it fails.
+    pub by_actor: BTreeMap<ActorId, Entity>,
+}
+
+impl Directory {
+    pub fn call(&self, id: CallId) -> CallLookup {
+        if let Some(live) = self.calls.get(&id) {
+            CallLookup::Live(live.actor.clone())
+        } else if let Some(ended) = self.ended.get(&id) {
+            CallLookup::Ended(Box::new(ended.clone()))
+        } else {
+            CallLookup::Unknown
+        }
+    }
+
+    pub fn add_call(&mut self, actor: ActorRef<CallMsg>, record: CallRecord) {
+        self.by_actor.insert(actor.get_id(), Entity::Call(record.id));
+        self.calls.insert(record.id, LiveCall { actor, record });
+    }
+
+    /// Moves a call from live to ended, atomically for readers.
+    pub fn finish_call(&mut self, ended: EndedCall) {
+        if let Some(live) = self.calls.remove(&ended.call.id) {
+            self.by_actor.remove(&live.actor.get_id());
+        }
+        self.ended.insert(ended.call.id, ended);
+        while self.ended.len() > ENDED_CALLS_RETAINED_MAX {
+            self.ended.pop_first();
+        }
+    }
+
+    pub fn journal(&self) -> ActorRef<JournalMsg> {
+        self.journal.clone().expect("the supervisor publishes the journal before anything runs")
+    }
+
+    pub fn platform(&self) -> Slot<PlatformMsg> {
+        self.platform.clone().expect("the supervisor publishes the platform before anything runs")
+    }
+}
+
+/// The directory as shared between the supervisor, the actors and the admission path.
+#[derive(Clone, Default)]
+pub struct SharedDirectory(Arc<RwLock<Directory>>);
+
+impl SharedDirectory {
+    pub fn read(&self) -> RwLockReadGuard<'_, Directory> {
+        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn write(&self) -> RwLockWriteGuard<'_, Directory> {
+        self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

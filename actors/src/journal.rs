@@ -1,0 +1,279 @@
+//! The journal writer: one actor that orders, group-commits and acknowledges every event.
+//!
+//! Appends are accepted in mailbox order: each gets the next sequence number, is applied to the
+//! durable state the writer keeps, and joins the pending batch. While one batch is being
+//! written (off the async workers for a disk store), new appends pile up; when it is durable
+//! every append in it is acknowledged and the next batch starts. One write, one flush, many
+//! acknowledgements: that is the group commit.
+//!
+//! Generations close the gap a crashed actor would leave. An admission reserves slots in the
+//! tenant, line and pool actors first and appends second, naming the generation of each actor
+//! it reserved in. When the supervisor rebuilds a crashed actor it asks this writer to bump the
+//! actor's generation and hand over its state in one step: an append accepted before that is in
+//! the handed-over state; one naming the old generation after it is refused (and retried by the
+//! admission), so a rebuilt actor never misses a reservation that later becomes durable.
+//!
+//! A failed write is fatal for the journal: nothing in the failed batch is acknowledged and
+//! every later append is refused until an operator restarts the process (TigerBeetle's rule:
+//! never keep running on storage whose state you do not know).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::codec;
+use crate::event::Event;
+use crate::model::{CallId, CallRecord, LineId, LineRecord, TenantId, TenantRecord};
+use crate::state::DurableState;
+use crate::store::{Store, WriteBatch};
+use crate::telemetry::Telemetry;
+
+/// Events in one write. A larger backlog is written as several batches, one after another.
+pub const JOURNAL_BATCH_EVENTS_MAX: usize = 8_192;
+/// Appends waiting for a write. Past it appends are refused with `Overloaded` (503), which
+/// bounds memory if the disk stalls; the HTTP layer's in-flight limit normally keeps far below.
+pub const JOURNAL_PENDING_MAX: usize = 65_536;
+
+/// An actor whose state the journal can hand over after a crash.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Entity {
+    Tenant(TenantId),
+    Line(LineId),
+    Platform,
+    Call(CallId),
+}
+
+/// The generations an append's reservations were made in.
+#[derive(Clone, Debug, Default)]
+pub struct Guard {
+    pub tenant: Option<(TenantId, u32)>,
+    pub line: Option<(LineId, u32)>,
+    pub platform: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    #[error("an actor this append reserved in was rebuilt; retry")]
+    StaleGeneration,
+    #[error("journal backlog is full")]
+    Overloaded,
+    #[error("journal storage failed: {0}")]
+    Failed(String),
+    #[error("the journal did not answer in time; the outcome is unknown")]
+    Unknown,
+}
+
+/// An entity's state as the journal knows it, with its new generation.
+#[derive(Clone, Debug)]
+pub enum Handover {
+    Tenant(TenantRecord, BTreeSet<CallId>),
+    Line(LineRecord, BTreeSet<CallId>),
+    Platform(u32, BTreeSet<CallId>),
+    Call(CallRecord),
+    /// The entity no longer exists (a call that ended meanwhile).
+    Gone,
+}
+
+/// Where an append's acknowledgement goes.
+pub type AppendReply = RpcReplyPort<Result<u64, AppendError>>;
+
+pub type Inspector = Box<dyn FnOnce(&DurableState) + Send>;
+
+// Appends are nearly every message: boxing them would add an allocation per event.
+#[allow(clippy::large_enum_variant)]
+pub enum JournalMsg {
+    Append { event: Event, guard: Guard, reply: AppendReply },
+    /// Bumps `entity`'s generation and hands over its state (supervisor only).
+    Handover { entity: Entity, reply: RpcReplyPort<(u32, Handover)> },
+    /// Runs a read-only closure against the durable state (summaries, the invariant test).
+    Inspect(Inspector),
+    /// Answers once everything accepted before it is durable.
+    Sync { reply: RpcReplyPort<Result<(), AppendError>> },
+    /// Internal: a write finished.
+    Written { result: Result<(), String>, started: Instant },
+}
+
+pub struct JournalWriter {
+    pub store: Arc<dyn Store>,
+    pub telemetry: Arc<dyn Telemetry>,
+    /// Take a snapshot after this many events (bounds replay time and disk).
+    pub snapshot_every_events: u64,
+}
+
+pub struct JournalState {
+    durable: DurableState,
+    generations: BTreeMap<Entity, u32>,
+    pending: Vec<(u64, Vec<u8>, AppendReply)>,
+    in_flight: Vec<(u64, AppendReply)>,
+    syncs_waiting: Vec<(u64, RpcReplyPort<Result<(), AppendError>>)>,
+    writing: bool,
+    snapshot_due: bool,
+    events_since_snapshot: u64,
+    last_durable_seq: u64,
+    failed: Option<String>,
+}
+
+impl Actor for JournalWriter {
+    type Msg = JournalMsg;
+    type State = JournalState;
+    type Arguments = DurableState;
+
+    async fn pre_start(&self, _: ActorRef<JournalMsg>, durable: DurableState) -> Result<JournalState, ActorProcessingErr> {
+        Ok(JournalState {
+            last_durable_seq: durable.last_seq,
+            durable,
+            generations: BTreeMap::new(),
+            pending: Vec::new(),
+            in_flight: Vec::new(),
+            syncs_waiting: Vec::new(),
+            writing: false,
+            snapshot_due: false,
+            events_since_snapshot: 0,
+            failed: None,
+        })
+    }
+
+    async fn handle(&self, myself: ActorRef<JournalMsg>, msg: JournalMsg, state: &mut JournalState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            JournalMsg::Append { event, guard, reply } => {
+                match self.accept(state, &event, &guard) {
+                    Ok(bytes) => state.pending.push((state.durable.last_seq, bytes, reply)),
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
+            JournalMsg::Handover { entity, reply } => {
+                let generation = state.generations.entry(entity.clone()).or_insert(0);
+                *generation += 1;
+                let _ = reply.send((*generation, handover(&state.durable, &entity)));
+            }
+            JournalMsg::Inspect(inspect) => inspect(&state.durable),
+            JournalMsg::Sync { reply } => {
+                if let Some(why) = &state.failed {
+                    let _ = reply.send(Err(AppendError::Failed(why.clone())));
+                } else if state.last_durable_seq >= state.durable.last_seq {
+                    let _ = reply.send(Ok(()));
+                } else {
+                    state.syncs_waiting.push((state.durable.last_seq, reply));
+                }
+            }
+            JournalMsg::Written { result, started } => self.written(state, result, started),
+        }
+        if !state.writing && state.failed.is_none() && !state.pending.is_empty() {
+            self.start_write(&myself, state)?;
+        }
+        Ok(())
+    }
+}
+
+impl JournalWriter {
+    /// Checks, sequences, encodes and applies one event. Refusals change nothing.
+    fn accept(&self, state: &mut JournalState, event: &Event, guard: &Guard) -> Result<Vec<u8>, AppendError> {
+        if let Some(why) = &state.failed {
+            return Err(AppendError::Failed(why.clone()));
+        }
+        if state.pending.len() >= JOURNAL_PENDING_MAX {
+            return Err(AppendError::Overloaded);
+        }
+        let current = |entity: Entity| state.generations.get(&entity).copied().unwrap_or(0);
+        let stale = guard.tenant.as_ref().is_some_and(|(id, g)| current(Entity::Tenant(id.clone())) != *g)
+            || guard.line.as_ref().is_some_and(|(id, g)| current(Entity::Line(id.clone())) != *g)
+            || guard.platform.is_some_and(|g| current(Entity::Platform) != g);
+        if stale {
+            return Err(AppendError::StaleGeneration);
+        }
+        let bytes = codec::encode(event).map_err(|e| AppendError::Failed(e.to_string()))?;
+        let seq = state.durable.last_seq + 1;
+        // The state is checked before the event is accepted, so a contradiction here is a bug
+        // in the caller: refuse the event rather than write something replay would reject.
+        state.durable.apply(seq, event).map_err(|e| AppendError::Failed(e.to_string()))?;
+        state.events_since_snapshot += 1;
+        if state.events_since_snapshot >= self.snapshot_every_events {
+            state.snapshot_due = true;
+        }
+        Ok(bytes)
+    }
+
+    fn start_write(&self, myself: &ActorRef<JournalMsg>, state: &mut JournalState) -> Result<(), ActorProcessingErr> {
+        let take = state.pending.len().min(JOURNAL_BATCH_EVENTS_MAX);
+        let mut batch = WriteBatch { events: Vec::with_capacity(take), snapshot: None };
+        for (seq, bytes, reply) in state.pending.drain(..take) {
+            batch.events.push((seq, bytes));
+            state.in_flight.push((seq, reply));
+        }
+        if state.snapshot_due && state.pending.is_empty() {
+            // Only when the batch ends at the state's last event: the snapshot must describe
+            // exactly the events written so far.
+            batch.snapshot = Some((state.durable.last_seq, codec::encode(&state.durable)?));
+            state.snapshot_due = false;
+            state.events_since_snapshot = 0;
+        }
+        state.writing = true;
+        let store = Arc::clone(&self.store);
+        let myself = myself.clone();
+        let started = Instant::now();
+        if store.blocks() {
+            tokio::spawn(async move {
+                let result = tokio::task::spawn_blocking(move || store.write(&batch).map_err(|e| e.to_string()))
+                    .await
+                    .unwrap_or_else(|join| Err(format!("journal write task died: {join}")));
+                let _ = myself.cast(JournalMsg::Written { result, started });
+            });
+        } else {
+            let result = store.write(&batch).map_err(|e| e.to_string());
+            myself.cast(JournalMsg::Written { result, started })?;
+        }
+        Ok(())
+    }
+
+    fn written(&self, state: &mut JournalState, result: Result<(), String>, started: Instant) {
+        state.writing = false;
+        match result {
+            Ok(()) => {
+                self.telemetry.journal_flushed(started.elapsed().as_secs_f64(), state.in_flight.len());
+                for (seq, reply) in state.in_flight.drain(..) {
+                    state.last_durable_seq = seq;
+                    let _ = reply.send(Ok(seq));
+                }
+                let durable = state.last_durable_seq;
+                let (ready, waiting): (Vec<_>, Vec<_>) = state.syncs_waiting.drain(..).partition(|(seq, _)| *seq <= durable);
+                state.syncs_waiting = waiting;
+                for (_, reply) in ready {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Err(why) => {
+                tracing::error!(error = %why, "journal write failed; refusing all further writes");
+                let error = AppendError::Failed(why.clone());
+                for (_, reply) in state.in_flight.drain(..) {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                for (_, _, reply) in state.pending.drain(..) {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                for (_, reply) in state.syncs_waiting.drain(..) {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                state.failed = Some(why);
+            }
+        }
+    }
+}
+
+fn handover(durable: &DurableState, entity: &Entity) -> Handover {
+    match entity {
+        Entity::Tenant(id) => match durable.tenants.get(id) {
+            Some(tenant) => Handover::Tenant(tenant.clone(), durable.tenant_active(id)),
+            None => Handover::Gone,
+        },
+        Entity::Line(id) => match durable.lines.get(id) {
+            Some(line) => Handover::Line(line.clone(), durable.line_active(id)),
+            None => Handover::Gone,
+        },
+        Entity::Platform => Handover::Platform(durable.platform_capacity, durable.live_calls.keys().copied().collect()),
+        Entity::Call(id) => durable.live_calls.get(id).cloned().map_or(Handover::Gone, Handover::Call),
+    }
+}

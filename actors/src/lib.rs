@@ -1,0 +1,55 @@
+//! switchboard's domain: deterministic cores and the ractor actors that run them.
+//!
+//! # Layout
+//! - `model`: the records (tenants, lines, calls, plans) everything shares.
+//! - `core`: pure state machines with an injected `now` (slot tables, the call watchdog).
+//! - `event`, `codec`, `state`, `store`: the journal's events, their one encoding, the fold
+//!   that replays them, and where their bytes go.
+//! - `journal`: the journal-writer actor (sequencing, group commit, generations).
+//! - `tenant`, `phone_line`, `platform`, `call`: one actor per entity.
+//! - `supervisor`: boots and rebuilds the actors; `directory`: where each actor is.
+//! - `context`: settings and spawn functions the actors share.
+//! - `system`: the facade the HTTP layer (and later the simulator) drives: the admission path.
+//! - `clock`, `telemetry`: the injected wall clock and the metrics sink.
+//!
+//! Determinism rules (DESIGN.md) hold throughout: ordered maps only, time only from the
+//! injected clock and tokio time, no ractor registry lookups, no ActorIds in outputs.
+
+pub mod call;
+pub mod clock;
+pub mod codec;
+pub mod context;
+pub mod core;
+pub mod directory;
+pub mod event;
+pub mod journal;
+pub mod model;
+pub mod phone_line;
+pub mod platform;
+pub mod state;
+pub mod store;
+pub mod supervisor;
+pub mod system;
+pub mod telemetry;
+pub mod tenant;
+
+use std::time::Duration;
+
+use ractor::ActorRef;
+use ractor::rpc::CallResult;
+
+use crate::event::Event;
+use crate::journal::{AppendError, Guard, JournalMsg};
+
+/// Appends one event and waits until it is durable. Returns its sequence number.
+///
+/// A timeout leaves the outcome unknown (the event may still become durable), so callers must
+/// not undo anything they reserved for it: keeping a slot until restart is safe, freeing a
+/// slot whose call turns out durable is not.
+pub async fn append(journal: &ActorRef<JournalMsg>, event: Event, guard: Guard, timeout: Duration) -> Result<u64, AppendError> {
+    match journal.call(|reply| JournalMsg::Append { event, guard, reply }, Some(timeout)).await {
+        Ok(CallResult::Success(result)) => result,
+        Ok(CallResult::Timeout) => Err(AppendError::Unknown),
+        Ok(CallResult::SenderError) | Err(_) => Err(AppendError::Failed("the journal writer is gone".into())),
+    }
+}

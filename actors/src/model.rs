@@ -1,0 +1,168 @@
+//! Domain records shared by the cores, the actors, the journal and the HTTP facade.
+//!
+//! Records are plain data: every field is owned, serialisable and ordered, so that the journal
+//! can store them and the replay can rebuild them bit for bit.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A tenant's id as the platform names it (validated at the HTTP boundary).
+pub type TenantId = String;
+/// A phone line's id: its E.164 number.
+pub type LineId = String;
+
+/// A call's id. Numbers come from one counter that the journal persists, so they are unique,
+/// increasing, and identical across simulation runs with the same seed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CallId(pub u64);
+
+impl CallId {
+    const PREFIX: &'static str = "call_";
+}
+
+impl fmt::Display for CallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{:012}", Self::PREFIX, self.0)
+    }
+}
+
+impl FromStr for CallId {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let digits = s.strip_prefix(Self::PREFIX).ok_or(())?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(());
+        }
+        digits.parse().map(CallId).map_err(|_| ())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+/// Plans and their default concurrent limits (seed 000 §1.2). Lives in config, never in code.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanTable {
+    /// Plan name → default concurrent limit.
+    pub limits: BTreeMap<String, u32>,
+    /// Used when a plan has no limit configured (seed 000: "Fallback: 1").
+    pub fallback_limit: u32,
+}
+
+impl Default for PlanTable {
+    fn default() -> Self {
+        let limits = [("TRIAL", 1), ("PAYG", 1), ("STARTER", 1), ("PRO", 5), ("ENTERPRISE", 5)]
+            .into_iter()
+            .map(|(name, limit)| (name.to_owned(), limit))
+            .collect();
+        PlanTable { limits, fallback_limit: 1 }
+    }
+}
+
+impl PlanTable {
+    /// The effective limit: `concurrent_limit_override ?? plan default ?? fallback`.
+    pub fn effective_limit(&self, plan: &str, limit_override: Option<u32>) -> u32 {
+        limit_override
+            .or_else(|| self.limits.get(plan).copied())
+            .unwrap_or(self.fallback_limit)
+    }
+
+    pub fn knows(&self, plan: &str) -> bool {
+        self.limits.contains_key(plan)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantRecord {
+    pub id: TenantId,
+    pub name: Option<String>,
+    pub plan: String,
+    pub concurrent_limit_override: Option<u32>,
+    pub created_at_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineRecord {
+    pub id: LineId,
+    pub tenant_id: TenantId,
+    pub channels: u32,
+    pub created_at_ms: u64,
+}
+
+/// A call as admitted. Everything but `last_activity_at_ms` is fixed at admission.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallRecord {
+    pub id: CallId,
+    pub tenant_id: TenantId,
+    pub line_id: Option<LineId>,
+    pub direction: Direction,
+    pub provider_call_id: Option<String>,
+    pub to: Option<String>,
+    pub from: Option<String>,
+    /// True when the call was force-admitted (inbound, already connected) over some limit.
+    pub over_limit: bool,
+    /// The tenant's plan at admission (the label its metrics carry until it ends).
+    pub plan: String,
+    pub started_at_ms: u64,
+    /// Last heartbeat or status seen; the watchdog measures staleness from here.
+    pub last_activity_at_ms: u64,
+}
+
+/// A call's final record. Ending is idempotent: a duplicate end returns this unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedCall {
+    pub call: CallRecord,
+    pub ended_at_ms: u64,
+    pub outcome: String,
+    pub duration_s: u64,
+}
+
+/// The outcome the watchdog records when it reclaims a stuck call.
+pub const OUTCOME_RECLAIMED_STALE: &str = "reclaimed_stale";
+
+/// Masks a phone number for info-level logs: `+4915112345678` → `+491*******78`.
+pub fn mask_phone(number: &str) -> String {
+    let chars: Vec<char> = number.chars().collect();
+    if chars.len() <= 6 {
+        return "*".repeat(chars.len());
+    }
+    let head: String = chars[..4].iter().collect();
+    let tail: String = chars[chars.len() - 2..].iter().collect();
+    format!("{head}{}{tail}", "*".repeat(chars.len() - 6))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_id_round_trips_and_rejects_garbage() {
+        let id = CallId(42);
+        assert_eq!(id.to_string(), "call_000000000042");
+        assert_eq!("call_000000000042".parse::<CallId>(), Ok(id));
+        assert!("call_".parse::<CallId>().is_err());
+        assert!("call_-1".parse::<CallId>().is_err());
+        assert!("42".parse::<CallId>().is_err());
+    }
+
+    #[test]
+    fn effective_limit_prefers_override_then_plan_then_fallback() {
+        let plans = PlanTable::default();
+        assert_eq!(plans.effective_limit("PRO", Some(9)), 9);
+        assert_eq!(plans.effective_limit("PRO", None), 5);
+        assert_eq!(plans.effective_limit("UNKNOWN", None), 1);
+    }
+
+    #[test]
+    fn mask_phone_keeps_only_prefix_and_last_two_digits() {
+        assert_eq!(mask_phone("+4915112345678"), "+491********78");
+        assert_eq!(mask_phone("+123"), "****");
+    }
+}

@@ -1,0 +1,255 @@
+//! The durable state: the fold of the journal.
+//!
+//! `DurableState::apply` is the only replay function. The journal writer keeps one up to date as
+//! it accepts events (so the supervisor can rebuild a crashed actor from it), start-up rebuilds
+//! one from the snapshot plus the log, and the equality test compares it with the live actors.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, IdempotencyStamp};
+use crate::model::{CallId, CallRecord, EndedCall, LineId, LineRecord, TenantId, TenantRecord};
+
+/// Ended calls kept for `GET /v1/calls/{id}` and duplicate end webhooks. Past it the oldest
+/// (smallest id) is forgotten: a later duplicate end for it answers 404.
+pub const ENDED_CALLS_RETAINED_MAX: usize = 100_000;
+/// How long an `Idempotency-Key` is remembered (Stripe keeps them 24 h; so do we, at least).
+pub const IDEMPOTENCY_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
+/// Keys remembered at once. Past it, when no key has expired yet, a request carrying a new key
+/// is refused with 503 and `Retry-After` instead of evicting a key younger than 24 h.
+pub const IDEMPOTENCY_KEYS_MAX: usize = 1_000_000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub body_hash: u64,
+    /// The call as admitted: the replayed response is built from it.
+    pub call: CallRecord,
+}
+
+/// Remembered idempotency keys, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyTable {
+    by_key: BTreeMap<String, IdempotencyRecord>,
+    order: VecDeque<(u64, String)>,
+}
+
+impl IdempotencyTable {
+    pub fn get(&self, key: &str, now_ms: u64) -> Option<&IdempotencyRecord> {
+        self.by_key
+            .get(key)
+            .filter(|record| now_ms < record.call.started_at_ms.saturating_add(IDEMPOTENCY_RETENTION_MS))
+    }
+
+    pub fn has_room(&self, now_ms: u64) -> bool {
+        self.by_key.len() < IDEMPOTENCY_KEYS_MAX
+            || self.order.front().is_some_and(|(at, _)| Self::expired(*at, now_ms))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    fn expired(created_at_ms: u64, now_ms: u64) -> bool {
+        now_ms >= created_at_ms.saturating_add(IDEMPOTENCY_RETENTION_MS)
+    }
+
+    /// Records `stamp`, first forgetting keys that expired by the admission's own time (a pure
+    /// function of the log, so the replay evicts exactly what the live table evicted).
+    fn insert(&mut self, stamp: &IdempotencyStamp, call: &CallRecord) {
+        let now_ms = call.started_at_ms;
+        while let Some((at, _)) = self.order.front() {
+            if !Self::expired(*at, now_ms) && self.by_key.len() < IDEMPOTENCY_KEYS_MAX {
+                break;
+            }
+            let (_, key) = self.order.pop_front().expect("front exists");
+            self.by_key.remove(&key);
+        }
+        let record = IdempotencyRecord { body_hash: stamp.body_hash, call: call.clone() };
+        if self.by_key.insert(stamp.key.clone(), record).is_none() {
+            self.order.push_back((now_ms, stamp.key.clone()));
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReplayError {
+    #[error("event {seq} ({kind}) contradicts the state before it: {why}")]
+    Contradiction { seq: u64, kind: &'static str, why: String },
+    #[error("journal gap: expected event {expected}, found {found}")]
+    Gap { expected: u64, found: u64 },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DurableState {
+    /// Sequence number of the last applied event (0: none).
+    pub last_seq: u64,
+    pub tenants: BTreeMap<TenantId, TenantRecord>,
+    pub lines: BTreeMap<LineId, LineRecord>,
+    pub platform_capacity: u32,
+    pub live_calls: BTreeMap<CallId, CallRecord>,
+    pub ended_calls: BTreeMap<CallId, EndedCall>,
+    pub idempotency: IdempotencyTable,
+    /// The next call number to hand out: one past the largest ever admitted.
+    pub next_call_number: u64,
+}
+
+impl DurableState {
+    pub fn new(platform_capacity: u32) -> Self {
+        DurableState { platform_capacity, next_call_number: 1, ..Default::default() }
+    }
+
+    /// Applies event `seq`. Seqs must be contiguous; an event that contradicts the state (a
+    /// corrupt or foreign journal) is refused rather than papered over.
+    pub fn apply(&mut self, seq: u64, event: &Event) -> Result<(), ReplayError> {
+        if seq != self.last_seq + 1 {
+            return Err(ReplayError::Gap { expected: self.last_seq + 1, found: seq });
+        }
+        let contradiction = |why: String| ReplayError::Contradiction { seq, kind: event.kind(), why };
+        match event {
+            Event::TenantCreated(tenant) => {
+                if self.tenants.contains_key(&tenant.id) {
+                    return Err(contradiction(format!("tenant {} exists", tenant.id)));
+                }
+                self.tenants.insert(tenant.id.clone(), tenant.clone());
+            }
+            Event::TenantUpdated(tenant) => {
+                let slot = self.tenants.get_mut(&tenant.id);
+                *slot.ok_or_else(|| contradiction(format!("no tenant {}", tenant.id)))? = tenant.clone();
+            }
+            Event::LineCreated(line) => {
+                if !self.tenants.contains_key(&line.tenant_id) {
+                    return Err(contradiction(format!("no tenant {}", line.tenant_id)));
+                }
+                if self.lines.contains_key(&line.id) {
+                    return Err(contradiction("line exists".into()));
+                }
+                self.lines.insert(line.id.clone(), line.clone());
+            }
+            Event::PlatformCapacitySet { capacity } => self.platform_capacity = *capacity,
+            Event::CallAdmitted { call, idempotency } => self.admit(call, idempotency.as_ref()).map_err(contradiction)?,
+            Event::CallHeartbeat { id, at_ms } => {
+                let call = self.live_calls.get_mut(id).ok_or_else(|| contradiction(format!("{id} not live")))?;
+                call.last_activity_at_ms = call.last_activity_at_ms.max(*at_ms);
+            }
+            Event::CallEnded { id, ended_at_ms, outcome, duration_s } => {
+                let call = self.live_calls.remove(id).ok_or_else(|| contradiction(format!("{id} not live")))?;
+                let ended = EndedCall { call, ended_at_ms: *ended_at_ms, outcome: outcome.clone(), duration_s: *duration_s };
+                self.retain_ended(ended);
+            }
+        }
+        self.last_seq = seq;
+        Ok(())
+    }
+
+    fn admit(&mut self, call: &CallRecord, idempotency: Option<&IdempotencyStamp>) -> Result<(), String> {
+        if !self.tenants.contains_key(&call.tenant_id) {
+            return Err(format!("no tenant {}", call.tenant_id));
+        }
+        if call.id.0 < self.next_call_number {
+            return Err(format!("{} was already handed out", call.id));
+        }
+        self.next_call_number = call.id.0 + 1;
+        self.live_calls.insert(call.id, call.clone());
+        if let Some(stamp) = idempotency {
+            self.idempotency.insert(stamp, call);
+        }
+        Ok(())
+    }
+
+    fn retain_ended(&mut self, ended: EndedCall) {
+        self.ended_calls.insert(ended.call.id, ended);
+        while self.ended_calls.len() > ENDED_CALLS_RETAINED_MAX {
+            self.ended_calls.pop_first();
+        }
+    }
+
+    pub fn tenant_active(&self, tenant: &str) -> BTreeSet<CallId> {
+        self.live_calls.values().filter(|c| c.tenant_id == tenant).map(|c| c.id).collect()
+    }
+
+    pub fn line_active(&self, line: &str) -> BTreeSet<CallId> {
+        self.live_calls.values().filter(|c| c.line_id.as_deref() == Some(line)).map(|c| c.id).collect()
+    }
+
+    /// The same projection the live actors produce, for the replay-equals-live invariant.
+    pub fn digest(&self) -> StateDigest {
+        StateDigest {
+            tenants: self.tenants.iter().map(|(id, t)| (id.clone(), (t.clone(), self.tenant_active(id)))).collect(),
+            lines: self.lines.iter().map(|(id, l)| (id.clone(), (l.clone(), self.line_active(id)))).collect(),
+            platform: (self.platform_capacity, self.live_calls.keys().copied().collect()),
+            live_calls: self.live_calls.clone(),
+            ended_calls: self.ended_calls.clone(),
+        }
+    }
+}
+
+/// Everything observable about the state, in a comparable form.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateDigest {
+    pub tenants: BTreeMap<TenantId, (TenantRecord, BTreeSet<CallId>)>,
+    pub lines: BTreeMap<LineId, (LineRecord, BTreeSet<CallId>)>,
+    pub platform: (u32, BTreeSet<CallId>),
+    pub live_calls: BTreeMap<CallId, CallRecord>,
+    pub ended_calls: BTreeMap<CallId, EndedCall>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Direction;
+
+    fn tenant(id: &str) -> TenantRecord {
+        TenantRecord { id: id.into(), name: None, plan: "PRO".into(), concurrent_limit_override: None, created_at_ms: 0 }
+    }
+
+    fn call(n: u64, at_ms: u64) -> CallRecord {
+        CallRecord {
+            id: CallId(n),
+            tenant_id: "t".into(),
+            line_id: None,
+            direction: Direction::Outbound,
+            provider_call_id: None,
+            to: None,
+            from: None,
+            over_limit: false,
+            plan: "PRO".into(),
+            started_at_ms: at_ms,
+            last_activity_at_ms: at_ms,
+        }
+    }
+
+    #[test]
+    fn refuses_gaps_and_contradictions() {
+        let mut state = DurableState::new(5);
+        assert_eq!(state.apply(2, &Event::PlatformCapacitySet { capacity: 1 }), Err(ReplayError::Gap { expected: 1, found: 2 }));
+        let end = Event::CallEnded { id: CallId(1), ended_at_ms: 0, outcome: "x".into(), duration_s: 0 };
+        assert!(matches!(state.apply(1, &end), Err(ReplayError::Contradiction { .. })));
+        state.apply(1, &Event::TenantCreated(tenant("t"))).unwrap();
+        state.apply(2, &Event::CallAdmitted { call: call(1, 0), idempotency: None }).unwrap();
+        let reused = Event::CallAdmitted { call: call(1, 0), idempotency: None };
+        assert!(matches!(state.apply(3, &reused), Err(ReplayError::Contradiction { .. })));
+        state.apply(3, &end).unwrap();
+        assert!(state.live_calls.is_empty());
+        assert_eq!(state.ended_calls.len(), 1);
+        assert_eq!(state.next_call_number, 2);
+    }
+
+    #[test]
+    fn idempotency_keys_expire_after_retention() {
+        let mut state = DurableState::new(5);
+        state.apply(1, &Event::TenantCreated(tenant("t"))).unwrap();
+        let stamp = IdempotencyStamp { key: "k".into(), body_hash: 9 };
+        state.apply(2, &Event::CallAdmitted { call: call(1, 1_000), idempotency: Some(stamp) }).unwrap();
+        assert!(state.idempotency.get("k", 1_000 + IDEMPOTENCY_RETENTION_MS - 1).is_some());
+        assert!(state.idempotency.get("k", 1_000 + IDEMPOTENCY_RETENTION_MS).is_none());
+        let later = IdempotencyStamp { key: "k2".into(), body_hash: 1 };
+        let at = 1_000 + IDEMPOTENCY_RETENTION_MS;
+        state.apply(3, &Event::CallAdmitted { call: call(2, at), idempotency: Some(later) }).unwrap();
+        assert_eq!(state.idempotency.len(), 1, "the expired key is evicted by the next insert");
+    }
+}

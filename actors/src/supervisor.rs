@@ -1,0 +1,182 @@
+//! The supervisor: boots every actor from the durable state, creates tenants and lines, runs
+//! the watchdog's sweep, and rebuilds any actor that fails.
+//!
+//! ractor restarts nothing by itself. When a child fails, this actor asks the journal writer for
+//! the child's state together with a new generation (see `journal.rs`), spawns a replacement
+//! and republishes its `ActorRef` in the directory. Children are tracked in our own ordered
+//! maps, never through ractor's hash-ordered child list. If the journal writer itself dies,
+//! nothing can be made durable any more: the service turns unready and refuses writes.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use crate::call::CallMsg;
+use crate::context::Context;
+use crate::event::Event;
+use crate::journal::{AppendError, Entity, Guard, Handover, JournalMsg, JournalWriter};
+use crate::model::{LineRecord, TenantRecord};
+use crate::state::DurableState;
+use crate::store::Store;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CreateError {
+    #[error("already exists")]
+    Exists,
+    #[error("tenant {0} does not exist")]
+    UnknownTenant(String),
+    #[error(transparent)]
+    Journal(#[from] AppendError),
+    #[error("could not start the actor: {0}")]
+    Spawn(String),
+}
+
+pub enum SupervisorMsg {
+    CreateTenant { record: TenantRecord, reply: RpcReplyPort<Result<(), CreateError>> },
+    CreateLine { record: LineRecord, reply: RpcReplyPort<Result<(), CreateError>> },
+    /// The watchdog's tick: ask every live call whether it is stuck.
+    Sweep,
+    /// Shutting down: children that stop from now on are not rebuilt.
+    Stopping { reply: RpcReplyPort<()> },
+}
+
+pub struct Supervisor {
+    pub context: Arc<Context>,
+    pub store: Arc<dyn Store>,
+}
+
+pub struct SupervisorState {
+    journal: ActorRef<JournalMsg>,
+    journal_id: ActorId,
+    stopping: bool,
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = DurableState;
+
+    async fn pre_start(&self, myself: ActorRef<SupervisorMsg>, durable: DurableState) -> Result<SupervisorState, ActorProcessingErr> {
+        let writer = JournalWriter {
+            store: Arc::clone(&self.store),
+            telemetry: Arc::clone(&self.context.telemetry),
+            snapshot_every_events: self.context.settings.snapshot_every_events,
+        };
+        let (journal, _) = Actor::spawn_linked(None, writer, durable.clone(), myself.get_cell()).await?;
+        self.context.directory.write().journal = Some(journal.clone());
+        self.boot_children(&myself, &durable).await?;
+        myself.send_interval(self.context.settings.sweep_interval, || SupervisorMsg::Sweep);
+        Ok(SupervisorState { journal_id: journal.get_id(), journal, stopping: false })
+    }
+
+    async fn handle(&self, myself: ActorRef<SupervisorMsg>, msg: SupervisorMsg, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::CreateTenant { record, reply } => {
+                let _ = reply.send(self.create_tenant(&myself, state, record).await);
+            }
+            SupervisorMsg::CreateLine { record, reply } => {
+                let _ = reply.send(self.create_line(&myself, state, record).await);
+            }
+            SupervisorMsg::Sweep => {
+                let calls: Vec<ActorRef<CallMsg>> = self.context.directory.read().calls.values().map(|c| c.actor.clone()).collect();
+                for call in calls {
+                    let _ = call.cast(CallMsg::Sweep);
+                }
+            }
+            SupervisorMsg::Stopping { reply } => {
+                state.stopping = true;
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(&self, myself: ActorRef<SupervisorMsg>, event: SupervisionEvent, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+        let (cell, failure) = match event {
+            SupervisionEvent::ActorFailed(cell, error) => (cell, Some(error.to_string())),
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            _ => return Ok(()),
+        };
+        if cell.get_id() == state.journal_id {
+            self.context.journal_alive.store(false, Ordering::SeqCst);
+            tracing::error!(failure = failure.as_deref().unwrap_or("stopped"), "journal writer is gone; refusing writes until restart");
+            return Ok(());
+        }
+        // A call that ended has already left the directory: nothing to rebuild.
+        let Some(entity) = self.context.directory.write().by_actor.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        if state.stopping {
+            return Ok(());
+        }
+        tracing::warn!(entity = ?entity, failure = failure.as_deref().unwrap_or("stopped"), "rebuilding actor from the journal");
+        self.rebuild(&myself, state, entity).await
+    }
+}
+
+impl Supervisor {
+    async fn boot_children(&self, myself: &ActorRef<SupervisorMsg>, durable: &DurableState) -> Result<(), ActorProcessingErr> {
+        let context = &self.context;
+        let cell = myself.get_cell();
+        let all_live = durable.live_calls.keys().copied().collect();
+        context.spawn_platform(cell.clone(), durable.platform_capacity, all_live, 0).await?;
+        for tenant in durable.tenants.values() {
+            context.spawn_tenant(cell.clone(), tenant.clone(), durable.tenant_active(&tenant.id), 0).await?;
+        }
+        for line in durable.lines.values() {
+            context.spawn_line(cell.clone(), line.clone(), durable.line_active(&line.id), 0).await?;
+        }
+        for call in durable.live_calls.values() {
+            context.spawn_call(cell.clone(), call.clone()).await?;
+            context.telemetry.active_calls(&call.plan, 1);
+        }
+        let mut directory = context.directory.write();
+        directory.ended = durable.ended_calls.clone();
+        Ok(())
+    }
+
+    async fn rebuild(&self, myself: &ActorRef<SupervisorMsg>, state: &SupervisorState, entity: Entity) -> Result<(), ActorProcessingErr> {
+        let timeout = Some(self.context.settings.journal_timeout);
+        let (generation, handover) = match state.journal.call(|reply| JournalMsg::Handover { entity, reply }, timeout).await? {
+            ractor::rpc::CallResult::Success(answer) => answer,
+            other => return Err(format!("journal did not hand over state: {other:?}").into()),
+        };
+        let cell = myself.get_cell();
+        let context = &self.context;
+        match handover {
+            Handover::Tenant(record, held) => context.spawn_tenant(cell, record, held, generation).await?,
+            Handover::Line(record, held) => context.spawn_line(cell, record, held, generation).await?,
+            Handover::Platform(capacity, held) => context.spawn_platform(cell, capacity, held, generation).await?,
+            Handover::Call(record) => context.spawn_call(cell, record).await?,
+            Handover::Gone => {}
+        }
+        Ok(())
+    }
+
+    async fn create_tenant(&self, myself: &ActorRef<SupervisorMsg>, state: &SupervisorState, record: TenantRecord) -> Result<(), CreateError> {
+        if self.context.directory.read().tenants.contains_key(&record.id) {
+            return Err(CreateError::Exists);
+        }
+        let event = Event::TenantCreated(record.clone());
+        crate::append(&state.journal, event, Guard::default(), self.context.settings.journal_timeout).await?;
+        let held = Default::default();
+        self.context.spawn_tenant(myself.get_cell(), record, held, 0).await.map_err(|e| CreateError::Spawn(e.to_string()))
+    }
+
+    async fn create_line(&self, myself: &ActorRef<SupervisorMsg>, state: &SupervisorState, record: LineRecord) -> Result<(), CreateError> {
+        {
+            let directory = self.context.directory.read();
+            if directory.lines.contains_key(&record.id) {
+                return Err(CreateError::Exists);
+            }
+            if !directory.tenants.contains_key(&record.tenant_id) {
+                return Err(CreateError::UnknownTenant(record.tenant_id.clone()));
+            }
+        }
+        let event = Event::LineCreated(record.clone());
+        crate::append(&state.journal, event, Guard::default(), self.context.settings.journal_timeout).await?;
+        let held = Default::default();
+        self.context.spawn_line(myself.get_cell(), record, held, 0).await.map_err(|e| CreateError::Spawn(e.to_string()))
+    }
+}

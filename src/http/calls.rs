@@ -1,0 +1,232 @@
+//! `/v1/calls`: admission, end, heartbeat, and reading live and ended calls.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use switchboard_actors::event::{IdempotencyStamp, fnv1a64};
+use switchboard_actors::model::{CallId, CallRecord, Direction, EndedCall};
+use switchboard_actors::system::{AdmitError, AdmitRequest, CallState, SystemError};
+
+use super::AppStateRef;
+use super::extract::{JsonBody, QueryParams};
+use super::problem::Problem;
+use super::validate::{self, rfc3339};
+
+/// Page size bounds for `GET /v1/calls`.
+const LIST_LIMIT_DEFAULT: usize = 50;
+const LIST_LIMIT_MAX: usize = 200;
+/// `Idempotency-Key` length bound (Stripe's is 255).
+const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
+/// A reported call duration beyond this is a typo, not a call.
+const DURATION_S_MAX: u64 = 31 * 24 * 60 * 60;
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCall {
+    tenant_id: String,
+    #[serde(default)]
+    line_id: Option<String>,
+    direction: Direction,
+    #[serde(default)]
+    already_connected: bool,
+    #[serde(default)]
+    provider_call_id: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    from: Option<String>,
+}
+
+impl CreateCall {
+    fn validate(&self) -> Result<(), Problem> {
+        validate::id("tenant_id", &self.tenant_id)?;
+        if let Some(line_id) = &self.line_id {
+            validate::e164("line_id", line_id)?;
+        }
+        if self.already_connected && self.direction == Direction::Outbound {
+            return Err(Problem::invalid("already_connected", "only inbound calls arrive already connected"));
+        }
+        if let Some(provider_call_id) = &self.provider_call_id {
+            validate::text("provider_call_id", provider_call_id, 128)?;
+        }
+        if let Some(to) = &self.to {
+            validate::e164("to", to)?;
+        }
+        if let Some(from) = &self.from {
+            validate::e164("from", from)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndCall {
+    #[serde(default)]
+    outcome: Option<String>,
+    #[serde(default)]
+    duration_s: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListCalls {
+    tenant_id: Option<String>,
+    line_id: Option<String>,
+    limit: Option<usize>,
+    starting_after: Option<String>,
+}
+
+pub fn call_json(call: &CallRecord, ended: Option<&EndedCall>) -> Value {
+    json!({
+        "object": "call",
+        "call_id": call.id.to_string(),
+        "tenant_id": call.tenant_id,
+        "line_id": call.line_id,
+        "direction": call.direction,
+        "status": if ended.is_some() { "ended" } else { "active" },
+        "over_limit": call.over_limit,
+        "plan": call.plan,
+        "provider_call_id": call.provider_call_id,
+        "to": call.to,
+        "from": call.from,
+        "started_at": rfc3339(call.started_at_ms),
+        "last_activity_at": rfc3339(call.last_activity_at_ms),
+        "ended_at": ended.map(|e| rfc3339(e.ended_at_ms)),
+        "outcome": ended.map(|e| e.outcome.clone()),
+        "duration_s": ended.map(|e| e.duration_s),
+    })
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().ok().filter(|k| !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_BYTES_MAX && k.bytes().all(|b| b.is_ascii_graphic()));
+    match key {
+        Some(key) => Ok(Some(key.to_owned())),
+        None => Err(Problem::invalid("Idempotency-Key", format!("must be 1-{IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters"))),
+    }
+}
+
+fn parse_call_id(raw: &str) -> Result<CallId, Problem> {
+    raw.parse().map_err(|_| Problem::not_found("call", raw))
+}
+
+pub async fn create(State(state): State<AppStateRef>, headers: HeaderMap, JsonBody(body): JsonBody<CreateCall>) -> Result<Response, Problem> {
+    body.validate()?;
+    let key = idempotency_key(&headers)?;
+    let system = state.system()?;
+    let idempotency = key.map(|key| {
+        let canonical = serde_json::to_vec(&body).expect("a request serialises");
+        IdempotencyStamp { key, body_hash: fnv1a64(&canonical) }
+    });
+    let request = AdmitRequest {
+        tenant_id: body.tenant_id,
+        line_id: body.line_id,
+        direction: body.direction,
+        already_connected: body.already_connected,
+        provider_call_id: body.provider_call_id,
+        to: body.to,
+        from: body.from,
+        idempotency,
+    };
+    let admitted = system.admit(request).await.map_err(admit_problem)?;
+    let mut response = (StatusCode::CREATED, axum::Json(call_json(&admitted.call, None))).into_response();
+    let location = HeaderValue::from_str(&format!("/v1/calls/{}", admitted.call.id)).expect("call ids are ASCII");
+    response.headers_mut().insert(header::LOCATION, location);
+    if admitted.replayed {
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+fn admit_problem(error: AdmitError) -> Problem {
+    match error {
+        AdmitError::UnknownTenant(id) => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "UNKNOWN_TENANT", format!("no tenant with id {id}")).with_field("tenant_id"),
+        AdmitError::UnknownLine(id) => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "UNKNOWN_LINE", format!("no line with id {id}")).with_field("line_id"),
+        AdmitError::LineNotOwned { line, .. } => {
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "LINE_NOT_OWNED", format!("line {line} belongs to another tenant")).with_field("line_id")
+        }
+        AdmitError::Denied(denial) => {
+            let detail = format!("{} active of a limit of {}", denial.current_active, denial.limit);
+            Problem::new(StatusCode::TOO_MANY_REQUESTS, denial.code.as_str(), detail)
+                .retry_after(denial.retry_after_s)
+                .with("current_active", denial.current_active)
+                .with("limit", denial.limit)
+        }
+        AdmitError::IdempotencyMismatch => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "IDEMPOTENCY_KEY_REUSED",
+            "this Idempotency-Key was used with a different request body",
+        )
+        .with_field("Idempotency-Key"),
+        AdmitError::IdempotencyInFlight => {
+            Problem::new(StatusCode::CONFLICT, "IDEMPOTENCY_KEY_IN_FLIGHT", "a request with this Idempotency-Key is still being processed").retry_after(1)
+        }
+        AdmitError::IdempotencyFull => Problem::new(StatusCode::SERVICE_UNAVAILABLE, "IDEMPOTENCY_STORE_FULL", error.to_string()).retry_after(60),
+        AdmitError::LiveCallsMax(_) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, "LIVE_CALLS_MAX", error.to_string()).retry_after(5),
+        AdmitError::Unavailable(why) => Problem::unavailable(why),
+    }
+}
+
+pub fn system_problem(error: SystemError, what: &str, id: &str) -> Problem {
+    match error {
+        SystemError::NotFound => Problem::not_found(what, id),
+        SystemError::CallEnded(ended) => {
+            Problem::new(StatusCode::CONFLICT, "CALL_ENDED", "the call has already ended").with("call", call_json(&ended.call, Some(&ended)))
+        }
+        SystemError::Unavailable(why) => Problem::unavailable(why),
+    }
+}
+
+pub async fn end(State(state): State<AppStateRef>, Path(raw_id): Path<String>, JsonBody(body): JsonBody<EndCall>) -> Result<Response, Problem> {
+    if let Some(outcome) = &body.outcome {
+        let valid = (1..=32).contains(&outcome.len()) && outcome.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid {
+            return Err(Problem::invalid("outcome", "must be 1-32 characters of a-z, 0-9 and '_' (e.g. completed, no_answer)"));
+        }
+    }
+    if let Some(duration_s) = body.duration_s {
+        validate::range("duration_s", duration_s, 0, DURATION_S_MAX)?;
+    }
+    let id = parse_call_id(&raw_id)?;
+    let system = state.system()?;
+    let outcome = body.outcome.unwrap_or_else(|| "completed".to_owned());
+    let ended = system.end_call(id, outcome, body.duration_s).await.map_err(|e| system_problem(e, "call", &raw_id))?;
+    Ok(axum::Json(call_json(&ended.call, Some(&ended))).into_response())
+}
+
+pub async fn heartbeat(State(state): State<AppStateRef>, Path(raw_id): Path<String>) -> Result<Response, Problem> {
+    let id = parse_call_id(&raw_id)?;
+    let record = state.system()?.heartbeat(id).await.map_err(|e| system_problem(e, "call", &raw_id))?;
+    Ok(axum::Json(call_json(&record, None)).into_response())
+}
+
+pub async fn show(State(state): State<AppStateRef>, Path(raw_id): Path<String>) -> Result<Response, Problem> {
+    let id = parse_call_id(&raw_id)?;
+    let call = state.system()?.get_call(id).await.map_err(|e| system_problem(e, "call", &raw_id))?;
+    let body = match &call {
+        CallState::Live(record) => call_json(record, None),
+        CallState::Ended(ended) => call_json(&ended.call, Some(ended)),
+    };
+    Ok(axum::Json(body).into_response())
+}
+
+pub async fn list(State(state): State<AppStateRef>, QueryParams(query): QueryParams<ListCalls>) -> Result<Response, Problem> {
+    let limit = query.limit.unwrap_or(LIST_LIMIT_DEFAULT);
+    validate::range("limit", limit, 1, LIST_LIMIT_MAX).map_err(|p| Problem { status: StatusCode::BAD_REQUEST, ..p })?;
+    let after = match &query.starting_after {
+        Some(raw) => Some(raw.parse::<CallId>().map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "INVALID_QUERY", "starting_after must be a call id").with_field("starting_after"))?),
+        None => None,
+    };
+    let system = state.system()?;
+    let mut calls = system.list_calls(query.tenant_id.as_deref(), query.line_id.as_deref(), after, limit + 1);
+    let has_more = calls.len() > limit;
+    calls.truncate(limit);
+    let next = if has_more { calls.last().map(|c| c.id.to_string()) } else { None };
+    let data: Vec<Value> = calls.iter().map(|c| call_json(c, None)).collect();
+    Ok(axum::Json(json!({"object": "list", "data": data, "has_more": has_more, "next_starting_after": next})).into_response())
+}

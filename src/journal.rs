@@ -1,0 +1,94 @@
+//! The journal on sled: the production `Store`.
+//!
+//! Two trees in one sled database under `<data_dir>/journal`: `events` (key: sequence number,
+//! big-endian u64, so sled's order is the log's order) and `snapshots` (same keys). sled's
+//! background flush is disabled: nothing is durable until the journal writer's group commit
+//! calls `write`, which applies the batch atomically and then fsyncs (`Db::flush`).
+
+use std::path::Path;
+
+use switchboard_actors::store::{Store, StoreError, Visit, WriteBatch};
+
+pub struct SledStore {
+    db: sled::Db,
+    events: sled::Tree,
+    snapshots: sled::Tree,
+}
+
+fn io(error: sled::Error) -> StoreError {
+    StoreError::Io(error.to_string())
+}
+
+fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = key.try_into().map_err(|_| StoreError::Io(format!("journal key of {} bytes", key.len())))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+impl SledStore {
+    pub fn open(data_dir: &Path) -> Result<SledStore, StoreError> {
+        let db = sled::Config::new()
+            .path(data_dir.join("journal"))
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(io)?;
+        let events = db.open_tree("events").map_err(io)?;
+        let snapshots = db.open_tree("snapshots").map_err(io)?;
+        Ok(SledStore { db, events, snapshots })
+    }
+
+    /// Drops the snapshot before `newest` and every event it covers.
+    fn prune_before(&self, newest: u64) -> Result<(), StoreError> {
+        let Some((key, _)) = self.snapshots.range(..newest.to_be_bytes()).next_back().transpose().map_err(io)? else {
+            return Ok(());
+        };
+        let previous = seq_of(&key)?;
+        let mut removals = sled::Batch::default();
+        for entry in self.events.range(..=previous.to_be_bytes()) {
+            removals.remove(entry.map_err(io)?.0);
+        }
+        self.events.apply_batch(removals).map_err(io)?;
+        let mut old_snapshots = sled::Batch::default();
+        for entry in self.snapshots.range(..newest.to_be_bytes()) {
+            old_snapshots.remove(entry.map_err(io)?.0);
+        }
+        self.snapshots.apply_batch(old_snapshots).map_err(io)
+    }
+}
+
+impl Store for SledStore {
+    fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        let mut events = sled::Batch::default();
+        for (seq, bytes) in &batch.events {
+            events.insert(&seq.to_be_bytes(), bytes.as_slice());
+        }
+        self.events.apply_batch(events).map_err(io)?;
+        if let Some((seq, bytes)) = &batch.snapshot {
+            self.snapshots.insert(seq.to_be_bytes(), bytes.as_slice()).map_err(io)?;
+            // The snapshot must be durable before the log it replaces is dropped.
+            self.db.flush().map_err(io)?;
+            self.prune_before(*seq)?;
+        }
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
+
+    fn blocks(&self) -> bool {
+        true
+    }
+
+    fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        match self.snapshots.last().map_err(io)? {
+            Some((key, value)) => Ok(Some((seq_of(&key)?, value.to_vec()))),
+            None => Ok(None),
+        }
+    }
+
+    fn scan_after(&self, seq: u64, visit: &mut Visit<'_>) -> Result<(), StoreError> {
+        for entry in self.events.range((seq + 1).to_be_bytes()..) {
+            let (key, value) = entry.map_err(io)?;
+            visit(seq_of(&key)?, &value)?;
+        }
+        Ok(())
+    }
+}

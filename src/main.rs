@@ -1,0 +1,84 @@
+//! The `switchboard` binary: `serve` (the default) and `loadgen`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use switchboard::config::Config;
+use switchboard::loadgen::{self, LoadgenArgs};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "switchboard", version, about = "Call admission and orchestration for AI voice-agent platforms")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Serve(ServeArgs),
+    /// Drive admit+end pairs against a running server and print a JSON report.
+    Loadgen(LoadgenCli),
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "SWITCHBOARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the journal and the admin token live [default: ./data].
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "SWITCHBOARD_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Args)]
+struct LoadgenCli {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN")]
+    token: String,
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    #[arg(long, default_value_t = 1000)]
+    tenants: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Some(Command::Loadgen(args)) => runtime.block_on(loadgen::run_and_print(LoadgenArgs {
+            url: args.url,
+            token: args.token,
+            connections: args.connections,
+            duration_s: args.duration,
+            tenants: args.tenants,
+        })),
+        Some(Command::Serve(args)) => runtime.block_on(serve(args)),
+        None => runtime.block_on(serve(cli.serve)),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_env("SWITCHBOARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(data_dir) = args.data_dir {
+        config.data_dir = data_dir;
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let env_token = std::env::var("SWITCHBOARD_ADMIN_TOKEN").ok();
+    switchboard::server::run(config, listener, env_token, switchboard::server::shutdown_signal()).await
+}

@@ -1,0 +1,104 @@
+//! Prometheus metrics (`GET /metrics`, OpenMetrics text). Names start with `switchboard_`; no
+//! label carries a call, tenant or phone number, so cardinality stays bounded by the plans
+//! and denial codes in config.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use switchboard_actors::telemetry::{AdmissionOutcome, Telemetry};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdmissionLabels {
+    outcome: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PlanLabels {
+    plan: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    admissions: Family<AdmissionLabels, Counter>,
+    active_calls: Family<PlanLabels, Gauge>,
+    platform_capacity: Gauge,
+    platform_active: Gauge,
+    journal_flush_seconds: Histogram,
+    journal_batch_events: Histogram,
+    stuck_calls_reclaimed: Counter,
+    inbound_over_limit: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let metrics = Metrics {
+            registry: Registry::default(),
+            admissions: Family::default(),
+            active_calls: Family::default(),
+            platform_capacity: Gauge::default(),
+            platform_active: Gauge::default(),
+            journal_flush_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            journal_batch_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            stuck_calls_reclaimed: Counter::default(),
+            inbound_over_limit: Counter::default(),
+        };
+        metrics.register()
+    }
+}
+
+impl Metrics {
+    fn register(mut self) -> Self {
+        let r = &mut self.registry;
+        r.register("switchboard_admissions", "Admission attempts by outcome and the limit that denied them", self.admissions.clone());
+        r.register("switchboard_active_calls", "Live calls by the tenant's plan at admission", self.active_calls.clone());
+        r.register("switchboard_platform_capacity", "The platform pool's capacity (provider concurrency)", self.platform_capacity.clone());
+        r.register("switchboard_platform_active", "Calls holding a platform slot", self.platform_active.clone());
+        r.register("switchboard_journal_flush_seconds", "Time to write and fsync one journal batch", self.journal_flush_seconds.clone());
+        r.register("switchboard_journal_batch_events", "Events per journal batch (group commit)", self.journal_batch_events.clone());
+        r.register("switchboard_stuck_calls_reclaimed", "Calls the watchdog force-ended as stale or over max duration", self.stuck_calls_reclaimed.clone());
+        r.register("switchboard_inbound_over_limit", "Inbound calls already connected, recorded over a limit", self.inbound_over_limit.clone());
+        self
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Telemetry for Metrics {
+    fn admission(&self, outcome: AdmissionOutcome, _plan: &str) {
+        let labels = match outcome {
+            AdmissionOutcome::Admitted => AdmissionLabels { outcome: "admitted", reason: "" },
+            AdmissionOutcome::ForcedOverLimit => {
+                self.inbound_over_limit.inc();
+                AdmissionLabels { outcome: "admitted_over_limit", reason: "INBOUND_OVER_LIMIT" }
+            }
+            AdmissionOutcome::Denied(reason) => AdmissionLabels { outcome: "denied", reason },
+        };
+        self.admissions.get_or_create(&labels).inc();
+    }
+
+    fn active_calls(&self, plan: &str, delta: i64) {
+        self.active_calls.get_or_create(&PlanLabels { plan: plan.to_owned() }).inc_by(delta);
+    }
+
+    fn stuck_call_reclaimed(&self) {
+        self.stuck_calls_reclaimed.inc();
+    }
+
+    fn journal_flushed(&self, seconds: f64, events: usize) {
+        self.journal_flush_seconds.observe(seconds);
+        self.journal_batch_events.observe(events as f64);
+    }
+
+    fn platform(&self, capacity: u32, active: u32) {
+        self.platform_capacity.set(i64::from(capacity));
+        self.platform_active.set(i64::from(active));
+    }
+}
