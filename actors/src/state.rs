@@ -94,7 +94,8 @@ pub struct DurableState {
     pub live_calls: BTreeMap<CallId, CallRecord>,
     pub ended_calls: BTreeMap<CallId, EndedCall>,
     pub idempotency: IdempotencyTable,
-    /// The next call number to hand out: one past the largest ever admitted.
+    /// The next call number to hand out: one past the largest ever admitted. Numbers taken by
+    /// admissions that were denied leave gaps; that is fine, they were never acknowledged.
     pub next_call_number: u64,
 }
 
@@ -150,10 +151,12 @@ impl DurableState {
         if !self.tenants.contains_key(&call.tenant_id) {
             return Err(format!("no tenant {}", call.tenant_id));
         }
-        if call.id.0 < self.next_call_number {
-            return Err(format!("{} was already handed out", call.id));
+        // Ids come from one counter but reach the journal in admission order, not id order:
+        // concurrent admissions overtake each other. Unique, not increasing, is the rule.
+        if self.live_calls.contains_key(&call.id) || self.ended_calls.contains_key(&call.id) {
+            return Err(format!("{} was already admitted", call.id));
         }
-        self.next_call_number = call.id.0 + 1;
+        self.next_call_number = self.next_call_number.max(call.id.0 + 1);
         self.live_calls.insert(call.id, call.clone());
         if let Some(stamp) = idempotency {
             self.idempotency.insert(stamp, call);
@@ -234,8 +237,13 @@ mod tests {
         let reused = Event::CallAdmitted { call: call(1, 0), idempotency: None };
         assert!(matches!(state.apply(3, &reused), Err(ReplayError::Contradiction { .. })));
         state.apply(3, &end).unwrap();
+        let overtaken = Event::CallAdmitted { call: call(0, 0), idempotency: None };
+        state.apply(4, &overtaken).unwrap();
+        assert_eq!(state.live_calls.len(), 1, "a smaller id that was overtaken is still admitted");
+        let end_overtaken = Event::CallEnded { id: CallId(0), ended_at_ms: 0, outcome: "x".into(), duration_s: 0 };
+        state.apply(5, &end_overtaken).unwrap();
         assert!(state.live_calls.is_empty());
-        assert_eq!(state.ended_calls.len(), 1);
+        assert_eq!(state.ended_calls.len(), 2);
         assert_eq!(state.next_call_number, 2);
     }
 
