@@ -20,7 +20,9 @@ fn io(error: sled::Error) -> StoreError {
 }
 
 fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
-    let bytes: [u8; 8] = key.try_into().map_err(|_| StoreError::Io(format!("journal key of {} bytes", key.len())))?;
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| StoreError::Io(format!("journal key of {} bytes", key.len())))?;
     Ok(u64::from_be_bytes(bytes))
 }
 
@@ -34,12 +36,22 @@ impl SledStore {
             .map_err(io)?;
         let events = db.open_tree("events").map_err(io)?;
         let snapshots = db.open_tree("snapshots").map_err(io)?;
-        Ok(SledStore { db, events, snapshots })
+        Ok(SledStore {
+            db,
+            events,
+            snapshots,
+        })
     }
 
     /// Drops the snapshot before `newest` and every event it covers.
     fn prune_before(&self, newest: u64) -> Result<(), StoreError> {
-        let Some((key, _)) = self.snapshots.range(..newest.to_be_bytes()).next_back().transpose().map_err(io)? else {
+        let Some((key, _)) = self
+            .snapshots
+            .range(..newest.to_be_bytes())
+            .next_back()
+            .transpose()
+            .map_err(io)?
+        else {
             return Ok(());
         };
         let previous = seq_of(&key)?;
@@ -64,7 +76,9 @@ impl Store for SledStore {
         }
         self.events.apply_batch(events).map_err(io)?;
         if let Some((seq, bytes)) = &batch.snapshot {
-            self.snapshots.insert(seq.to_be_bytes(), bytes.as_slice()).map_err(io)?;
+            self.snapshots
+                .insert(seq.to_be_bytes(), bytes.as_slice())
+                .map_err(io)?;
             // The snapshot must be durable before the log it replaces is dropped.
             self.db.flush().map_err(io)?;
             self.prune_before(*seq)?;

@@ -1,10 +1,11 @@
 //! Running the service: bind, answer `/healthz` at once, replay the journal, boot the actors,
 //! become ready; on shutdown stop accepting, finish in-flight requests, flush the journal.
 //!
-//! The listener and the shutdown future are passed in, so tests bind `127.0.0.1:0` and stop
-//! the server when they like.
+//! The listener is passed in, so tests bind `127.0.0.1:0`; `spawn` hands back a `Running`
+//! that tests can inspect (the live `System`) and shut down when they like.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -12,6 +13,8 @@ use switchboard_actors::clock::{Clock, SystemClock};
 use switchboard_actors::store::{Store, recover};
 use switchboard_actors::system::System;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::http::{AppState, app};
@@ -19,47 +22,121 @@ use crate::journal::SledStore;
 use crate::metrics::Metrics;
 use crate::token::{self, TokenSource};
 
-/// Runs until `shutdown` resolves; returns after the journal is flushed.
-pub async fn run(config: Config, listener: TcpListener, env_token: Option<String>, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+/// A server that is serving (and booting, until `ready` resolves).
+pub struct Running {
+    pub address: SocketAddr,
+    pub admin_token: String,
+    state: Arc<AppState>,
+    stop_serving: oneshot::Sender<()>,
+    server: JoinHandle<std::io::Result<()>>,
+    boot: JoinHandle<anyhow::Result<Arc<System>>>,
+}
+
+/// Binds the router to `listener` and starts booting the actors in the background.
+pub async fn spawn(
+    config: Config,
+    listener: TcpListener,
+    env_token: Option<String>,
+) -> anyhow::Result<Running> {
     config.validate()?;
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let (admin_token, source) = token::resolve(env_token, config.admin_token.as_deref(), &config.data_dir).context("resolving the admin token")?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let (admin_token, source) =
+        token::resolve(env_token, config.admin_token.as_deref(), &config.data_dir)
+            .context("resolving the admin token")?;
     if let TokenSource::Generated = source {
         // Printed once, to the terminal, not to the logs: it is a secret.
-        println!("generated admin token (stored in {}): {admin_token}", config.data_dir.join("admin_token").display());
+        println!(
+            "generated admin token (stored in {}): {admin_token}",
+            config.data_dir.join("admin_token").display()
+        );
     }
     let metrics = Arc::new(Metrics::default());
-    let state = AppState::new(config.clone(), Arc::clone(&metrics), admin_token);
+    let state = AppState::new(config.clone(), Arc::clone(&metrics), admin_token.clone());
     let address = listener.local_addr()?;
     tracing::info!(%address, data_dir = %config.data_dir.display(), "listening");
-
-    let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn({
-        let router = app(Arc::clone(&state));
-        async move { axum::serve(listener, router).with_graceful_shutdown(async { let _ = stopped.await; }).await }
+    let (stop_serving, stopped) = oneshot::channel::<()>();
+    let router = app(Arc::clone(&state));
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
     });
-
-    let boot = boot(&config, metrics);
-    tokio::pin!(shutdown);
-    let system = tokio::select! {
-        biased;
-        () = &mut shutdown => {
-            let _ = stop_serving.send(());
-            server.await??;
-            return Ok(());
+    let boot = tokio::spawn({
+        let state = Arc::clone(&state);
+        async move {
+            let system = boot(&config, metrics).await?;
+            state.set_system(Arc::clone(&system));
+            tracing::info!("ready");
+            Ok(system)
         }
-        system = boot => system?,
-    };
-    state.set_system(Arc::clone(&system));
-    tracing::info!("ready");
+    });
+    Ok(Running {
+        address,
+        admin_token,
+        state,
+        stop_serving,
+        server,
+        boot,
+    })
+}
 
+impl Running {
+    /// Waits until the journal is replayed and the actors are up.
+    pub async fn ready(&mut self) -> anyhow::Result<Arc<System>> {
+        if let Some(system) = self.system() {
+            return Ok(system);
+        }
+        (&mut self.boot).await.context("boot task")?
+    }
+
+    pub fn system(&self) -> Option<Arc<System>> {
+        self.state.system().ok().cloned()
+    }
+
+    /// Stops accepting, lets requests in flight finish, then flushes the journal and stops
+    /// every actor.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        tracing::info!("shutting down: finishing requests in flight");
+        let _ = self.stop_serving.send(());
+        self.server.await??;
+        let system = match self.state.system() {
+            Ok(system) => Some(Arc::clone(system)),
+            Err(_) => {
+                self.boot.abort();
+                None
+            }
+        };
+        if let Some(system) = system {
+            system
+                .shutdown()
+                .await
+                .map_err(anyhow::Error::msg)
+                .context("flushing the journal")?;
+            tracing::info!("journal flushed; bye");
+        }
+        Ok(())
+    }
+}
+
+/// Serves until `shutdown` resolves, then shuts down cleanly.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    env_token: Option<String>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let mut running = spawn(config, listener, env_token).await?;
+    tokio::pin!(shutdown);
+    tokio::select! {
+        biased;
+        () = &mut shutdown => return running.shutdown().await,
+        booted = running.ready() => { booted?; }
+    }
     shutdown.await;
-    tracing::info!("shutting down: finishing requests in flight");
-    let _ = stop_serving.send(());
-    server.await??;
-    system.shutdown().await.map_err(anyhow::Error::msg).context("flushing the journal")?;
-    tracing::info!("journal flushed; bye");
-    Ok(())
+    running.shutdown().await
 }
 
 async fn boot(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<System>> {
@@ -72,10 +149,19 @@ async fn boot(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Syst
         Ok((store, durable))
     })
     .await??;
-    tracing::info!(events = durable.last_seq, live_calls = durable.live_calls.len(), tenants = durable.tenants.len(), replay_ms = started.elapsed().as_millis() as u64, "journal replayed");
+    let replay_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(
+        events = durable.last_seq,
+        live_calls = durable.live_calls.len(),
+        tenants = durable.tenants.len(),
+        replay_ms,
+        "journal replayed"
+    );
     let store: Arc<dyn Store> = Arc::new(store);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let system = System::start(config.settings(), store, durable, clock, metrics).await.context("starting the actors")?;
+    let system = System::start(config.settings(), store, durable, clock, metrics)
+        .await
+        .context("starting the actors")?;
     Ok(Arc::new(system))
 }
 

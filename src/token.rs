@@ -13,7 +13,11 @@ pub enum TokenSource {
     Generated,
 }
 
-pub fn resolve(env_token: Option<String>, config_token: Option<&str>, data_dir: &Path) -> std::io::Result<(String, TokenSource)> {
+pub fn resolve(
+    env_token: Option<String>,
+    config_token: Option<&str>,
+    data_dir: &Path,
+) -> std::io::Result<(String, TokenSource)> {
     if let Some(token) = env_token.filter(|t| !t.is_empty()) {
         return Ok((token, TokenSource::Environment));
     }
@@ -22,13 +26,19 @@ pub fn resolve(env_token: Option<String>, config_token: Option<&str>, data_dir: 
     }
     let path = data_dir.join("admin_token");
     match std::fs::read_to_string(&path) {
-        Ok(token) if !token.trim().is_empty() => return Ok((token.trim().to_owned(), TokenSource::File)),
+        Ok(token) if !token.trim().is_empty() => {
+            return Ok((token.trim().to_owned(), TokenSource::File));
+        }
         Ok(_) => {}
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => return Err(error),
     }
     let token = generate()?;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
     file.write_all(token.as_bytes())?;
     file.sync_all()?;
     Ok((token, TokenSource::Generated))

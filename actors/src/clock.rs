@@ -30,7 +30,9 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(now_ms: u64) -> Arc<Self> {
-        Arc::new(ManualClock { now_ms: AtomicU64::new(now_ms) })
+        Arc::new(ManualClock {
+            now_ms: AtomicU64::new(now_ms),
+        })
     }
 
     pub fn advance_ms(&self, by_ms: u64) {

@@ -57,10 +57,16 @@ mod tests {
         assert_eq!(decode::<Event>(&bytes).unwrap(), event);
         let mut newer = bytes.clone();
         newer[0] = FORMAT_VERSION + 1;
-        assert!(matches!(decode::<Event>(&newer), Err(CodecError::UnknownVersion { .. })));
+        assert!(matches!(
+            decode::<Event>(&newer),
+            Err(CodecError::UnknownVersion { .. })
+        ));
         let mut longer = bytes;
         longer.push(0);
-        assert!(matches!(decode::<Event>(&longer), Err(CodecError::Trailing(1))));
+        assert!(matches!(
+            decode::<Event>(&longer),
+            Err(CodecError::Trailing(1))
+        ));
         assert!(matches!(decode::<Event>(&[]), Err(CodecError::Empty)));
     }
 }

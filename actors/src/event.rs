@@ -20,10 +20,23 @@ pub enum Event {
     /// The tenant's full record after a PATCH.
     TenantUpdated(TenantRecord),
     LineCreated(LineRecord),
-    PlatformCapacitySet { capacity: u32 },
-    CallAdmitted { call: CallRecord, idempotency: Option<IdempotencyStamp> },
-    CallHeartbeat { id: CallId, at_ms: u64 },
-    CallEnded { id: CallId, ended_at_ms: u64, outcome: String, duration_s: u64 },
+    PlatformCapacitySet {
+        capacity: u32,
+    },
+    CallAdmitted {
+        call: CallRecord,
+        idempotency: Option<IdempotencyStamp>,
+    },
+    CallHeartbeat {
+        id: CallId,
+        at_ms: u64,
+    },
+    CallEnded {
+        id: CallId,
+        ended_at_ms: u64,
+        outcome: String,
+        duration_s: u64,
+    },
 }
 
 impl Event {
@@ -45,5 +58,7 @@ impl Event {
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes.iter().fold(OFFSET, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(PRIME))
+    bytes.iter().fold(OFFSET, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(PRIME)
+    })
 }

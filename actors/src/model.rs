@@ -58,11 +58,20 @@ pub struct PlanTable {
 
 impl Default for PlanTable {
     fn default() -> Self {
-        let limits = [("TRIAL", 1), ("PAYG", 1), ("STARTER", 1), ("PRO", 5), ("ENTERPRISE", 5)]
-            .into_iter()
-            .map(|(name, limit)| (name.to_owned(), limit))
-            .collect();
-        PlanTable { limits, fallback_limit: 1 }
+        let limits = [
+            ("TRIAL", 1),
+            ("PAYG", 1),
+            ("STARTER", 1),
+            ("PRO", 5),
+            ("ENTERPRISE", 5),
+        ]
+        .into_iter()
+        .map(|(name, limit)| (name.to_owned(), limit))
+        .collect();
+        PlanTable {
+            limits,
+            fallback_limit: 1,
+        }
     }
 }
 

@@ -36,7 +36,10 @@ pub struct CallCore {
 
 impl CallCore {
     pub fn new(record: CallRecord) -> Self {
-        CallCore { record, ended: None }
+        CallCore {
+            record,
+            ended: None,
+        }
     }
 
     pub fn verdict(&self, now_ms: u64, watchdog: Watchdog) -> Option<Stuck> {
@@ -97,7 +100,10 @@ mod tests {
         })
     }
 
-    const WATCHDOG: Watchdog = Watchdog { max_duration_ms: 1000, stale_after_ms: 300 };
+    const WATCHDOG: Watchdog = Watchdog {
+        max_duration_ms: 1000,
+        stale_after_ms: 300,
+    };
 
     #[test]
     fn heartbeats_keep_a_call_alive_until_max_duration() {
