@@ -32,10 +32,7 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The token is deliberately not printed.
-        f.debug_struct("Client")
-            .field("addr", &self.addr)
-            .field("has_token", &self.token.is_some())
-            .finish()
+        f.debug_struct("Client").field("addr", &self.addr).field("has_token", &self.token.is_some()).finish()
     }
 }
 
@@ -58,10 +55,7 @@ impl Response {
 
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// The body as (lossy) UTF-8 text, for error messages.
@@ -76,11 +70,7 @@ impl Client {
     /// when the connection closes or the `Client` is dropped.
     pub async fn connect(addr: SocketAddr, token: Option<String>) -> Result<Client> {
         let sender = open(addr).await?;
-        Ok(Client {
-            sender,
-            addr,
-            token,
-        })
+        Ok(Client { sender, addr, token })
     }
 
     /// The server address this client talks to.
@@ -98,33 +88,17 @@ impl Client {
     /// response. Sets `host`, `authorization: Bearer <token>` (when a token
     /// is configured) and, when `body` is given, `content-type:
     /// application/json`. Extra `headers` are added after those.
-    pub async fn send(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: Option<&serde_json::Value>,
-        headers: &[(&str, &str)],
-    ) -> Result<Response> {
+    pub async fn send(&mut self, method: &str, path: &str, body: Option<&serde_json::Value>, headers: &[(&str, &str)]) -> Result<Response> {
         let (bytes, content_type) = match body {
-            Some(v) => (
-                serde_json::to_vec(v).context("serialising request body")?,
-                Some("application/json"),
-            ),
+            Some(v) => (serde_json::to_vec(v).context("serialising request body")?, Some("application/json")),
             None => (Vec::new(), None),
         };
-        self.send_inner(method, path, bytes, content_type, headers)
-            .await
+        self.send_inner(method, path, bytes, content_type, headers).await
     }
 
     /// Sends `body` verbatim, without adding a `content-type` header (pass
     /// one in `headers` if wanted). For tests that need malformed bodies.
-    pub async fn send_raw(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: Vec<u8>,
-        headers: &[(&str, &str)],
-    ) -> Result<Response> {
+    pub async fn send_raw(&mut self, method: &str, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> Result<Response> {
         self.send_inner(method, path, body, None, headers).await
     }
 
@@ -168,41 +142,20 @@ impl Client {
                 // connection is safe even for non-idempotent methods.
                 Some(req) if !reconnected => {
                     self.reconnect().await?;
-                    self.sender
-                        .send_request(req)
-                        .await
-                        .with_context(|| format!("{method} {path} to {}", self.addr))?
+                    self.sender.send_request(req).await.with_context(|| format!("{method} {path} to {}", self.addr))?
                 }
                 _ => {
-                    return Err(anyhow!(e.into_error()))
-                        .with_context(|| format!("{method} {path} to {}", self.addr));
+                    return Err(anyhow!(e.into_error())).with_context(|| format!("{method} {path} to {}", self.addr));
                 }
             },
         };
 
         let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .with_context(|| format!("reading response body of {method} {path}"))?
-            .to_bytes()
-            .to_vec();
-        Ok(Response {
-            status,
-            headers,
-            body,
-        })
+        let headers =
+            resp.headers().iter().map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
+        let body =
+            resp.into_body().collect().await.with_context(|| format!("reading response body of {method} {path}"))?.to_bytes().to_vec();
+        Ok(Response { status, headers, body })
     }
 
     fn build_request(
@@ -213,15 +166,11 @@ impl Client {
         content_type: Option<&str>,
         headers: &[(&str, &str)],
     ) -> Result<Request<Full<Bytes>>> {
-        let method = Method::from_bytes(method.as_bytes())
-            .with_context(|| format!("invalid HTTP method {method:?}"))?;
+        let method = Method::from_bytes(method.as_bytes()).with_context(|| format!("invalid HTTP method {method:?}"))?;
         if !path.starts_with('/') {
             bail!("request path must start with '/': {path:?}");
         }
-        let mut b = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::HOST, self.addr.to_string());
+        let mut b = Request::builder().method(method).uri(path).header(header::HOST, self.addr.to_string());
         if let Some(token) = &self.token {
             b = b.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
@@ -231,20 +180,16 @@ impl Client {
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        b.body(Full::new(Bytes::from(body)))
-            .with_context(|| format!("building request {path:?}"))
+        b.body(Full::new(Bytes::from(body))).with_context(|| format!("building request {path:?}"))
     }
 }
 
 async fn open(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
+    let stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
     // Small request/response pairs: don't let Nagle add latency.
     stream.set_nodelay(true).context("setting TCP_NODELAY")?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .with_context(|| format!("HTTP/1.1 handshake with {addr}"))?;
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.with_context(|| format!("HTTP/1.1 handshake with {addr}"))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(%addr, error = %e, "client connection ended with error");
@@ -275,15 +220,10 @@ pub fn parse_http_url(url: &str) -> Result<SocketAddr> {
     }
 
     let (host, port) = if let Some(after) = authority.strip_prefix('[') {
-        let (host, tail) = after
-            .split_once(']')
-            .with_context(|| format!("unterminated IPv6 literal in {url:?}"))?;
+        let (host, tail) = after.split_once(']').with_context(|| format!("unterminated IPv6 literal in {url:?}"))?;
         let port = match tail {
             "" => None,
-            t => Some(
-                t.strip_prefix(':')
-                    .with_context(|| format!("unexpected {t:?} after IPv6 literal in {url:?}"))?,
-            ),
+            t => Some(t.strip_prefix(':').with_context(|| format!("unexpected {t:?} after IPv6 literal in {url:?}"))?),
         };
         (host, port)
     } else {
@@ -295,16 +235,12 @@ pub fn parse_http_url(url: &str) -> Result<SocketAddr> {
 
     let port: u16 = match port {
         None => 80,
-        Some(p) => p
-            .parse()
-            .with_context(|| format!("invalid port {p:?} in {url:?}"))?,
+        Some(p) => p.parse().with_context(|| format!("invalid port {p:?} in {url:?}"))?,
     };
     let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     } else {
-        host.parse().with_context(|| {
-            format!("host {host:?} in {url:?} must be an IP literal or localhost")
-        })?
+        host.parse().with_context(|| format!("host {host:?} in {url:?} must be an IP literal or localhost"))?
     };
     Ok(SocketAddr::new(ip, port))
 }
@@ -345,24 +281,13 @@ mod tests {
 
     #[test]
     fn response_helpers() {
-        let r = Response {
-            status: 200,
-            headers: vec![("content-type".into(), "application/json".into())],
-            body: br#"{"a":1}"#.to_vec(),
-        };
+        let r = Response { status: 200, headers: vec![("content-type".into(), "application/json".into())], body: br#"{"a":1}"#.to_vec() };
         assert_eq!(r.header("Content-Type"), Some("application/json"));
         assert_eq!(r.header("x-missing"), None);
         assert_eq!(r.json()["a"], 1);
-        let empty = Response {
-            status: 204,
-            headers: vec![],
-            body: vec![],
-        };
+        let empty = Response { status: 204, headers: vec![], body: vec![] };
         assert!(empty.json().is_null());
-        let bad = Response {
-            body: b"not json".to_vec(),
-            ..empty
-        };
+        let bad = Response { body: b"not json".to_vec(), ..empty };
         assert!(bad.json().is_null());
     }
 
@@ -370,17 +295,8 @@ mod tests {
     async fn sends_default_headers_and_raw_bodies() {
         use axum::{Router, http::HeaderMap, routing::post};
 
-        async fn echo(
-            headers: HeaderMap,
-            body: axum::body::Bytes,
-        ) -> axum::Json<serde_json::Value> {
-            let h = |n: &str| {
-                headers
-                    .get(n)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_owned()
-            };
+        async fn echo(headers: HeaderMap, body: axum::body::Bytes) -> axum::Json<serde_json::Value> {
+            let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
             axum::Json(serde_json::json!({
                 "auth": h("authorization"),
                 "ct": h("content-type"),
@@ -396,15 +312,7 @@ mod tests {
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
         let mut c = Client::connect(addr, Some("tok".into())).await.unwrap();
-        let r = c
-            .send(
-                "POST",
-                "/echo",
-                Some(&serde_json::json!({"k": 1})),
-                &[("x-extra", "y")],
-            )
-            .await
-            .unwrap();
+        let r = c.send("POST", "/echo", Some(&serde_json::json!({"k": 1})), &[("x-extra", "y")]).await.unwrap();
         assert_eq!(r.status, 200);
         let j = r.json();
         assert_eq!(j["auth"], "Bearer tok");
@@ -413,10 +321,7 @@ mod tests {
         assert_eq!(j["x"], "y");
         assert_eq!(j["body"], r#"{"k":1}"#);
 
-        let r = c
-            .send_raw("POST", "/echo", b"{oops".to_vec(), &[])
-            .await
-            .unwrap();
+        let r = c.send_raw("POST", "/echo", b"{oops".to_vec(), &[]).await.unwrap();
         assert_eq!(r.json()["ct"], "");
         assert_eq!(r.json()["body"], "{oops");
 

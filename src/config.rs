@@ -94,9 +94,7 @@ impl Default for Config {
             metrics_require_auth: false,
             plans: PlansConfig::default(),
             platform: PlatformConfig { capacity: 5 },
-            lines: LinesConfig {
-                channels_default: 2,
-            },
+            lines: LinesConfig { channels_default: 2 },
             calls: CallsConfig::default(),
             journal: JournalConfig::default(),
             http: HttpConfig::default(),
@@ -107,10 +105,7 @@ impl Default for Config {
 impl Default for PlansConfig {
     fn default() -> Self {
         let table = PlanTable::default();
-        PlansConfig {
-            limits: table.limits,
-            fallback_limit: table.fallback_limit,
-        }
+        PlansConfig { limits: table.limits, fallback_limit: table.fallback_limit }
     }
 }
 
@@ -122,9 +117,7 @@ impl Default for PlatformConfig {
 
 impl Default for LinesConfig {
     fn default() -> Self {
-        LinesConfig {
-            channels_default: 2,
-        }
+        LinesConfig { channels_default: 2 }
     }
 }
 
@@ -142,43 +135,28 @@ impl Default for CallsConfig {
 
 impl Default for JournalConfig {
     fn default() -> Self {
-        JournalConfig {
-            snapshot_every_events: 100_000,
-            append_timeout_ms: 30_000,
-        }
+        JournalConfig { snapshot_every_events: 100_000, append_timeout_ms: 30_000 }
     }
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig {
-            in_flight_max: 4_096,
-            actor_call_timeout_ms: 5_000,
-        }
+        HttpConfig { in_flight_max: 4_096, actor_call_timeout_ms: 5_000 }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    Parse { path: PathBuf, source: toml::de::Error },
     #[error("{key}: {reason}")]
     Invalid { key: &'static str, reason: String },
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        reason: reason.into(),
-    }
+    ConfigError::Invalid { key, reason: reason.into() }
 }
 
 impl Config {
@@ -186,108 +164,33 @@ impl Config {
         let Some(path) = path else {
             return Ok(Config::default());
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let in_range = |key, value: u64, low: u64, high: u64| {
-            if (low..=high).contains(&value) {
-                Ok(())
-            } else {
-                Err(invalid(key, format!("{value} is outside {low}..={high}")))
-            }
+            if (low..=high).contains(&value) { Ok(()) } else { Err(invalid(key, format!("{value} is outside {low}..={high}"))) }
         };
-        in_range(
-            "platform.capacity",
-            self.platform.capacity.into(),
-            1,
-            CAPACITY_MAX.into(),
-        )?;
-        in_range(
-            "lines.channels_default",
-            self.lines.channels_default.into(),
-            1,
-            CHANNELS_MAX.into(),
-        )?;
-        in_range(
-            "plans.fallback_limit",
-            self.plans.fallback_limit.into(),
-            1,
-            CONCURRENT_LIMIT_MAX.into(),
-        )?;
+        in_range("platform.capacity", self.platform.capacity.into(), 1, CAPACITY_MAX.into())?;
+        in_range("lines.channels_default", self.lines.channels_default.into(), 1, CHANNELS_MAX.into())?;
+        in_range("plans.fallback_limit", self.plans.fallback_limit.into(), 1, CONCURRENT_LIMIT_MAX.into())?;
         for limit in self.plans.limits.values() {
-            in_range(
-                "plans.limits",
-                (*limit).into(),
-                1,
-                CONCURRENT_LIMIT_MAX.into(),
-            )?;
+            in_range("plans.limits", (*limit).into(), 1, CONCURRENT_LIMIT_MAX.into())?;
         }
         if self.plans.limits.is_empty() {
             return Err(invalid("plans.limits", "at least one plan is needed"));
         }
         const DAY_MS: u64 = 24 * 60 * 60 * 1000;
-        in_range(
-            "calls.max_duration_ms",
-            self.calls.max_duration_ms,
-            1_000,
-            7 * DAY_MS,
-        )?;
-        in_range(
-            "calls.stale_after_ms",
-            self.calls.stale_after_ms,
-            1_000,
-            7 * DAY_MS,
-        )?;
-        in_range(
-            "calls.watchdog_interval_ms",
-            self.calls.watchdog_interval_ms,
-            10,
-            DAY_MS,
-        )?;
-        in_range(
-            "calls.live_calls_max",
-            self.calls.live_calls_max as u64,
-            1,
-            10_000_000,
-        )?;
-        in_range(
-            "calls.retry_after_s",
-            self.calls.retry_after_s.into(),
-            1,
-            3_600,
-        )?;
-        in_range(
-            "journal.snapshot_every_events",
-            self.journal.snapshot_every_events,
-            100,
-            10_000_000,
-        )?;
-        in_range(
-            "journal.append_timeout_ms",
-            self.journal.append_timeout_ms,
-            100,
-            600_000,
-        )?;
-        in_range(
-            "http.in_flight_max",
-            self.http.in_flight_max as u64,
-            1,
-            1_000_000,
-        )?;
-        in_range(
-            "http.actor_call_timeout_ms",
-            self.http.actor_call_timeout_ms,
-            10,
-            600_000,
-        )?;
+        in_range("calls.max_duration_ms", self.calls.max_duration_ms, 1_000, 7 * DAY_MS)?;
+        in_range("calls.stale_after_ms", self.calls.stale_after_ms, 1_000, 7 * DAY_MS)?;
+        in_range("calls.watchdog_interval_ms", self.calls.watchdog_interval_ms, 10, DAY_MS)?;
+        in_range("calls.live_calls_max", self.calls.live_calls_max as u64, 1, 10_000_000)?;
+        in_range("calls.retry_after_s", self.calls.retry_after_s.into(), 1, 3_600)?;
+        in_range("journal.snapshot_every_events", self.journal.snapshot_every_events, 100, 10_000_000)?;
+        in_range("journal.append_timeout_ms", self.journal.append_timeout_ms, 100, 600_000)?;
+        in_range("http.in_flight_max", self.http.in_flight_max as u64, 1, 1_000_000)?;
+        in_range("http.actor_call_timeout_ms", self.http.actor_call_timeout_ms, 10, 600_000)?;
         if self.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
             return Err(invalid("admin_token", "must be at least 16 characters"));
         }
@@ -296,15 +199,9 @@ impl Config {
 
     pub fn settings(&self) -> Settings {
         Settings {
-            plans: Arc::new(PlanTable {
-                limits: self.plans.limits.clone(),
-                fallback_limit: self.plans.fallback_limit,
-            }),
+            plans: Arc::new(PlanTable { limits: self.plans.limits.clone(), fallback_limit: self.plans.fallback_limit }),
             platform_capacity_default: self.platform.capacity,
-            watchdog: Watchdog {
-                max_duration_ms: self.calls.max_duration_ms,
-                stale_after_ms: self.calls.stale_after_ms,
-            },
+            watchdog: Watchdog { max_duration_ms: self.calls.max_duration_ms, stale_after_ms: self.calls.stale_after_ms },
             sweep_interval: Duration::from_millis(self.calls.watchdog_interval_ms),
             actor_call_timeout: Duration::from_millis(self.http.actor_call_timeout_ms),
             journal_timeout: Duration::from_millis(self.journal.append_timeout_ms),
@@ -333,11 +230,6 @@ mod tests {
         let unknown: Result<Config, _> = toml::from_str("[platform]\ncapacty = 5\n");
         assert!(unknown.unwrap_err().to_string().contains("capacty"));
         let zero: Config = toml::from_str("[platform]\ncapacity = 0\n").unwrap();
-        assert!(
-            zero.validate()
-                .unwrap_err()
-                .to_string()
-                .starts_with("platform.capacity")
-        );
+        assert!(zero.validate().unwrap_err().to_string().starts_with("platform.capacity"));
     }
 }

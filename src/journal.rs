@@ -6,10 +6,20 @@
 //! calls `write`, which applies the batch atomically and then fsyncs (`Db::flush`).
 
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 
 use switchboard_actors::store::{Store, StoreError, Visit, WriteBatch};
 
+/// How long `open` waits for another holder of the database lock (a process still exiting).
+const LOCK_WAIT_MS_MAX: u64 = 5_000;
+const LOCK_POLL_MS: u64 = 20;
+
 pub struct SledStore {
+    /// `None` once closed: every sled handle is dropped, which releases the files and the lock.
+    inner: Mutex<Option<Inner>>,
+}
+
+struct Inner {
     db: sled::Db,
     events: sled::Tree,
     snapshots: sled::Tree,
@@ -20,38 +30,90 @@ fn io(error: sled::Error) -> StoreError {
 }
 
 fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
-    let bytes: [u8; 8] = key
-        .try_into()
-        .map_err(|_| StoreError::Io(format!("journal key of {} bytes", key.len())))?;
+    let bytes: [u8; 8] = key.try_into().map_err(|_| StoreError::Io(format!("journal key of {} bytes", key.len())))?;
     Ok(u64::from_be_bytes(bytes))
 }
 
 impl SledStore {
     pub fn open(data_dir: &Path) -> Result<SledStore, StoreError> {
-        let db = sled::Config::new()
-            .path(data_dir.join("journal"))
-            .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(io)?;
+        let config = sled::Config::new().path(data_dir.join("journal")).flush_every_ms(None).mode(sled::Mode::HighThroughput);
+        let mut waited_ms = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(error)) if error.kind() == std::io::ErrorKind::WouldBlock && waited_ms < LOCK_WAIT_MS_MAX => {
+                    std::thread::sleep(std::time::Duration::from_millis(LOCK_POLL_MS));
+                    waited_ms += LOCK_POLL_MS;
+                }
+                Err(error) => return Err(io(error)),
+            }
+        };
         let events = db.open_tree("events").map_err(io)?;
         let snapshots = db.open_tree("snapshots").map_err(io)?;
-        Ok(SledStore {
-            db,
-            events,
-            snapshots,
+        Ok(SledStore { inner: Mutex::new(Some(Inner { db, events, snapshots })) })
+    }
+
+    fn with<R>(&self, run: impl FnOnce(&Inner) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        let guard: MutexGuard<'_, Option<Inner>> = self.inner.lock().map_err(|_| StoreError::Io("journal store lock poisoned".into()))?;
+        run(guard.as_ref().ok_or_else(|| StoreError::Io("the journal is closed".into()))?)
+    }
+}
+
+impl Store for SledStore {
+    fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        self.with(|inner| inner.write(batch))
+    }
+
+    fn blocks(&self) -> bool {
+        true
+    }
+
+    fn close(&self) {
+        if let Ok(mut guard) = self.inner.lock()
+            && let Some(inner) = guard.take()
+        {
+            let _ = inner.db.flush();
+        }
+    }
+
+    fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.with(|inner| match inner.snapshots.last().map_err(io)? {
+            Some((key, value)) => Ok(Some((seq_of(&key)?, value.to_vec()))),
+            None => Ok(None),
         })
+    }
+
+    fn scan_after(&self, seq: u64, visit: &mut Visit<'_>) -> Result<(), StoreError> {
+        self.with(|inner| {
+            for entry in inner.events.range((seq + 1).to_be_bytes()..) {
+                let (key, value) = entry.map_err(io)?;
+                visit(seq_of(&key)?, &value)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Inner {
+    fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        let mut events = sled::Batch::default();
+        for (seq, bytes) in &batch.events {
+            events.insert(&seq.to_be_bytes(), bytes.as_slice());
+        }
+        self.events.apply_batch(events).map_err(io)?;
+        if let Some((seq, bytes)) = &batch.snapshot {
+            self.snapshots.insert(seq.to_be_bytes(), bytes.as_slice()).map_err(io)?;
+            // The snapshot must be durable before the log it replaces is dropped.
+            self.db.flush().map_err(io)?;
+            self.prune_before(*seq)?;
+        }
+        self.db.flush().map_err(io)?;
+        Ok(())
     }
 
     /// Drops the snapshot before `newest` and every event it covers.
     fn prune_before(&self, newest: u64) -> Result<(), StoreError> {
-        let Some((key, _)) = self
-            .snapshots
-            .range(..newest.to_be_bytes())
-            .next_back()
-            .transpose()
-            .map_err(io)?
-        else {
+        let Some((key, _)) = self.snapshots.range(..newest.to_be_bytes()).next_back().transpose().map_err(io)? else {
             return Ok(());
         };
         let previous = seq_of(&key)?;
@@ -65,44 +127,5 @@ impl SledStore {
             old_snapshots.remove(entry.map_err(io)?.0);
         }
         self.snapshots.apply_batch(old_snapshots).map_err(io)
-    }
-}
-
-impl Store for SledStore {
-    fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
-        let mut events = sled::Batch::default();
-        for (seq, bytes) in &batch.events {
-            events.insert(&seq.to_be_bytes(), bytes.as_slice());
-        }
-        self.events.apply_batch(events).map_err(io)?;
-        if let Some((seq, bytes)) = &batch.snapshot {
-            self.snapshots
-                .insert(seq.to_be_bytes(), bytes.as_slice())
-                .map_err(io)?;
-            // The snapshot must be durable before the log it replaces is dropped.
-            self.db.flush().map_err(io)?;
-            self.prune_before(*seq)?;
-        }
-        self.db.flush().map_err(io)?;
-        Ok(())
-    }
-
-    fn blocks(&self) -> bool {
-        true
-    }
-
-    fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        match self.snapshots.last().map_err(io)? {
-            Some((key, value)) => Ok(Some((seq_of(&key)?, value.to_vec()))),
-            None => Ok(None),
-        }
-    }
-
-    fn scan_after(&self, seq: u64, visit: &mut Visit<'_>) -> Result<(), StoreError> {
-        for entry in self.events.range((seq + 1).to_be_bytes()..) {
-            let (key, value) = entry.map_err(io)?;
-            visit(seq_of(&key)?, &value)?;
-        }
-        Ok(())
     }
 }

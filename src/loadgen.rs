@@ -82,22 +82,13 @@ impl LoadgenArgs {
     /// Checks every bound; out-of-range values are an error, never clamped.
     pub fn validate(&self) -> Result<()> {
         if !(1..=CONNECTIONS_MAX).contains(&self.connections) {
-            bail!(
-                "--connections must be in 1..={CONNECTIONS_MAX}, got {}",
-                self.connections
-            );
+            bail!("--connections must be in 1..={CONNECTIONS_MAX}, got {}", self.connections);
         }
         if !(1..=DURATION_S_MAX).contains(&self.duration_s) {
-            bail!(
-                "--duration must be in 1..={DURATION_S_MAX} seconds, got {}",
-                self.duration_s
-            );
+            bail!("--duration must be in 1..={DURATION_S_MAX} seconds, got {}", self.duration_s);
         }
         if !(1..=TENANTS_MAX).contains(&self.tenants) {
-            bail!(
-                "--tenants must be in 1..={TENANTS_MAX}, got {}",
-                self.tenants
-            );
+            bail!("--tenants must be in 1..={TENANTS_MAX}, got {}", self.tenants);
         }
         parse_http_url(&self.url).context("--url")?;
         Ok(())
@@ -152,20 +143,12 @@ pub async fn run(args: LoadgenArgs) -> Result<Report> {
     let clients = connect_all(addr, &token, n).await?;
 
     let run_id = run_id();
-    let tenants: Arc<[String]> = (0..args.tenants)
-        .map(|i| format!("lg-{run_id}-{i}"))
-        .collect();
-    eprintln!(
-        "loadgen: creating {} tenants (lg-{run_id}-*) over {n} connections",
-        tenants.len()
-    );
+    let tenants: Arc<[String]> = (0..args.tenants).map(|i| format!("lg-{run_id}-{i}")).collect();
+    eprintln!("loadgen: creating {} tenants (lg-{run_id}-*) over {n} connections", tenants.len());
     let mut clients = create_tenants(clients, &tenants).await?;
     ensure_capacity(&mut clients[0], (n as u64) * 2).await?;
 
-    eprintln!(
-        "loadgen: running {n} connections for {}s against {addr}",
-        args.duration_s
-    );
+    eprintln!("loadgen: running {n} connections for {}s against {addr}", args.duration_s);
     let logged = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.duration_s);
@@ -173,15 +156,8 @@ pub async fn run(args: LoadgenArgs) -> Result<Report> {
         .into_iter()
         .enumerate()
         .map(|(w, client)| {
-            let worker = Worker {
-                index: w,
-                connections: n,
-                addr,
-                token: token.clone(),
-                tenants: tenants.clone(),
-                deadline,
-                logged: logged.clone(),
-            };
+            let worker =
+                Worker { index: w, connections: n, addr, token: token.clone(), tenants: tenants.clone(), deadline, logged: logged.clone() };
             tokio::spawn(worker.run(client))
         })
         .collect();
@@ -203,10 +179,7 @@ pub async fn run(args: LoadgenArgs) -> Result<Report> {
         pair_p99_ms: round_to(total.pair_latency.percentile_ms(0.99), 3),
         max_ms: round_to(total.requests.max_ms(), 3),
     };
-    eprintln!(
-        "loadgen: done: {} pairs, {} errors in {:.3}s",
-        report.pairs, report.errors, elapsed
-    );
+    eprintln!("loadgen: done: {} pairs, {} errors in {:.3}s", report.pairs, report.errors, elapsed);
     Ok(report)
 }
 
@@ -218,10 +191,7 @@ fn round_to(v: f64, decimals: i32) -> f64 {
 /// Current unix time in milliseconds, base 36 (8 chars until the year 2059),
 /// so tenant ids of repeated runs don't collide.
 fn run_id() -> String {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     base36(ms)
 }
 
@@ -246,9 +216,7 @@ async fn connect_with_timeout(addr: SocketAddr, token: Option<String>) -> Result
 }
 
 async fn connect_all(addr: SocketAddr, token: &Option<String>, n: usize) -> Result<Vec<Client>> {
-    let handles: Vec<_> = (0..n)
-        .map(|_| tokio::spawn(connect_with_timeout(addr, token.clone())))
-        .collect();
+    let handles: Vec<_> = (0..n).map(|_| tokio::spawn(connect_with_timeout(addr, token.clone()))).collect();
     let mut clients = Vec::with_capacity(n);
     for h in handles {
         clients.push(h.await.context("connect task panicked")??);
@@ -257,12 +225,7 @@ async fn connect_all(addr: SocketAddr, token: &Option<String>, n: usize) -> Resu
 }
 
 /// Sends one setup request with [`REQUEST_TIMEOUT`].
-async fn setup_request(
-    c: &mut Client,
-    method: &str,
-    path: &str,
-    body: Option<&serde_json::Value>,
-) -> Result<Response> {
+async fn setup_request(c: &mut Client, method: &str, path: &str, body: Option<&serde_json::Value>) -> Result<Response> {
     tokio::time::timeout(REQUEST_TIMEOUT, c.send(method, path, body, &[]))
         .await
         .map_err(|_| anyhow!("{method} {path} timed out after {REQUEST_TIMEOUT:?}"))?
@@ -270,11 +233,7 @@ async fn setup_request(
 }
 
 fn unexpected(method: &str, path: &str, r: &Response, want: u16) -> anyhow::Error {
-    anyhow!(
-        "setup: {method} {path} returned {} (expected {want}): {}",
-        r.status,
-        r.text()
-    )
+    anyhow!("setup: {method} {path} returned {} (expected {want}): {}", r.status, r.text())
 }
 
 /// Creates all tenants, connection `c` handling tenants `c, c+N, c+2N, ...`.
@@ -330,12 +289,8 @@ async fn ensure_capacity(c: &mut Client, needed: u64) -> Result<()> {
     if r.status != 200 {
         return Err(unexpected("GET", "/v1/platform", &r, 200));
     }
-    let capacity = r.json()["capacity"].as_u64().ok_or_else(|| {
-        anyhow!(
-            "setup: GET /v1/platform: no numeric \"capacity\" in {}",
-            r.text()
-        )
-    })?;
+    let capacity =
+        r.json()["capacity"].as_u64().ok_or_else(|| anyhow!("setup: GET /v1/platform: no numeric \"capacity\" in {}", r.text()))?;
     if capacity < needed {
         eprintln!("loadgen: raising platform capacity {capacity} -> {needed}");
         let body = json!({ "capacity": needed });
@@ -357,12 +312,7 @@ struct WorkerStats {
 
 impl WorkerStats {
     fn new() -> Self {
-        WorkerStats {
-            requests: Histogram::new(),
-            pair_latency: Histogram::new(),
-            pairs: 0,
-            errors: 0,
-        }
+        WorkerStats { requests: Histogram::new(), pair_latency: Histogram::new(), pairs: 0, errors: 0 }
     }
 
     fn merge(&mut self, o: &WorkerStats) {
@@ -446,10 +396,7 @@ impl Worker {
             eprintln!("loadgen: worker {}: {msg}", self.index);
         }
         if *consecutive >= MAX_CONSECUTIVE_ERRORS {
-            eprintln!(
-                "loadgen: worker {} stopping after {MAX_CONSECUTIVE_ERRORS} consecutive errors",
-                self.index
-            );
+            eprintln!("loadgen: worker {} stopping after {MAX_CONSECUTIVE_ERRORS} consecutive errors", self.index);
             return true;
         }
         false
@@ -457,12 +404,7 @@ impl Worker {
 }
 
 /// One timed POST; records the latency of every request that got a response.
-async fn timed_post(
-    c: &mut Client,
-    hist: &mut Histogram,
-    path: &str,
-    body: &serde_json::Value,
-) -> Result<Response, PairError> {
+async fn timed_post(c: &mut Client, hist: &mut Histogram, path: &str, body: &serde_json::Value) -> Result<Response, PairError> {
     let t0 = Instant::now();
     match tokio::time::timeout(REQUEST_TIMEOUT, c.post(path, body)).await {
         Ok(Ok(r)) => {
@@ -470,9 +412,7 @@ async fn timed_post(
             Ok(r)
         }
         Ok(Err(e)) => Err(PairError::Io(format!("POST {path}: {e:#}"))),
-        Err(_) => Err(PairError::Io(format!(
-            "POST {path}: timed out after {REQUEST_TIMEOUT:?}"
-        ))),
+        Err(_) => Err(PairError::Io(format!("POST {path}: timed out after {REQUEST_TIMEOUT:?}"))),
     }
 }
 
@@ -481,24 +421,14 @@ async fn one_pair(c: &mut Client, tenant: &str, stats: &mut WorkerStats) -> Resu
     let admit = json!({ "tenant_id": tenant, "direction": "outbound" });
     let r = timed_post(c, &mut stats.requests, "/v1/calls", &admit).await?;
     if r.status != 201 {
-        return Err(PairError::Response(format!(
-            "POST /v1/calls returned {} (expected 201): {}",
-            r.status,
-            r.text()
-        )));
+        return Err(PairError::Response(format!("POST /v1/calls returned {} (expected 201): {}", r.status, r.text())));
     }
     let body = r.json();
-    let call_id = body["call_id"].as_str().ok_or_else(|| {
-        PairError::Response(format!("POST /v1/calls: no \"call_id\" in {}", r.text()))
-    })?;
+    let call_id = body["call_id"].as_str().ok_or_else(|| PairError::Response(format!("POST /v1/calls: no \"call_id\" in {}", r.text())))?;
     let path = format!("/v1/calls/{}/end", encode_path_segment(call_id));
     let r = timed_post(c, &mut stats.requests, &path, &json!({})).await?;
     if r.status != 200 {
-        return Err(PairError::Response(format!(
-            "POST {path} returned {} (expected 200): {}",
-            r.status,
-            r.text()
-        )));
+        return Err(PairError::Response(format!("POST {path} returned {} (expected 200): {}", r.status, r.text())));
     }
     stats.pair_latency.record(t0.elapsed());
     Ok(())
@@ -570,21 +500,12 @@ impl Default for Histogram {
 
 impl Histogram {
     pub fn new() -> Self {
-        Histogram {
-            counts: vec![0; BUCKETS].into_boxed_slice(),
-            total: 0,
-            min_us: u64::MAX,
-            max_us: 0,
-        }
+        Histogram { counts: vec![0; BUCKETS].into_boxed_slice(), total: 0, min_us: u64::MAX, max_us: 0 }
     }
 
     pub fn record(&mut self, d: Duration) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        let i = if us > HISTOGRAM_MAX_US {
-            BUCKETS - 1
-        } else {
-            bucket_index(us)
-        };
+        let i = if us > HISTOGRAM_MAX_US { BUCKETS - 1 } else { bucket_index(us) };
         self.counts[i] += 1;
         self.total += 1;
         self.min_us = self.min_us.min(us);
@@ -688,16 +609,8 @@ mod tests {
             h.record(Duration::from_millis(ms));
         }
         let close = |got: f64, want: f64| (got - want).abs() / want < 0.01;
-        assert!(
-            close(h.percentile_ms(0.5), 5000.0),
-            "{}",
-            h.percentile_ms(0.5)
-        );
-        assert!(
-            close(h.percentile_ms(0.99), 9900.0),
-            "{}",
-            h.percentile_ms(0.99)
-        );
+        assert!(close(h.percentile_ms(0.5), 5000.0), "{}", h.percentile_ms(0.5));
+        assert!(close(h.percentile_ms(0.99), 9900.0), "{}", h.percentile_ms(0.99));
         assert_eq!(h.percentile_ms(1.0), 10_000.0);
         assert_eq!(h.max_ms(), 10_000.0);
     }
@@ -753,47 +666,21 @@ mod tests {
             max_ms: 0.5,
         };
         let j: serde_json::Value = serde_json::from_str(&report_json(&r)).unwrap();
-        for key in [
-            "pairs_per_s",
-            "p50_ms",
-            "p99_ms",
-            "errors",
-            "pairs",
-            "duration_s",
-            "pair_p50_ms",
-            "pair_p99_ms",
-            "max_ms",
-        ] {
+        for key in ["pairs_per_s", "p50_ms", "p99_ms", "errors", "pairs", "duration_s", "pair_p50_ms", "pair_p99_ms", "max_ms"] {
             assert!(j.get(key).is_some(), "missing {key}");
         }
         assert!(!report_json(&r).contains('\n'));
     }
 
-    fn args(
-        url: &str,
-        token: &str,
-        connections: usize,
-        duration_s: u64,
-        tenants: usize,
-    ) -> LoadgenArgs {
-        LoadgenArgs {
-            url: url.into(),
-            token: token.into(),
-            connections,
-            duration_s,
-            tenants,
-        }
+    fn args(url: &str, token: &str, connections: usize, duration_s: u64, tenants: usize) -> LoadgenArgs {
+        LoadgenArgs { url: url.into(), token: token.into(), connections, duration_s, tenants }
     }
 
     #[test]
     fn out_of_range_args_are_rejected() {
         let ok = "http://127.0.0.1:1";
         assert!(args(ok, "t", 1, 1, 1).validate().is_ok());
-        assert!(
-            args(ok, "t", CONNECTIONS_MAX, DURATION_S_MAX, TENANTS_MAX)
-                .validate()
-                .is_ok()
-        );
+        assert!(args(ok, "t", CONNECTIONS_MAX, DURATION_S_MAX, TENANTS_MAX).validate().is_ok());
         for bad in [
             args(ok, "t", 0, 1, 1),
             args(ok, "t", CONNECTIONS_MAX + 1, 1, 1),
@@ -834,18 +721,10 @@ mod tests {
         type Reply = (StatusCode, Json<Value>);
 
         fn authed(h: &HeaderMap) -> Result<(), Reply> {
-            let ok = h
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v == format!("Bearer {TOKEN}"));
-            let json_ct = h
-                .get("content-type")
-                .is_none_or(|v| v == "application/json");
+            let ok = h.get("authorization").and_then(|v| v.to_str().ok()).is_some_and(|v| v == format!("Bearer {TOKEN}"));
+            let json_ct = h.get("content-type").is_none_or(|v| v == "application/json");
             if !ok {
-                Err((
-                    StatusCode::UNAUTHORIZED,
-                    Json(json!({"error": "unauthorized"})),
-                ))
+                Err((StatusCode::UNAUTHORIZED, Json(json!({"error": "unauthorized"}))))
             } else if !json_ct {
                 Err((StatusCode::UNSUPPORTED_MEDIA_TYPE, Json(json!({}))))
             } else {
@@ -853,11 +732,7 @@ mod tests {
             }
         }
 
-        async fn create_tenant(
-            State(s): State<Shared>,
-            h: HeaderMap,
-            Json(b): Json<Value>,
-        ) -> Result<Reply, Reply> {
+        async fn create_tenant(State(s): State<Shared>, h: HeaderMap, Json(b): Json<Value>) -> Result<Reply, Reply> {
             authed(&h)?;
             let id = b["id"].as_str().unwrap_or_default().to_owned();
             assert_eq!(b["plan"], "PRO");
@@ -872,28 +747,17 @@ mod tests {
         async fn get_platform(State(s): State<Shared>, h: HeaderMap) -> Result<Reply, Reply> {
             authed(&h)?;
             let s = s.lock().unwrap();
-            Ok((
-                StatusCode::OK,
-                Json(json!({"capacity": s.capacity, "active_calls": s.calls.len()})),
-            ))
+            Ok((StatusCode::OK, Json(json!({"capacity": s.capacity, "active_calls": s.calls.len()}))))
         }
 
-        async fn patch_platform(
-            State(s): State<Shared>,
-            h: HeaderMap,
-            Json(b): Json<Value>,
-        ) -> Result<Reply, Reply> {
+        async fn patch_platform(State(s): State<Shared>, h: HeaderMap, Json(b): Json<Value>) -> Result<Reply, Reply> {
             authed(&h)?;
             let mut s = s.lock().unwrap();
             s.capacity = b["capacity"].as_u64().expect("capacity");
             Ok((StatusCode::OK, Json(json!({"capacity": s.capacity}))))
         }
 
-        async fn admit(
-            State(s): State<Shared>,
-            h: HeaderMap,
-            Json(b): Json<Value>,
-        ) -> Result<Reply, Reply> {
+        async fn admit(State(s): State<Shared>, h: HeaderMap, Json(b): Json<Value>) -> Result<Reply, Reply> {
             authed(&h)?;
             let tenant = b["tenant_id"].as_str().unwrap_or_default().to_owned();
             assert_eq!(b["direction"], "outbound");
@@ -907,17 +771,10 @@ mod tests {
             s.next_call += 1;
             let id = format!("call-{}", s.next_call);
             s.calls.insert(id.clone(), tenant.clone());
-            Ok((
-                StatusCode::CREATED,
-                Json(json!({"call_id": id, "tenant_id": tenant})),
-            ))
+            Ok((StatusCode::CREATED, Json(json!({"call_id": id, "tenant_id": tenant}))))
         }
 
-        async fn end(
-            State(s): State<Shared>,
-            Path(id): Path<String>,
-            h: HeaderMap,
-        ) -> Result<Reply, Reply> {
+        async fn end(State(s): State<Shared>, Path(id): Path<String>, h: HeaderMap) -> Result<Reply, Reply> {
             authed(&h)?;
             let mut s = s.lock().unwrap();
             if s.calls.remove(&id).is_none() {
@@ -929,10 +786,7 @@ mod tests {
 
         /// Starts the fake server on 127.0.0.1:0 with platform capacity 1.
         pub async fn start() -> (String, Shared) {
-            let state: Shared = Arc::new(Mutex::new(Inner {
-                capacity: 1,
-                ..Inner::default()
-            }));
+            let state: Shared = Arc::new(Mutex::new(Inner { capacity: 1, ..Inner::default() }));
             let app = Router::new()
                 .route("/v1/tenants", post(create_tenant))
                 .route("/v1/platform", get(get_platform).patch(patch_platform))

@@ -8,11 +8,7 @@ use switchboard::loadgen::{self, LoadgenArgs};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(
-    name = "switchboard",
-    version,
-    about = "Call admission and orchestration for AI voice-agent platforms"
-)]
+#[command(name = "switchboard", version, about = "Call admission and orchestration for AI voice-agent platforms")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -58,9 +54,7 @@ struct LoadgenCli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Some(Command::Loadgen(args)) => runtime.block_on(loadgen::run_and_print(LoadgenArgs {
             url: args.url,
@@ -75,8 +69,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let filter =
-        EnvFilter::try_from_env("SWITCHBOARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("SWITCHBOARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
     let mut config = Config::load(args.config.as_deref())?;
     if let Some(data_dir) = args.data_dir {
@@ -87,11 +80,5 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let env_token = std::env::var("SWITCHBOARD_ADMIN_TOKEN").ok();
-    switchboard::server::run(
-        config,
-        listener,
-        env_token,
-        switchboard::server::shutdown_signal(),
-    )
-    .await
+    switchboard::server::run(config, listener, env_token, switchboard::server::shutdown_signal()).await
 }

@@ -53,36 +53,12 @@ impl Default for Metrics {
 impl Metrics {
     fn register(mut self) -> Self {
         let r = &mut self.registry;
-        r.register(
-            "switchboard_admissions",
-            "Admission attempts by outcome and the limit that denied them",
-            self.admissions.clone(),
-        );
-        r.register(
-            "switchboard_active_calls",
-            "Live calls by the tenant's plan at admission",
-            self.active_calls.clone(),
-        );
-        r.register(
-            "switchboard_platform_capacity",
-            "The platform pool's capacity (provider concurrency)",
-            self.platform_capacity.clone(),
-        );
-        r.register(
-            "switchboard_platform_active",
-            "Calls holding a platform slot",
-            self.platform_active.clone(),
-        );
-        r.register(
-            "switchboard_journal_flush_seconds",
-            "Time to write and fsync one journal batch",
-            self.journal_flush_seconds.clone(),
-        );
-        r.register(
-            "switchboard_journal_batch_events",
-            "Events per journal batch (group commit)",
-            self.journal_batch_events.clone(),
-        );
+        r.register("switchboard_admissions", "Admission attempts by outcome and the limit that denied them", self.admissions.clone());
+        r.register("switchboard_active_calls", "Live calls by the tenant's plan at admission", self.active_calls.clone());
+        r.register("switchboard_platform_capacity", "The platform pool's capacity (provider concurrency)", self.platform_capacity.clone());
+        r.register("switchboard_platform_active", "Calls holding a platform slot", self.platform_active.clone());
+        r.register("switchboard_journal_flush_seconds", "Time to write and fsync one journal batch", self.journal_flush_seconds.clone());
+        r.register("switchboard_journal_batch_events", "Events per journal batch (group commit)", self.journal_batch_events.clone());
         r.register(
             "switchboard_stuck_calls_reclaimed",
             "Calls the watchdog force-ended as stale or over max duration",
@@ -98,8 +74,7 @@ impl Metrics {
 
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }
@@ -107,31 +82,18 @@ impl Metrics {
 impl Telemetry for Metrics {
     fn admission(&self, outcome: AdmissionOutcome, _plan: &str) {
         let labels = match outcome {
-            AdmissionOutcome::Admitted => AdmissionLabels {
-                outcome: "admitted",
-                reason: "",
-            },
+            AdmissionOutcome::Admitted => AdmissionLabels { outcome: "admitted", reason: "" },
             AdmissionOutcome::ForcedOverLimit => {
                 self.inbound_over_limit.inc();
-                AdmissionLabels {
-                    outcome: "admitted_over_limit",
-                    reason: "INBOUND_OVER_LIMIT",
-                }
+                AdmissionLabels { outcome: "admitted_over_limit", reason: "INBOUND_OVER_LIMIT" }
             }
-            AdmissionOutcome::Denied(reason) => AdmissionLabels {
-                outcome: "denied",
-                reason,
-            },
+            AdmissionOutcome::Denied(reason) => AdmissionLabels { outcome: "denied", reason },
         };
         self.admissions.get_or_create(&labels).inc();
     }
 
     fn active_calls(&self, plan: &str, delta: i64) {
-        self.active_calls
-            .get_or_create(&PlanLabels {
-                plan: plan.to_owned(),
-            })
-            .inc_by(delta);
+        self.active_calls.get_or_create(&PlanLabels { plan: plan.to_owned() }).inc_by(delta);
     }
 
     fn stuck_call_reclaimed(&self) {

@@ -33,23 +33,14 @@ pub struct Running {
 }
 
 /// Binds the router to `listener` and starts booting the actors in the background.
-pub async fn spawn(
-    config: Config,
-    listener: TcpListener,
-    env_token: Option<String>,
-) -> anyhow::Result<Running> {
+pub async fn spawn(config: Config, listener: TcpListener, env_token: Option<String>) -> anyhow::Result<Running> {
     config.validate()?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let (admin_token, source) =
-        token::resolve(env_token, config.admin_token.as_deref(), &config.data_dir)
-            .context("resolving the admin token")?;
+        token::resolve(env_token, config.admin_token.as_deref(), &config.data_dir).context("resolving the admin token")?;
     if let TokenSource::Generated = source {
         // Printed once, to the terminal, not to the logs: it is a secret.
-        println!(
-            "generated admin token (stored in {}): {admin_token}",
-            config.data_dir.join("admin_token").display()
-        );
+        println!("generated admin token (stored in {}): {admin_token}", config.data_dir.join("admin_token").display());
     }
     let metrics = Arc::new(Metrics::default());
     let state = AppState::new(config.clone(), Arc::clone(&metrics), admin_token.clone());
@@ -73,14 +64,7 @@ pub async fn spawn(
             Ok(system)
         }
     });
-    Ok(Running {
-        address,
-        admin_token,
-        state,
-        stop_serving,
-        server,
-        boot,
-    })
+    Ok(Running { address, admin_token, state, stop_serving, server, boot })
 }
 
 impl Running {
@@ -110,11 +94,7 @@ impl Running {
             }
         };
         if let Some(system) = system {
-            system
-                .shutdown()
-                .await
-                .map_err(anyhow::Error::msg)
-                .context("flushing the journal")?;
+            system.shutdown().await.map_err(anyhow::Error::msg).context("flushing the journal")?;
             tracing::info!("journal flushed; bye");
         }
         Ok(())
@@ -159,9 +139,7 @@ async fn boot(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Syst
     );
     let store: Arc<dyn Store> = Arc::new(store);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let system = System::start(config.settings(), store, durable, clock, metrics)
-        .await
-        .context("starting the actors")?;
+    let system = System::start(config.settings(), store, durable, clock, metrics).await.context("starting the actors")?;
     Ok(Arc::new(system))
 }
 

@@ -13,11 +13,7 @@ pub enum TokenSource {
     Generated,
 }
 
-pub fn resolve(
-    env_token: Option<String>,
-    config_token: Option<&str>,
-    data_dir: &Path,
-) -> std::io::Result<(String, TokenSource)> {
+pub fn resolve(env_token: Option<String>, config_token: Option<&str>, data_dir: &Path) -> std::io::Result<(String, TokenSource)> {
     if let Some(token) = env_token.filter(|t| !t.is_empty()) {
         return Ok((token, TokenSource::Environment));
     }
@@ -34,11 +30,7 @@ pub fn resolve(
         Err(error) => return Err(error),
     }
     let token = generate()?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
     file.write_all(token.as_bytes())?;
     file.sync_all()?;
     Ok((token, TokenSource::Generated))

@@ -28,10 +28,7 @@ fn quiet_panics() {
 async fn crash_and_wait(system: &System, entity: Entity) -> Duration {
     let before = system.generation(&entity).expect("entity exists");
     let started = Instant::now();
-    assert!(
-        system.inject_crash(&entity),
-        "crash delivered to {entity:?}"
-    );
+    assert!(system.inject_crash(&entity), "crash delivered to {entity:?}");
     // Bounded poll: 1 ms steps, 2 s at most.
     for _ in 0..2000 {
         if system.generation(&entity).is_some_and(|g| g > before) {
@@ -134,10 +131,7 @@ async fn crashed_actors_are_rebuilt_during_concurrent_admissions_without_losing_
         unavailable.load(Ordering::SeqCst)
     );
     assert!(slowest <= RESPAWN_BOUND, "slowest respawn took {slowest:?}");
-    assert!(
-        admitted.load(Ordering::SeqCst) > 50,
-        "the workload kept admitting through the crashes"
-    );
+    assert!(admitted.load(Ordering::SeqCst) > 50, "the workload kept admitting through the crashes");
 
     // Let crashed call actors come back, then compare every actor with the journal.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -145,21 +139,10 @@ async fn crashed_actors_are_rebuilt_during_concurrent_admissions_without_losing_
     let live = system.live_digest().await.unwrap();
     for tenant in TENANTS {
         let (_, active) = &live.tenants[tenant];
-        assert!(
-            active.len() <= 4,
-            "{tenant} over its limit: {}",
-            active.len()
-        );
-        let expected: std::collections::BTreeSet<CallId> = live
-            .live_calls
-            .values()
-            .filter(|c| c.tenant_id == tenant)
-            .map(|c| c.id)
-            .collect();
-        assert_eq!(
-            active, &expected,
-            "{tenant}'s slots are exactly its live calls"
-        );
+        assert!(active.len() <= 4, "{tenant} over its limit: {}", active.len());
+        let expected: std::collections::BTreeSet<CallId> =
+            live.live_calls.values().filter(|c| c.tenant_id == tenant).map(|c| c.id).collect();
+        assert_eq!(active, &expected, "{tenant}'s slots are exactly its live calls");
     }
     assert!(live.platform.1.len() <= 10);
 
@@ -182,26 +165,13 @@ async fn a_crashed_call_actor_comes_back_with_its_heartbeat_and_can_still_end() 
     let server = start_in(dir.path(), |_| {}).await;
     let mut client = server.client().await;
     create_tenant(&mut client, "acme", "PRO", None).await;
-    let call = admit(
-        &mut client,
-        json!({"tenant_id": "acme", "direction": "outbound"}),
-    )
-    .await
-    .json();
+    let call = admit(&mut client, json!({"tenant_id": "acme", "direction": "outbound"})).await.json();
     let id = call["call_id"].as_str().unwrap().to_owned();
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let beat = client
-        .post(&format!("/v1/calls/{id}/heartbeat"), &json!({}))
-        .await
-        .unwrap()
-        .json();
+    let beat = client.post(&format!("/v1/calls/{id}/heartbeat"), &json!({})).await.unwrap().json();
     assert_ne!(beat["last_activity_at"], call["last_activity_at"]);
 
-    assert!(
-        server
-            .system
-            .inject_crash(&Entity::Call(id.parse().unwrap()))
-    );
+    assert!(server.system.inject_crash(&Entity::Call(id.parse().unwrap())));
     let mut shown = None;
     for _ in 0..200 {
         let response = client.get(&format!("/v1/calls/{id}")).await.unwrap();
@@ -213,15 +183,9 @@ async fn a_crashed_call_actor_comes_back_with_its_heartbeat_and_can_still_end() 
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let shown = shown.expect("the call actor came back");
-    assert_eq!(
-        shown["last_activity_at"], beat["last_activity_at"],
-        "rebuilt from the journal, heartbeat included"
-    );
+    assert_eq!(shown["last_activity_at"], beat["last_activity_at"], "rebuilt from the journal, heartbeat included");
     assert_eq!(end(&mut client, &id).await.status, 200);
-    assert_eq!(
-        get_json(&mut client, "/v1/tenants/acme").await["active_calls"],
-        0
-    );
+    assert_eq!(get_json(&mut client, "/v1/tenants/acme").await["active_calls"], 0);
     assert_live_equals_durable(&server.system).await;
     server.stop().await;
 }

@@ -63,20 +63,11 @@ impl Actor for CallActor {
     type State = CallCore;
     type Arguments = CallRecord;
 
-    async fn pre_start(
-        &self,
-        _: ActorRef<CallMsg>,
-        record: CallRecord,
-    ) -> Result<CallCore, ActorProcessingErr> {
+    async fn pre_start(&self, _: ActorRef<CallMsg>, record: CallRecord) -> Result<CallCore, ActorProcessingErr> {
         Ok(CallCore::new(record))
     }
 
-    async fn handle(
-        &self,
-        myself: ActorRef<CallMsg>,
-        msg: CallMsg,
-        core: &mut CallCore,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, myself: ActorRef<CallMsg>, msg: CallMsg, core: &mut CallCore) -> Result<(), ActorProcessingErr> {
         match msg {
             CallMsg::Get { reply } => {
                 let _ = reply.send(core.clone());
@@ -84,21 +75,14 @@ impl Actor for CallActor {
             CallMsg::Heartbeat { reply } => {
                 let _ = reply.send(self.heartbeat(core).await);
             }
-            CallMsg::End {
-                outcome,
-                duration_s,
-                reply,
-            } => {
+            CallMsg::End { outcome, duration_s, reply } => {
                 let _ = reply.send(self.end(&myself, core, outcome, duration_s).await);
             }
             CallMsg::Sweep => {
                 let now_ms = self.clock.now_ms();
                 if let Some(stuck) = core.verdict(now_ms, self.watchdog) {
                     let quiet_s = now_ms.saturating_sub(core.record.last_activity_at_ms) / 1000;
-                    match self
-                        .end(&myself, core, OUTCOME_RECLAIMED_STALE.to_owned(), None)
-                        .await
-                    {
+                    match self.end(&myself, core, OUTCOME_RECLAIMED_STALE.to_owned(), None).await {
                         Ok(_) => {
                             self.telemetry.stuck_call_reclaimed();
                             tracing::warn!(call_id = %core.record.id, tenant_id = %core.record.tenant_id, reason = stuck.as_str(), quiet_s, "reclaimed stuck call");
@@ -121,10 +105,7 @@ impl CallActor {
             return Err(CallError::Ended(Box::new(ended.clone())));
         }
         let at_ms = self.clock.now_ms();
-        let event = Event::CallHeartbeat {
-            id: core.record.id,
-            at_ms,
-        };
+        let event = Event::CallHeartbeat { id: core.record.id, at_ms };
         crate::append(&self.journal, event, Guard::default(), self.journal_timeout).await?;
         core.heartbeat(at_ms);
         Ok(core.record.clone())
@@ -162,12 +143,7 @@ impl CallActor {
         if let Some(tenant) = directory.tenants.get(&ended.call.tenant_id) {
             let _ = tenant.actor.cast(TenantMsg::Release { call });
         }
-        if let Some(line) = ended
-            .call
-            .line_id
-            .as_ref()
-            .and_then(|id| directory.lines.get(id))
-        {
+        if let Some(line) = ended.call.line_id.as_ref().and_then(|id| directory.lines.get(id)) {
             let _ = line.slot.actor.cast(LineMsg::Release { call });
         }
         if let Some(platform) = &directory.platform {

@@ -26,8 +26,7 @@ pub enum CodecError {
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = vec![FORMAT_VERSION];
-    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())
-        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard()).map_err(|e| CodecError::Encode(e.to_string()))?;
     Ok(out)
 }
 
@@ -36,8 +35,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     if version != FORMAT_VERSION {
         return Err(CodecError::UnknownVersion { found: version });
     }
-    let (value, read) = bincode::serde::decode_from_slice(body, bincode::config::standard())
-        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    let (value, read) =
+        bincode::serde::decode_from_slice(body, bincode::config::standard()).map_err(|e| CodecError::Decode(e.to_string()))?;
     if read != body.len() {
         return Err(CodecError::Trailing(body.len() - read));
     }
@@ -57,16 +56,10 @@ mod tests {
         assert_eq!(decode::<Event>(&bytes).unwrap(), event);
         let mut newer = bytes.clone();
         newer[0] = FORMAT_VERSION + 1;
-        assert!(matches!(
-            decode::<Event>(&newer),
-            Err(CodecError::UnknownVersion { .. })
-        ));
+        assert!(matches!(decode::<Event>(&newer), Err(CodecError::UnknownVersion { .. })));
         let mut longer = bytes;
         longer.push(0);
-        assert!(matches!(
-            decode::<Event>(&longer),
-            Err(CodecError::Trailing(1))
-        ));
+        assert!(matches!(decode::<Event>(&longer), Err(CodecError::Trailing(1))));
         assert!(matches!(decode::<Event>(&[]), Err(CodecError::Empty)));
     }
 }

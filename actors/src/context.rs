@@ -44,10 +44,7 @@ impl Default for Settings {
         Settings {
             plans: Arc::new(PlanTable::default()),
             platform_capacity_default: 5,
-            watchdog: Watchdog {
-                max_duration_ms: 2 * 60 * 60 * 1000,
-                stale_after_ms: 30 * 60 * 1000,
-            },
+            watchdog: Watchdog { max_duration_ms: 2 * 60 * 60 * 1000, stale_after_ms: 30 * 60 * 1000 },
             sweep_interval: Duration::from_secs(60),
             actor_call_timeout: Duration::from_secs(5),
             journal_timeout: Duration::from_secs(30),
@@ -80,18 +77,12 @@ impl Context {
         generation: u32,
     ) -> Result<(), SpawnErr> {
         let journal = self.directory.read().journal();
-        let actor = TenantActor {
-            plans: Arc::clone(&self.settings.plans),
-            journal,
-            generation,
-            journal_timeout: self.settings.journal_timeout,
-        };
+        let actor =
+            TenantActor { plans: Arc::clone(&self.settings.plans), journal, generation, journal_timeout: self.settings.journal_timeout };
         let id = record.id.clone();
         let (actor, _) = Actor::spawn_linked(None, actor, (record, held), supervisor).await?;
         let mut directory = self.directory.write();
-        directory
-            .by_actor
-            .insert(actor.get_id(), Entity::Tenant(id.clone()));
+        directory.by_actor.insert(actor.get_id(), Entity::Tenant(id.clone()));
         directory.tenants.insert(id, Slot { actor, generation });
         Ok(())
     }
@@ -106,16 +97,8 @@ impl Context {
         let (id, tenant_id) = (record.id.clone(), record.tenant_id.clone());
         let (actor, _) = Actor::spawn_linked(None, LineActor, (record, held), supervisor).await?;
         let mut directory = self.directory.write();
-        directory
-            .by_actor
-            .insert(actor.get_id(), Entity::Line(id.clone()));
-        directory.lines.insert(
-            id,
-            LineSlot {
-                slot: Slot { actor, generation },
-                tenant_id,
-            },
-        );
+        directory.by_actor.insert(actor.get_id(), Entity::Line(id.clone()));
+        directory.lines.insert(id, LineSlot { slot: Slot { actor, generation }, tenant_id });
         Ok(())
     }
 
@@ -127,12 +110,8 @@ impl Context {
         generation: u32,
     ) -> Result<(), SpawnErr> {
         let journal = self.directory.read().journal();
-        let actor = PlatformActor {
-            journal,
-            generation,
-            journal_timeout: self.settings.journal_timeout,
-            telemetry: Arc::clone(&self.telemetry),
-        };
+        let actor =
+            PlatformActor { journal, generation, journal_timeout: self.settings.journal_timeout, telemetry: Arc::clone(&self.telemetry) };
         let (actor, _) = Actor::spawn_linked(None, actor, (capacity, held), supervisor).await?;
         let mut directory = self.directory.write();
         directory.by_actor.insert(actor.get_id(), Entity::Platform);
@@ -140,11 +119,7 @@ impl Context {
         Ok(())
     }
 
-    pub async fn spawn_call(
-        &self,
-        supervisor: ActorCell,
-        record: CallRecord,
-    ) -> Result<(), SpawnErr> {
+    pub async fn spawn_call(&self, supervisor: ActorCell, record: CallRecord) -> Result<(), SpawnErr> {
         let journal = self.directory.read().journal();
         let actor = CallActor {
             journal,

@@ -26,10 +26,7 @@ pub struct Slot<M> {
 
 impl<M> Clone for Slot<M> {
     fn clone(&self) -> Self {
-        Slot {
-            actor: self.actor.clone(),
-            generation: self.generation,
-        }
+        Slot { actor: self.actor.clone(), generation: self.generation }
     }
 }
 
@@ -76,8 +73,7 @@ impl Directory {
     }
 
     pub fn add_call(&mut self, actor: ActorRef<CallMsg>, record: CallRecord) {
-        self.by_actor
-            .insert(actor.get_id(), Entity::Call(record.id));
+        self.by_actor.insert(actor.get_id(), Entity::Call(record.id));
         self.calls.insert(record.id, LiveCall { actor, record });
     }
 
@@ -93,15 +89,11 @@ impl Directory {
     }
 
     pub fn journal(&self) -> ActorRef<JournalMsg> {
-        self.journal
-            .clone()
-            .expect("the supervisor publishes the journal before anything runs")
+        self.journal.clone().expect("the supervisor publishes the journal before anything runs")
     }
 
     pub fn platform(&self) -> Slot<PlatformMsg> {
-        self.platform
-            .clone()
-            .expect("the supervisor publishes the platform before anything runs")
+        self.platform.clone().expect("the supervisor publishes the platform before anything runs")
     }
 }
 
@@ -111,14 +103,10 @@ pub struct SharedDirectory(Arc<RwLock<Directory>>);
 
 impl SharedDirectory {
     pub fn read(&self) -> RwLockReadGuard<'_, Directory> {
-        self.0
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn write(&self) -> RwLockWriteGuard<'_, Directory> {
-        self.0
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

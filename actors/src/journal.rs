@@ -132,11 +132,7 @@ impl Actor for JournalWriter {
     type State = JournalState;
     type Arguments = DurableState;
 
-    async fn pre_start(
-        &self,
-        _: ActorRef<JournalMsg>,
-        durable: DurableState,
-    ) -> Result<JournalState, ActorProcessingErr> {
+    async fn pre_start(&self, _: ActorRef<JournalMsg>, durable: DurableState) -> Result<JournalState, ActorProcessingErr> {
         Ok(JournalState {
             last_durable_seq: durable.last_seq,
             durable,
@@ -151,18 +147,9 @@ impl Actor for JournalWriter {
         })
     }
 
-    async fn handle(
-        &self,
-        myself: ActorRef<JournalMsg>,
-        msg: JournalMsg,
-        state: &mut JournalState,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, myself: ActorRef<JournalMsg>, msg: JournalMsg, state: &mut JournalState) -> Result<(), ActorProcessingErr> {
         match msg {
-            JournalMsg::Append {
-                event,
-                guard,
-                reply,
-            } => match self.accept(state, &event, &guard) {
+            JournalMsg::Append { event, guard, reply } => match self.accept(state, &event, &guard) {
                 Ok(bytes) => state.pending.push((state.durable.last_seq, bytes, reply)),
                 Err(error) => {
                     let _ = reply.send(Err(error));
@@ -194,12 +181,7 @@ impl Actor for JournalWriter {
 
 impl JournalWriter {
     /// Checks, sequences, encodes and applies one event. Refusals change nothing.
-    fn accept(
-        &self,
-        state: &mut JournalState,
-        event: &Event,
-        guard: &Guard,
-    ) -> Result<Vec<u8>, AppendError> {
+    fn accept(&self, state: &mut JournalState, event: &Event, guard: &Guard) -> Result<Vec<u8>, AppendError> {
         if let Some(why) = &state.failed {
             return Err(AppendError::Failed(why.clone()));
         }
@@ -207,17 +189,9 @@ impl JournalWriter {
             return Err(AppendError::Overloaded);
         }
         let current = |entity: Entity| state.generations.get(&entity).copied().unwrap_or(0);
-        let stale = guard
-            .tenant
-            .as_ref()
-            .is_some_and(|(id, g)| current(Entity::Tenant(id.clone())) != *g)
-            || guard
-                .line
-                .as_ref()
-                .is_some_and(|(id, g)| current(Entity::Line(id.clone())) != *g)
-            || guard
-                .platform
-                .is_some_and(|g| current(Entity::Platform) != g);
+        let stale = guard.tenant.as_ref().is_some_and(|(id, g)| current(Entity::Tenant(id.clone())) != *g)
+            || guard.line.as_ref().is_some_and(|(id, g)| current(Entity::Line(id.clone())) != *g)
+            || guard.platform.is_some_and(|g| current(Entity::Platform) != g);
         if stale {
             return Err(AppendError::StaleGeneration);
         }
@@ -225,10 +199,7 @@ impl JournalWriter {
         let seq = state.durable.last_seq + 1;
         // The state is checked before the event is accepted, so a contradiction here is a bug
         // in the caller: refuse the event rather than write something replay would reject.
-        state
-            .durable
-            .apply(seq, event)
-            .map_err(|e| AppendError::Failed(e.to_string()))?;
+        state.durable.apply(seq, event).map_err(|e| AppendError::Failed(e.to_string()))?;
         state.events_since_snapshot += 1;
         if state.events_since_snapshot >= self.snapshot_every_events {
             state.snapshot_due = true;
@@ -236,16 +207,9 @@ impl JournalWriter {
         Ok(bytes)
     }
 
-    fn start_write(
-        &self,
-        myself: &ActorRef<JournalMsg>,
-        state: &mut JournalState,
-    ) -> Result<(), ActorProcessingErr> {
+    fn start_write(&self, myself: &ActorRef<JournalMsg>, state: &mut JournalState) -> Result<(), ActorProcessingErr> {
         let take = state.pending.len().min(JOURNAL_BATCH_EVENTS_MAX);
-        let mut batch = WriteBatch {
-            events: Vec::with_capacity(take),
-            snapshot: None,
-        };
+        let mut batch = WriteBatch { events: Vec::with_capacity(take), snapshot: None };
         for (seq, bytes, reply) in state.pending.drain(..take) {
             batch.events.push((seq, bytes));
             state.in_flight.push((seq, reply));
@@ -263,11 +227,9 @@ impl JournalWriter {
         let started = Instant::now();
         if store.blocks() {
             tokio::spawn(async move {
-                let result = tokio::task::spawn_blocking(move || {
-                    store.write(&batch).map_err(|e| e.to_string())
-                })
-                .await
-                .unwrap_or_else(|join| Err(format!("journal write task died: {join}")));
+                let result = tokio::task::spawn_blocking(move || store.write(&batch).map_err(|e| e.to_string()))
+                    .await
+                    .unwrap_or_else(|join| Err(format!("journal write task died: {join}")));
                 let _ = myself.cast(JournalMsg::Written { result, started });
             });
         } else {
@@ -281,17 +243,13 @@ impl JournalWriter {
         state.writing = false;
         match result {
             Ok(()) => {
-                self.telemetry
-                    .journal_flushed(started.elapsed().as_secs_f64(), state.in_flight.len());
+                self.telemetry.journal_flushed(started.elapsed().as_secs_f64(), state.in_flight.len());
                 for (seq, reply) in state.in_flight.drain(..) {
                     state.last_durable_seq = seq;
                     let _ = reply.send(Ok(seq));
                 }
                 let durable = state.last_durable_seq;
-                let (ready, waiting): (Vec<_>, Vec<_>) = state
-                    .syncs_waiting
-                    .drain(..)
-                    .partition(|(seq, _)| *seq <= durable);
+                let (ready, waiting): (Vec<_>, Vec<_>) = state.syncs_waiting.drain(..).partition(|(seq, _)| *seq <= durable);
                 state.syncs_waiting = waiting;
                 for (_, reply) in ready {
                     let _ = reply.send(Ok(()));
@@ -325,14 +283,7 @@ fn handover(durable: &DurableState, entity: &Entity) -> Handover {
             Some(line) => Handover::Line(line.clone(), durable.line_active(id)),
             None => Handover::Gone,
         },
-        Entity::Platform => Handover::Platform(
-            durable.platform_capacity,
-            durable.live_calls.keys().copied().collect(),
-        ),
-        Entity::Call(id) => durable
-            .live_calls
-            .get(id)
-            .cloned()
-            .map_or(Handover::Gone, Handover::Call),
+        Entity::Platform => Handover::Platform(durable.platform_capacity, durable.live_calls.keys().copied().collect()),
+        Entity::Call(id) => durable.live_calls.get(id).cloned().map_or(Handover::Gone, Handover::Call),
     }
 }

@@ -46,27 +46,10 @@ use crate::journal::{AppendError, Guard, JournalMsg};
 /// A timeout leaves the outcome unknown (the event may still become durable), so callers must
 /// not undo anything they reserved for it: keeping a slot until restart is safe, freeing a
 /// slot whose call turns out durable is not.
-pub async fn append(
-    journal: &ActorRef<JournalMsg>,
-    event: Event,
-    guard: Guard,
-    timeout: Duration,
-) -> Result<u64, AppendError> {
-    match journal
-        .call(
-            |reply| JournalMsg::Append {
-                event,
-                guard,
-                reply,
-            },
-            Some(timeout),
-        )
-        .await
-    {
+pub async fn append(journal: &ActorRef<JournalMsg>, event: Event, guard: Guard, timeout: Duration) -> Result<u64, AppendError> {
+    match journal.call(|reply| JournalMsg::Append { event, guard, reply }, Some(timeout)).await {
         Ok(CallResult::Success(result)) => result,
         Ok(CallResult::Timeout) => Err(AppendError::Unknown),
-        Ok(CallResult::SenderError) | Err(_) => {
-            Err(AppendError::Failed("the journal writer is gone".into()))
-        }
+        Ok(CallResult::SenderError) | Err(_) => Err(AppendError::Failed("the journal writer is gone".into())),
     }
 }

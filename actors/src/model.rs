@@ -58,29 +58,18 @@ pub struct PlanTable {
 
 impl Default for PlanTable {
     fn default() -> Self {
-        let limits = [
-            ("TRIAL", 1),
-            ("PAYG", 1),
-            ("STARTER", 1),
-            ("PRO", 5),
-            ("ENTERPRISE", 5),
-        ]
-        .into_iter()
-        .map(|(name, limit)| (name.to_owned(), limit))
-        .collect();
-        PlanTable {
-            limits,
-            fallback_limit: 1,
-        }
+        let limits = [("TRIAL", 1), ("PAYG", 1), ("STARTER", 1), ("PRO", 5), ("ENTERPRISE", 5)]
+            .into_iter()
+            .map(|(name, limit)| (name.to_owned(), limit))
+            .collect();
+        PlanTable { limits, fallback_limit: 1 }
     }
 }
 
 impl PlanTable {
     /// The effective limit: `concurrent_limit_override ?? plan default ?? fallback`.
     pub fn effective_limit(&self, plan: &str, limit_override: Option<u32>) -> u32 {
-        limit_override
-            .or_else(|| self.limits.get(plan).copied())
-            .unwrap_or(self.fallback_limit)
+        limit_override.or_else(|| self.limits.get(plan).copied()).unwrap_or(self.fallback_limit)
     }
 
     pub fn knows(&self, plan: &str) -> bool {

@@ -44,23 +44,11 @@ impl Actor for LineActor {
     type State = LineState;
     type Arguments = (LineRecord, BTreeSet<CallId>);
 
-    async fn pre_start(
-        &self,
-        _: ActorRef<LineMsg>,
-        (record, held): Self::Arguments,
-    ) -> Result<LineState, ActorProcessingErr> {
-        Ok(LineState {
-            record,
-            slots: SlotTable::from_held(held),
-        })
+    async fn pre_start(&self, _: ActorRef<LineMsg>, (record, held): Self::Arguments) -> Result<LineState, ActorProcessingErr> {
+        Ok(LineState { record, slots: SlotTable::from_held(held) })
     }
 
-    async fn handle(
-        &self,
-        _: ActorRef<LineMsg>,
-        msg: LineMsg,
-        state: &mut LineState,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, _: ActorRef<LineMsg>, msg: LineMsg, state: &mut LineState) -> Result<(), ActorProcessingErr> {
         match msg {
             LineMsg::Reserve { call, force, reply } => {
                 let _ = reply.send(state.slots.reserve(call, state.record.channels, force));
@@ -69,10 +57,7 @@ impl Actor for LineActor {
                 state.slots.release(call);
             }
             LineMsg::Get { reply } => {
-                let _ = reply.send(LineView {
-                    record: state.record.clone(),
-                    active: state.slots.held().collect(),
-                });
+                let _ = reply.send(LineView { record: state.record.clone(), active: state.slots.held().collect() });
             }
             LineMsg::Crash => panic!("injected line crash"),
         }

@@ -56,10 +56,7 @@ pub struct PlatformState {
 
 impl PlatformState {
     fn view(&self) -> PlatformView {
-        PlatformView {
-            capacity: self.capacity,
-            active: self.slots.held().collect(),
-        }
+        PlatformView { capacity: self.capacity, active: self.slots.held().collect() }
     }
 }
 
@@ -68,26 +65,13 @@ impl Actor for PlatformActor {
     type State = PlatformState;
     type Arguments = (u32, BTreeSet<CallId>);
 
-    async fn pre_start(
-        &self,
-        _: ActorRef<PlatformMsg>,
-        (capacity, held): Self::Arguments,
-    ) -> Result<PlatformState, ActorProcessingErr> {
-        let state = PlatformState {
-            capacity,
-            slots: SlotTable::from_held(held),
-        };
-        self.telemetry
-            .platform(state.capacity, state.slots.active());
+    async fn pre_start(&self, _: ActorRef<PlatformMsg>, (capacity, held): Self::Arguments) -> Result<PlatformState, ActorProcessingErr> {
+        let state = PlatformState { capacity, slots: SlotTable::from_held(held) };
+        self.telemetry.platform(state.capacity, state.slots.active());
         Ok(state)
     }
 
-    async fn handle(
-        &self,
-        _: ActorRef<PlatformMsg>,
-        msg: PlatformMsg,
-        state: &mut PlatformState,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, _: ActorRef<PlatformMsg>, msg: PlatformMsg, state: &mut PlatformState) -> Result<(), ActorProcessingErr> {
         match msg {
             PlatformMsg::Reserve { call, force, reply } => {
                 let _ = reply.send(state.slots.reserve(call, state.capacity, force));
@@ -97,10 +81,7 @@ impl Actor for PlatformActor {
             }
             PlatformMsg::SetCapacity { capacity, reply } => {
                 let event = Event::PlatformCapacitySet { capacity };
-                let guard = Guard {
-                    platform: Some(self.generation),
-                    ..Guard::default()
-                };
+                let guard = Guard { platform: Some(self.generation), ..Guard::default() };
                 let result = crate::append(&self.journal, event, guard, self.journal_timeout).await;
                 if result.is_ok() {
                     state.capacity = capacity;
@@ -112,8 +93,7 @@ impl Actor for PlatformActor {
             }
             PlatformMsg::Crash => panic!("injected platform crash"),
         }
-        self.telemetry
-            .platform(state.capacity, state.slots.active());
+        self.telemetry.platform(state.capacity, state.slots.active());
         Ok(())
     }
 }

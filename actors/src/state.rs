@@ -36,21 +36,11 @@ pub struct IdempotencyTable {
 
 impl IdempotencyTable {
     pub fn get(&self, key: &str, now_ms: u64) -> Option<&IdempotencyRecord> {
-        self.by_key.get(key).filter(|record| {
-            now_ms
-                < record
-                    .call
-                    .started_at_ms
-                    .saturating_add(IDEMPOTENCY_RETENTION_MS)
-        })
+        self.by_key.get(key).filter(|record| now_ms < record.call.started_at_ms.saturating_add(IDEMPOTENCY_RETENTION_MS))
     }
 
     pub fn has_room(&self, now_ms: u64) -> bool {
-        self.by_key.len() < IDEMPOTENCY_KEYS_MAX
-            || self
-                .order
-                .front()
-                .is_some_and(|(at, _)| Self::expired(*at, now_ms))
+        self.by_key.len() < IDEMPOTENCY_KEYS_MAX || self.order.front().is_some_and(|(at, _)| Self::expired(*at, now_ms))
     }
 
     pub fn len(&self) -> usize {
@@ -76,10 +66,7 @@ impl IdempotencyTable {
             let (_, key) = self.order.pop_front().expect("front exists");
             self.by_key.remove(&key);
         }
-        let record = IdempotencyRecord {
-            body_hash: stamp.body_hash,
-            call: call.clone(),
-        };
+        let record = IdempotencyRecord { body_hash: stamp.body_hash, call: call.clone() };
         if self.by_key.insert(stamp.key.clone(), record).is_none() {
             self.order.push_back((now_ms, stamp.key.clone()));
         }
@@ -89,11 +76,7 @@ impl IdempotencyTable {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ReplayError {
     #[error("event {seq} ({kind}) contradicts the state before it: {why}")]
-    Contradiction {
-        seq: u64,
-        kind: &'static str,
-        why: String,
-    },
+    Contradiction { seq: u64, kind: &'static str, why: String },
     #[error("journal gap: expected event {expected}, found {found}")]
     Gap { expected: u64, found: u64 },
 }
@@ -115,27 +98,16 @@ pub struct DurableState {
 
 impl DurableState {
     pub fn new(platform_capacity: u32) -> Self {
-        DurableState {
-            platform_capacity,
-            next_call_number: 1,
-            ..Default::default()
-        }
+        DurableState { platform_capacity, next_call_number: 1, ..Default::default() }
     }
 
     /// Applies event `seq`. Seqs must be contiguous; an event that contradicts the state (a
     /// corrupt or foreign journal) is refused rather than papered over.
     pub fn apply(&mut self, seq: u64, event: &Event) -> Result<(), ReplayError> {
         if seq != self.last_seq + 1 {
-            return Err(ReplayError::Gap {
-                expected: self.last_seq + 1,
-                found: seq,
-            });
+            return Err(ReplayError::Gap { expected: self.last_seq + 1, found: seq });
         }
-        let contradiction = |why: String| ReplayError::Contradiction {
-            seq,
-            kind: event.kind(),
-            why,
-        };
+        let contradiction = |why: String| ReplayError::Contradiction { seq, kind: event.kind(), why };
         match event {
             Event::TenantCreated(tenant) => {
                 if self.tenants.contains_key(&tenant.id) {
@@ -145,8 +117,7 @@ impl DurableState {
             }
             Event::TenantUpdated(tenant) => {
                 let slot = self.tenants.get_mut(&tenant.id);
-                *slot.ok_or_else(|| contradiction(format!("no tenant {}", tenant.id)))? =
-                    tenant.clone();
+                *slot.ok_or_else(|| contradiction(format!("no tenant {}", tenant.id)))? = tenant.clone();
             }
             Event::LineCreated(line) => {
                 if !self.tenants.contains_key(&line.tenant_id) {
@@ -158,32 +129,14 @@ impl DurableState {
                 self.lines.insert(line.id.clone(), line.clone());
             }
             Event::PlatformCapacitySet { capacity } => self.platform_capacity = *capacity,
-            Event::CallAdmitted { call, idempotency } => self
-                .admit(call, idempotency.as_ref())
-                .map_err(contradiction)?,
+            Event::CallAdmitted { call, idempotency } => self.admit(call, idempotency.as_ref()).map_err(contradiction)?,
             Event::CallHeartbeat { id, at_ms } => {
-                let call = self
-                    .live_calls
-                    .get_mut(id)
-                    .ok_or_else(|| contradiction(format!("{id} not live")))?;
+                let call = self.live_calls.get_mut(id).ok_or_else(|| contradiction(format!("{id} not live")))?;
                 call.last_activity_at_ms = call.last_activity_at_ms.max(*at_ms);
             }
-            Event::CallEnded {
-                id,
-                ended_at_ms,
-                outcome,
-                duration_s,
-            } => {
-                let call = self
-                    .live_calls
-                    .remove(id)
-                    .ok_or_else(|| contradiction(format!("{id} not live")))?;
-                let ended = EndedCall {
-                    call,
-                    ended_at_ms: *ended_at_ms,
-                    outcome: outcome.clone(),
-                    duration_s: *duration_s,
-                };
+            Event::CallEnded { id, ended_at_ms, outcome, duration_s } => {
+                let call = self.live_calls.remove(id).ok_or_else(|| contradiction(format!("{id} not live")))?;
+                let ended = EndedCall { call, ended_at_ms: *ended_at_ms, outcome: outcome.clone(), duration_s: *duration_s };
                 self.retain_ended(ended);
             }
         }
@@ -191,11 +144,7 @@ impl DurableState {
         Ok(())
     }
 
-    fn admit(
-        &mut self,
-        call: &CallRecord,
-        idempotency: Option<&IdempotencyStamp>,
-    ) -> Result<(), String> {
+    fn admit(&mut self, call: &CallRecord, idempotency: Option<&IdempotencyStamp>) -> Result<(), String> {
         if !self.tenants.contains_key(&call.tenant_id) {
             return Err(format!("no tenant {}", call.tenant_id));
         }
@@ -220,38 +169,19 @@ impl DurableState {
     }
 
     pub fn tenant_active(&self, tenant: &str) -> BTreeSet<CallId> {
-        self.live_calls
-            .values()
-            .filter(|c| c.tenant_id == tenant)
-            .map(|c| c.id)
-            .collect()
+        self.live_calls.values().filter(|c| c.tenant_id == tenant).map(|c| c.id).collect()
     }
 
     pub fn line_active(&self, line: &str) -> BTreeSet<CallId> {
-        self.live_calls
-            .values()
-            .filter(|c| c.line_id.as_deref() == Some(line))
-            .map(|c| c.id)
-            .collect()
+        self.live_calls.values().filter(|c| c.line_id.as_deref() == Some(line)).map(|c| c.id).collect()
     }
 
     /// The same projection the live actors produce, for the replay-equals-live invariant.
     pub fn digest(&self) -> StateDigest {
         StateDigest {
-            tenants: self
-                .tenants
-                .iter()
-                .map(|(id, t)| (id.clone(), (t.clone(), self.tenant_active(id))))
-                .collect(),
-            lines: self
-                .lines
-                .iter()
-                .map(|(id, l)| (id.clone(), (l.clone(), self.line_active(id))))
-                .collect(),
-            platform: (
-                self.platform_capacity,
-                self.live_calls.keys().copied().collect(),
-            ),
+            tenants: self.tenants.iter().map(|(id, t)| (id.clone(), (t.clone(), self.tenant_active(id)))).collect(),
+            lines: self.lines.iter().map(|(id, l)| (id.clone(), (l.clone(), self.line_active(id)))).collect(),
+            platform: (self.platform_capacity, self.live_calls.keys().copied().collect()),
             live_calls: self.live_calls.clone(),
             ended_calls: self.ended_calls.clone(),
         }
@@ -274,13 +204,7 @@ mod tests {
     use crate::model::Direction;
 
     fn tenant(id: &str) -> TenantRecord {
-        TenantRecord {
-            id: id.into(),
-            name: None,
-            plan: "PRO".into(),
-            concurrent_limit_override: None,
-            created_at_ms: 0,
-        }
+        TenantRecord { id: id.into(), name: None, plan: "PRO".into(), concurrent_limit_override: None, created_at_ms: 0 }
     }
 
     fn call(n: u64, at_ms: u64) -> CallRecord {
@@ -302,58 +226,18 @@ mod tests {
     #[test]
     fn refuses_gaps_and_contradictions() {
         let mut state = DurableState::new(5);
-        assert_eq!(
-            state.apply(2, &Event::PlatformCapacitySet { capacity: 1 }),
-            Err(ReplayError::Gap {
-                expected: 1,
-                found: 2
-            })
-        );
-        let end = Event::CallEnded {
-            id: CallId(1),
-            ended_at_ms: 0,
-            outcome: "x".into(),
-            duration_s: 0,
-        };
-        assert!(matches!(
-            state.apply(1, &end),
-            Err(ReplayError::Contradiction { .. })
-        ));
+        assert_eq!(state.apply(2, &Event::PlatformCapacitySet { capacity: 1 }), Err(ReplayError::Gap { expected: 1, found: 2 }));
+        let end = Event::CallEnded { id: CallId(1), ended_at_ms: 0, outcome: "x".into(), duration_s: 0 };
+        assert!(matches!(state.apply(1, &end), Err(ReplayError::Contradiction { .. })));
         state.apply(1, &Event::TenantCreated(tenant("t"))).unwrap();
-        state
-            .apply(
-                2,
-                &Event::CallAdmitted {
-                    call: call(1, 0),
-                    idempotency: None,
-                },
-            )
-            .unwrap();
-        let reused = Event::CallAdmitted {
-            call: call(1, 0),
-            idempotency: None,
-        };
-        assert!(matches!(
-            state.apply(3, &reused),
-            Err(ReplayError::Contradiction { .. })
-        ));
+        state.apply(2, &Event::CallAdmitted { call: call(1, 0), idempotency: None }).unwrap();
+        let reused = Event::CallAdmitted { call: call(1, 0), idempotency: None };
+        assert!(matches!(state.apply(3, &reused), Err(ReplayError::Contradiction { .. })));
         state.apply(3, &end).unwrap();
-        let overtaken = Event::CallAdmitted {
-            call: call(0, 0),
-            idempotency: None,
-        };
+        let overtaken = Event::CallAdmitted { call: call(0, 0), idempotency: None };
         state.apply(4, &overtaken).unwrap();
-        assert_eq!(
-            state.live_calls.len(),
-            1,
-            "a smaller id that was overtaken is still admitted"
-        );
-        let end_overtaken = Event::CallEnded {
-            id: CallId(0),
-            ended_at_ms: 0,
-            outcome: "x".into(),
-            duration_s: 0,
-        };
+        assert_eq!(state.live_calls.len(), 1, "a smaller id that was overtaken is still admitted");
+        let end_overtaken = Event::CallEnded { id: CallId(0), ended_at_ms: 0, outcome: "x".into(), duration_s: 0 };
         state.apply(5, &end_overtaken).unwrap();
         assert!(state.live_calls.is_empty());
         assert_eq!(state.ended_calls.len(), 2);
@@ -364,49 +248,13 @@ mod tests {
     fn idempotency_keys_expire_after_retention() {
         let mut state = DurableState::new(5);
         state.apply(1, &Event::TenantCreated(tenant("t"))).unwrap();
-        let stamp = IdempotencyStamp {
-            key: "k".into(),
-            body_hash: 9,
-        };
-        state
-            .apply(
-                2,
-                &Event::CallAdmitted {
-                    call: call(1, 1_000),
-                    idempotency: Some(stamp),
-                },
-            )
-            .unwrap();
-        assert!(
-            state
-                .idempotency
-                .get("k", 1_000 + IDEMPOTENCY_RETENTION_MS - 1)
-                .is_some()
-        );
-        assert!(
-            state
-                .idempotency
-                .get("k", 1_000 + IDEMPOTENCY_RETENTION_MS)
-                .is_none()
-        );
-        let later = IdempotencyStamp {
-            key: "k2".into(),
-            body_hash: 1,
-        };
+        let stamp = IdempotencyStamp { key: "k".into(), body_hash: 9 };
+        state.apply(2, &Event::CallAdmitted { call: call(1, 1_000), idempotency: Some(stamp) }).unwrap();
+        assert!(state.idempotency.get("k", 1_000 + IDEMPOTENCY_RETENTION_MS - 1).is_some());
+        assert!(state.idempotency.get("k", 1_000 + IDEMPOTENCY_RETENTION_MS).is_none());
+        let later = IdempotencyStamp { key: "k2".into(), body_hash: 1 };
         let at = 1_000 + IDEMPOTENCY_RETENTION_MS;
-        state
-            .apply(
-                3,
-                &Event::CallAdmitted {
-                    call: call(2, at),
-                    idempotency: Some(later),
-                },
-            )
-            .unwrap();
-        assert_eq!(
-            state.idempotency.len(),
-            1,
-            "the expired key is evicted by the next insert"
-        );
+        state.apply(3, &Event::CallAdmitted { call: call(2, at), idempotency: Some(later) }).unwrap();
+        assert_eq!(state.idempotency.len(), 1, "the expired key is evicted by the next insert");
     }
 }

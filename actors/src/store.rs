@@ -40,23 +40,20 @@ pub trait Store: Send + Sync + 'static {
     fn blocks(&self) -> bool;
     /// The newest snapshot: its sequence number and bytes.
     fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+    /// Releases the storage (files, locks) after the last write. Later writes fail.
+    fn close(&self) {}
     /// Calls `visit` for every event after `seq`, in order. Stops at the first error.
     fn scan_after(&self, seq: u64, visit: &mut Visit<'_>) -> Result<(), StoreError>;
 }
 
 /// Rebuilds the durable state: the newest snapshot, then every event after it.
-pub fn recover(
-    store: &dyn Store,
-    platform_capacity_default: u32,
-) -> Result<DurableState, StoreError> {
+pub fn recover(store: &dyn Store, platform_capacity_default: u32) -> Result<DurableState, StoreError> {
     let mut state = match store.latest_snapshot()? {
-        Some((seq, bytes)) => codec::decode::<DurableState>(&bytes)
-            .map_err(|source| StoreError::Codec { seq, source })?,
+        Some((seq, bytes)) => codec::decode::<DurableState>(&bytes).map_err(|source| StoreError::Codec { seq, source })?,
         None => DurableState::new(platform_capacity_default),
     };
     store.scan_after(state.last_seq, &mut |seq, bytes| {
-        let event: Event =
-            codec::decode(bytes).map_err(|source| StoreError::Codec { seq, source })?;
+        let event: Event = codec::decode(bytes).map_err(|source| StoreError::Codec { seq, source })?;
         state.apply(seq, &event)?;
         Ok(())
     })?;
@@ -90,9 +87,7 @@ impl Store for MemoryStore {
         if let Some((seq, bytes)) = &batch.snapshot {
             if let Some(previous) = inner.snapshots.keys().next_back().copied() {
                 inner.events.retain(|event_seq, _| *event_seq > previous);
-                inner
-                    .snapshots
-                    .retain(|snapshot_seq, _| *snapshot_seq >= previous);
+                inner.snapshots.retain(|snapshot_seq, _| *snapshot_seq >= previous);
             }
             inner.snapshots.insert(*seq, bytes.clone());
             while inner.snapshots.len() > 2 {
@@ -108,11 +103,7 @@ impl Store for MemoryStore {
 
     fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         let inner = self.inner.lock().expect("memory store lock");
-        Ok(inner
-            .snapshots
-            .iter()
-            .next_back()
-            .map(|(seq, bytes)| (*seq, bytes.clone())))
+        Ok(inner.snapshots.iter().next_back().map(|(seq, bytes)| (*seq, bytes.clone())))
     }
 
     fn scan_after(&self, seq: u64, visit: &mut Visit<'_>) -> Result<(), StoreError> {

@@ -44,7 +44,9 @@ pub enum SupervisorMsg {
     /// The watchdog's tick: ask every live call whether it is stuck.
     Sweep,
     /// Shutting down: children that stop from now on are not rebuilt.
-    Stopping { reply: RpcReplyPort<()> },
+    Stopping {
+        reply: RpcReplyPort<()>,
+    },
 }
 
 pub struct Supervisor {
@@ -63,28 +65,17 @@ impl Actor for Supervisor {
     type State = SupervisorState;
     type Arguments = DurableState;
 
-    async fn pre_start(
-        &self,
-        myself: ActorRef<SupervisorMsg>,
-        durable: DurableState,
-    ) -> Result<SupervisorState, ActorProcessingErr> {
+    async fn pre_start(&self, myself: ActorRef<SupervisorMsg>, durable: DurableState) -> Result<SupervisorState, ActorProcessingErr> {
         let writer = JournalWriter {
             store: Arc::clone(&self.store),
             telemetry: Arc::clone(&self.context.telemetry),
             snapshot_every_events: self.context.settings.snapshot_every_events,
         };
-        let (journal, _) =
-            Actor::spawn_linked(None, writer, durable.clone(), myself.get_cell()).await?;
+        let (journal, _) = Actor::spawn_linked(None, writer, durable.clone(), myself.get_cell()).await?;
         self.context.directory.write().journal = Some(journal.clone());
         self.boot_children(&myself, &durable).await?;
-        myself.send_interval(self.context.settings.sweep_interval, || {
-            SupervisorMsg::Sweep
-        });
-        Ok(SupervisorState {
-            journal_id: journal.get_id(),
-            journal,
-            stopping: false,
-        })
+        myself.send_interval(self.context.settings.sweep_interval, || SupervisorMsg::Sweep);
+        Ok(SupervisorState { journal_id: journal.get_id(), journal, stopping: false })
     }
 
     async fn handle(
@@ -101,14 +92,7 @@ impl Actor for Supervisor {
                 let _ = reply.send(self.create_line(&myself, state, record).await);
             }
             SupervisorMsg::Sweep => {
-                let calls: Vec<ActorRef<CallMsg>> = self
-                    .context
-                    .directory
-                    .read()
-                    .calls
-                    .values()
-                    .map(|c| c.actor.clone())
-                    .collect();
+                let calls: Vec<ActorRef<CallMsg>> = self.context.directory.read().calls.values().map(|c| c.actor.clone()).collect();
                 for call in calls {
                     let _ = call.cast(CallMsg::Sweep);
                 }
@@ -134,20 +118,11 @@ impl Actor for Supervisor {
         };
         if cell.get_id() == state.journal_id {
             self.context.journal_alive.store(false, Ordering::SeqCst);
-            tracing::error!(
-                failure = failure.as_deref().unwrap_or("stopped"),
-                "journal writer is gone; refusing writes until restart"
-            );
+            tracing::error!(failure = failure.as_deref().unwrap_or("stopped"), "journal writer is gone; refusing writes until restart");
             return Ok(());
         }
         // A call that ended has already left the directory: nothing to rebuild.
-        let Some(entity) = self
-            .context
-            .directory
-            .write()
-            .by_actor
-            .remove(&cell.get_id())
-        else {
+        let Some(entity) = self.context.directory.write().by_actor.remove(&cell.get_id()) else {
             return Ok(());
         };
         if state.stopping {
@@ -159,31 +134,16 @@ impl Actor for Supervisor {
 }
 
 impl Supervisor {
-    async fn boot_children(
-        &self,
-        myself: &ActorRef<SupervisorMsg>,
-        durable: &DurableState,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn boot_children(&self, myself: &ActorRef<SupervisorMsg>, durable: &DurableState) -> Result<(), ActorProcessingErr> {
         let context = &self.context;
         let cell = myself.get_cell();
         let all_live = durable.live_calls.keys().copied().collect();
-        context
-            .spawn_platform(cell.clone(), durable.platform_capacity, all_live, 0)
-            .await?;
+        context.spawn_platform(cell.clone(), durable.platform_capacity, all_live, 0).await?;
         for tenant in durable.tenants.values() {
-            context
-                .spawn_tenant(
-                    cell.clone(),
-                    tenant.clone(),
-                    durable.tenant_active(&tenant.id),
-                    0,
-                )
-                .await?;
+            context.spawn_tenant(cell.clone(), tenant.clone(), durable.tenant_active(&tenant.id), 0).await?;
         }
         for line in durable.lines.values() {
-            context
-                .spawn_line(cell.clone(), line.clone(), durable.line_active(&line.id), 0)
-                .await?;
+            context.spawn_line(cell.clone(), line.clone(), durable.line_active(&line.id), 0).await?;
         }
         for call in durable.live_calls.values() {
             context.spawn_call(cell.clone(), call.clone()).await?;
@@ -194,35 +154,18 @@ impl Supervisor {
         Ok(())
     }
 
-    async fn rebuild(
-        &self,
-        myself: &ActorRef<SupervisorMsg>,
-        state: &SupervisorState,
-        entity: Entity,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn rebuild(&self, myself: &ActorRef<SupervisorMsg>, state: &SupervisorState, entity: Entity) -> Result<(), ActorProcessingErr> {
         let timeout = Some(self.context.settings.journal_timeout);
-        let (generation, handover) = match state
-            .journal
-            .call(|reply| JournalMsg::Handover { entity, reply }, timeout)
-            .await?
-        {
+        let (generation, handover) = match state.journal.call(|reply| JournalMsg::Handover { entity, reply }, timeout).await? {
             ractor::rpc::CallResult::Success(answer) => answer,
             other => return Err(format!("journal did not hand over state: {other:?}").into()),
         };
         let cell = myself.get_cell();
         let context = &self.context;
         match handover {
-            Handover::Tenant(record, held) => {
-                context.spawn_tenant(cell, record, held, generation).await?
-            }
-            Handover::Line(record, held) => {
-                context.spawn_line(cell, record, held, generation).await?
-            }
-            Handover::Platform(capacity, held) => {
-                context
-                    .spawn_platform(cell, capacity, held, generation)
-                    .await?
-            }
+            Handover::Tenant(record, held) => context.spawn_tenant(cell, record, held, generation).await?,
+            Handover::Line(record, held) => context.spawn_line(cell, record, held, generation).await?,
+            Handover::Platform(capacity, held) => context.spawn_platform(cell, capacity, held, generation).await?,
             Handover::Call(record) => context.spawn_call(cell, record).await?,
             Handover::Gone => {}
         }
@@ -235,36 +178,16 @@ impl Supervisor {
         state: &SupervisorState,
         record: TenantRecord,
     ) -> Result<(), CreateError> {
-        if self
-            .context
-            .directory
-            .read()
-            .tenants
-            .contains_key(&record.id)
-        {
+        if self.context.directory.read().tenants.contains_key(&record.id) {
             return Err(CreateError::Exists);
         }
         let event = Event::TenantCreated(record.clone());
-        crate::append(
-            &state.journal,
-            event,
-            Guard::default(),
-            self.context.settings.journal_timeout,
-        )
-        .await?;
+        crate::append(&state.journal, event, Guard::default(), self.context.settings.journal_timeout).await?;
         let held = Default::default();
-        self.context
-            .spawn_tenant(myself.get_cell(), record, held, 0)
-            .await
-            .map_err(|e| CreateError::Spawn(e.to_string()))
+        self.context.spawn_tenant(myself.get_cell(), record, held, 0).await.map_err(|e| CreateError::Spawn(e.to_string()))
     }
 
-    async fn create_line(
-        &self,
-        myself: &ActorRef<SupervisorMsg>,
-        state: &SupervisorState,
-        record: LineRecord,
-    ) -> Result<(), CreateError> {
+    async fn create_line(&self, myself: &ActorRef<SupervisorMsg>, state: &SupervisorState, record: LineRecord) -> Result<(), CreateError> {
         {
             let directory = self.context.directory.read();
             if directory.lines.contains_key(&record.id) {
@@ -275,17 +198,8 @@ impl Supervisor {
             }
         }
         let event = Event::LineCreated(record.clone());
-        crate::append(
-            &state.journal,
-            event,
-            Guard::default(),
-            self.context.settings.journal_timeout,
-        )
-        .await?;
+        crate::append(&state.journal, event, Guard::default(), self.context.settings.journal_timeout).await?;
         let held = Default::default();
-        self.context
-            .spawn_line(myself.get_cell(), record, held, 0)
-            .await
-            .map_err(|e| CreateError::Spawn(e.to_string()))
+        self.context.spawn_line(myself.get_cell(), record, held, 0).await.map_err(|e| CreateError::Spawn(e.to_string()))
     }
 }

@@ -23,9 +23,7 @@ use crate::core::slots::Full;
 use crate::directory::{CallLookup, SharedDirectory};
 use crate::event::{Event, IdempotencyStamp};
 use crate::journal::{AppendError, Entity, Guard, JournalMsg};
-use crate::model::{
-    CallId, CallRecord, Direction, EndedCall, LineRecord, TenantRecord, mask_phone,
-};
+use crate::model::{CallId, CallRecord, Direction, EndedCall, LineRecord, TenantRecord, mask_phone};
 use crate::phone_line::{LineMsg, LineView};
 use crate::platform::{PlatformMsg, PlatformView};
 use crate::state::{DurableState, IdempotencyRecord, StateDigest};
@@ -134,6 +132,7 @@ pub struct PlatformSummary {
 
 pub struct System {
     context: Arc<Context>,
+    store: Arc<dyn Store>,
     supervisor: ActorRef<SupervisorMsg>,
     next_call_number: AtomicU64,
     idempotency_in_flight: Mutex<BTreeSet<String>>,
@@ -150,11 +149,7 @@ enum AskError {
     Timeout,
 }
 
-async fn ask<M, R, F>(
-    actor: &ActorRef<M>,
-    build: F,
-    timeout: std::time::Duration,
-) -> Result<R, AskError>
+async fn ask<M, R, F>(actor: &ActorRef<M>, build: F, timeout: std::time::Duration) -> Result<R, AskError>
 where
     M: ractor::Message,
     R: Send + 'static,
@@ -197,11 +192,7 @@ struct KeyClaim<'a> {
 
 impl Drop for KeyClaim<'_> {
     fn drop(&mut self) {
-        self.system
-            .idempotency_in_flight
-            .lock()
-            .expect("in-flight keys lock")
-            .remove(&self.key);
+        self.system.idempotency_in_flight.lock().expect("in-flight keys lock").remove(&self.key);
     }
 }
 
@@ -214,25 +205,12 @@ impl System {
         clock: Arc<dyn Clock>,
         telemetry: Arc<dyn Telemetry>,
     ) -> Result<System, ractor::SpawnErr> {
-        let context = Arc::new(Context {
-            settings,
-            clock,
-            telemetry,
-            directory: SharedDirectory::default(),
-            journal_alive: AtomicBool::new(true),
-        });
+        let context =
+            Arc::new(Context { settings, clock, telemetry, directory: SharedDirectory::default(), journal_alive: AtomicBool::new(true) });
         let next_call_number = AtomicU64::new(durable.next_call_number);
-        let supervisor = Supervisor {
-            context: Arc::clone(&context),
-            store,
-        };
+        let supervisor = Supervisor { context: Arc::clone(&context), store: Arc::clone(&store) };
         let (supervisor, _) = Actor::spawn(None, supervisor, durable).await?;
-        Ok(System {
-            context,
-            supervisor,
-            next_call_number,
-            idempotency_in_flight: Mutex::new(BTreeSet::new()),
-        })
+        Ok(System { context, store, supervisor, next_call_number, idempotency_in_flight: Mutex::new(BTreeSet::new()) })
     }
 
     /// Now, by the injected clock (the same one the actors use).
@@ -267,21 +245,11 @@ impl System {
         let now_ms = self.context.clock.now_ms();
         let key = stamp.key.clone();
         let (remembered, has_room) = self
-            .inspect(move |durable| {
-                (
-                    durable.idempotency.get(&key, now_ms).cloned(),
-                    durable.idempotency.has_room(now_ms),
-                )
-            })
+            .inspect(move |durable| (durable.idempotency.get(&key, now_ms).cloned(), durable.idempotency.has_room(now_ms)))
             .await
             .map_err(AdmitError::Unavailable)?;
         match remembered {
-            Some(IdempotencyRecord { body_hash, call }) if body_hash == stamp.body_hash => {
-                Ok(Admitted {
-                    call,
-                    replayed: true,
-                })
-            }
+            Some(IdempotencyRecord { body_hash, call }) if body_hash == stamp.body_hash => Ok(Admitted { call, replayed: true }),
             Some(_) => Err(AdmitError::IdempotencyMismatch),
             None if !has_room => Err(AdmitError::IdempotencyFull),
             None => self.admit_new(request).await,
@@ -289,10 +257,7 @@ impl System {
     }
 
     fn claim_key(&self, key: &str) -> Result<KeyClaim<'_>, AdmitError> {
-        let mut in_flight = self
-            .idempotency_in_flight
-            .lock()
-            .expect("in-flight keys lock");
+        let mut in_flight = self.idempotency_in_flight.lock().expect("in-flight keys lock");
         if in_flight.contains(key) {
             return Err(AdmitError::IdempotencyInFlight);
         }
@@ -300,10 +265,7 @@ impl System {
             return Err(AdmitError::IdempotencyFull);
         }
         in_flight.insert(key.to_owned());
-        Ok(KeyClaim {
-            system: self,
-            key: key.to_owned(),
-        })
+        Ok(KeyClaim { system: self, key: key.to_owned() })
     }
 
     async fn admit_new(&self, request: AdmitRequest) -> Result<Admitted, AdmitError> {
@@ -316,17 +278,13 @@ impl System {
                 Err(Attempt::Retry) => tokio::task::yield_now().await,
                 Err(Attempt::Fail(error)) => {
                     if let AdmitError::Denied(denial) = &error {
-                        self.context
-                            .telemetry
-                            .admission(AdmissionOutcome::Denied(denial.code.as_str()), "");
+                        self.context.telemetry.admission(AdmissionOutcome::Denied(denial.code.as_str()), "");
                     }
                     return Err(error);
                 }
             }
         }
-        Err(AdmitError::Unavailable(
-            "actors were being rebuilt; retry".into(),
-        ))
+        Err(AdmitError::Unavailable("actors were being rebuilt; retry".into()))
     }
 
     fn check_references(&self, request: &AdmitRequest) -> Result<(), AdmitError> {
@@ -335,15 +293,9 @@ impl System {
             return Err(AdmitError::UnknownTenant(request.tenant_id.clone()));
         }
         if let Some(line_id) = &request.line_id {
-            let line = directory
-                .lines
-                .get(line_id)
-                .ok_or_else(|| AdmitError::UnknownLine(line_id.clone()))?;
+            let line = directory.lines.get(line_id).ok_or_else(|| AdmitError::UnknownLine(line_id.clone()))?;
             if line.tenant_id != request.tenant_id {
-                return Err(AdmitError::LineNotOwned {
-                    line: line_id.clone(),
-                    owner: line.tenant_id.clone(),
-                });
+                return Err(AdmitError::LineNotOwned { line: line_id.clone(), owner: line.tenant_id.clone() });
             }
         }
         let live_calls_max = self.context.settings.live_calls_max;
@@ -353,41 +305,18 @@ impl System {
         Ok(())
     }
 
-    async fn try_admit(
-        &self,
-        id: CallId,
-        request: &AdmitRequest,
-        force: bool,
-    ) -> Result<CallRecord, Attempt> {
+    async fn try_admit(&self, id: CallId, request: &AdmitRequest, force: bool) -> Result<CallRecord, Attempt> {
         let (tenant, line, platform, journal) = {
             let directory = self.context.directory.read();
             let tenant = directory.tenants.get(&request.tenant_id).cloned();
-            let line = request
-                .line_id
-                .as_ref()
-                .and_then(|l| directory.lines.get(l))
-                .map(|l| l.slot.clone());
-            (
-                tenant.ok_or(Attempt::Retry)?,
-                line,
-                directory.platform(),
-                directory.journal(),
-            )
+            let line = request.line_id.as_ref().and_then(|l| directory.lines.get(l)).map(|l| l.slot.clone());
+            (tenant.ok_or(Attempt::Retry)?, line, directory.platform(), directory.journal())
         };
         if request.line_id.is_some() && line.is_none() {
             return Err(Attempt::Retry);
         }
         let mut reserved = Reserved::default();
-        let outcome = self
-            .reserve_all(
-                id,
-                force,
-                &tenant.actor,
-                line.as_ref().map(|l| &l.actor),
-                &platform.actor,
-                &mut reserved,
-            )
-            .await;
+        let outcome = self.reserve_all(id, force, &tenant.actor, line.as_ref().map(|l| &l.actor), &platform.actor, &mut reserved).await;
         let (plan, over_limit) = match outcome {
             Ok(granted) => granted,
             Err(attempt) => {
@@ -411,26 +340,11 @@ impl System {
         };
         let guard = Guard {
             tenant: Some((request.tenant_id.clone(), tenant.generation)),
-            line: line.as_ref().map(|l| {
-                (
-                    request.line_id.clone().expect("line slot implies line id"),
-                    l.generation,
-                )
-            }),
+            line: line.as_ref().map(|l| (request.line_id.clone().expect("line slot implies line id"), l.generation)),
             platform: Some(platform.generation),
         };
-        let event = Event::CallAdmitted {
-            call: call.clone(),
-            idempotency: request.idempotency.clone(),
-        };
-        match crate::append(
-            &journal,
-            event,
-            guard,
-            self.context.settings.journal_timeout,
-        )
-        .await
-        {
+        let event = Event::CallAdmitted { call: call.clone(), idempotency: request.idempotency.clone() };
+        match crate::append(&journal, event, guard, self.context.settings.journal_timeout).await {
             Ok(_) => Ok(call),
             Err(AppendError::StaleGeneration) => {
                 reserved.release(id);
@@ -438,9 +352,7 @@ impl System {
             }
             Err(AppendError::Unknown) => {
                 tracing::error!(call_id = %id, "journal append outcome unknown; keeping the reservation until restart");
-                Err(Attempt::Fail(AdmitError::Unavailable(
-                    AppendError::Unknown.to_string(),
-                )))
+                Err(Attempt::Fail(AdmitError::Unavailable(AppendError::Unknown.to_string())))
             }
             Err(error) => {
                 reserved.release(id);
@@ -463,54 +375,24 @@ impl System {
         let timeout = self.timeout();
         let retry_after_s = self.context.settings.retry_after_s;
         let deny = |code: DenialCode, full: Full| {
-            Attempt::Fail(AdmitError::Denied(Denial {
-                code,
-                current_active: full.current_active,
-                limit: full.limit,
-                retry_after_s,
-            }))
+            Attempt::Fail(AdmitError::Denied(Denial { code, current_active: full.current_active, limit: full.limit, retry_after_s }))
         };
         let unanswered = |error: AskError| match error {
             AskError::Gone => Attempt::Retry,
-            AskError::Timeout => Attempt::Fail(AdmitError::Unavailable(
-                "an actor did not answer in time".into(),
-            )),
+            AskError::Timeout => Attempt::Fail(AdmitError::Unavailable("an actor did not answer in time".into())),
         };
         reserved.tenant = Some(tenant.clone());
-        let tenant_grant = ask(
-            tenant,
-            |reply| TenantMsg::Reserve { call, force, reply },
-            timeout,
-        )
-        .await
-        .map_err(unanswered)?;
-        let tenant_grant =
-            tenant_grant.map_err(|full| deny(DenialCode::TenantLimitReached, full))?;
+        let tenant_grant = ask(tenant, |reply| TenantMsg::Reserve { call, force, reply }, timeout).await.map_err(unanswered)?;
+        let tenant_grant = tenant_grant.map_err(|full| deny(DenialCode::TenantLimitReached, full))?;
         let mut over_limit = tenant_grant.over_limit;
         if let Some(line) = line {
             reserved.line = Some(line.clone());
-            let granted = ask(
-                line,
-                |reply| LineMsg::Reserve { call, force, reply },
-                timeout,
-            )
-            .await
-            .map_err(unanswered)?;
-            over_limit |= granted
-                .map_err(|full| deny(DenialCode::LineBusy, full))?
-                .over_limit;
+            let granted = ask(line, |reply| LineMsg::Reserve { call, force, reply }, timeout).await.map_err(unanswered)?;
+            over_limit |= granted.map_err(|full| deny(DenialCode::LineBusy, full))?.over_limit;
         }
         reserved.platform = Some(platform.clone());
-        let granted = ask(
-            platform,
-            |reply| PlatformMsg::Reserve { call, force, reply },
-            timeout,
-        )
-        .await
-        .map_err(unanswered)?;
-        over_limit |= granted
-            .map_err(|full| deny(DenialCode::PlatformCapacityFull, full))?
-            .over_limit;
+        let granted = ask(platform, |reply| PlatformMsg::Reserve { call, force, reply }, timeout).await.map_err(unanswered)?;
+        over_limit |= granted.map_err(|full| deny(DenialCode::PlatformCapacityFull, full))?.over_limit;
         Ok((tenant_grant.plan, over_limit))
     }
 
@@ -530,47 +412,27 @@ impl System {
         } else {
             telemetry.admission(AdmissionOutcome::Admitted, &call.plan);
         }
-        if let Err(error) = self
-            .context
-            .spawn_call(self.supervisor.get_cell(), call.clone())
-            .await
-        {
+        if let Err(error) = self.context.spawn_call(self.supervisor.get_cell(), call.clone()).await {
             // The call is durable; the next start gives it an actor. Until then it holds its slots.
             tracing::error!(call_id = %call.id, %error, "could not start the call actor");
         }
-        Admitted {
-            call,
-            replayed: false,
-        }
+        Admitted { call, replayed: false }
     }
 
     // ---------------------------------------------------------------- calls
 
-    pub async fn end_call(
-        &self,
-        id: CallId,
-        outcome: String,
-        duration_s: Option<u64>,
-    ) -> Result<EndedCall, SystemError> {
+    pub async fn end_call(&self, id: CallId, outcome: String, duration_s: Option<u64>) -> Result<EndedCall, SystemError> {
         let lookup = self.context.directory.read().call(id);
         match lookup {
             CallLookup::Ended(ended) => Ok(*ended),
             CallLookup::Unknown => Err(SystemError::NotFound),
-            CallLookup::Live(actor) => match ask(
-                &actor,
-                |reply| CallMsg::End {
-                    outcome,
-                    duration_s,
-                    reply,
-                },
-                self.context.settings.journal_timeout,
-            )
-            .await
-            {
-                Ok(Ok(ended)) => Ok(ended),
-                Ok(Err(error)) => Err(SystemError::Unavailable(error.to_string())),
-                Err(_) => self.ended_meanwhile(id),
-            },
+            CallLookup::Live(actor) => {
+                match ask(&actor, |reply| CallMsg::End { outcome, duration_s, reply }, self.context.settings.journal_timeout).await {
+                    Ok(Ok(ended)) => Ok(ended),
+                    Ok(Err(error)) => Err(SystemError::Unavailable(error.to_string())),
+                    Err(_) => self.ended_meanwhile(id),
+                }
+            }
         }
     }
 
@@ -579,9 +441,7 @@ impl System {
     fn ended_meanwhile(&self, id: CallId) -> Result<EndedCall, SystemError> {
         match self.context.directory.read().call(id) {
             CallLookup::Ended(ended) => Ok(*ended),
-            _ => Err(SystemError::Unavailable(
-                "the call's actor is restarting; retry".into(),
-            )),
+            _ => Err(SystemError::Unavailable("the call's actor is restarting; retry".into())),
         }
     }
 
@@ -590,21 +450,12 @@ impl System {
         match lookup {
             CallLookup::Ended(ended) => Err(SystemError::CallEnded(ended)),
             CallLookup::Unknown => Err(SystemError::NotFound),
-            CallLookup::Live(actor) => match ask(
-                &actor,
-                |reply| CallMsg::Heartbeat { reply },
-                self.context.settings.journal_timeout,
-            )
-            .await
+            CallLookup::Live(actor) => match ask(&actor, |reply| CallMsg::Heartbeat { reply }, self.context.settings.journal_timeout).await
             {
                 Ok(Ok(record)) => Ok(record),
                 Ok(Err(CallError::Ended(ended))) => Err(SystemError::CallEnded(ended)),
-                Ok(Err(CallError::Journal(error))) => {
-                    Err(SystemError::Unavailable(error.to_string()))
-                }
-                Err(_) => Err(self
-                    .ended_meanwhile(id)
-                    .map_or_else(|e| e, |ended| SystemError::CallEnded(Box::new(ended)))),
+                Ok(Err(CallError::Journal(error))) => Err(SystemError::Unavailable(error.to_string())),
+                Err(_) => Err(self.ended_meanwhile(id).map_or_else(|e| e, |ended| SystemError::CallEnded(Box::new(ended)))),
             },
         }
     }
@@ -614,27 +465,17 @@ impl System {
         match lookup {
             CallLookup::Ended(ended) => Ok(CallState::Ended(*ended)),
             CallLookup::Unknown => Err(SystemError::NotFound),
-            CallLookup::Live(actor) => {
-                match ask(&actor, |reply| CallMsg::Get { reply }, self.timeout()).await {
-                    Ok(CallCore {
-                        ended: Some(ended), ..
-                    }) => Ok(CallState::Ended(ended)),
-                    Ok(core) => Ok(CallState::Live(core.record)),
-                    Err(_) => self.ended_meanwhile(id).map(CallState::Ended),
-                }
-            }
+            CallLookup::Live(actor) => match ask(&actor, |reply| CallMsg::Get { reply }, self.timeout()).await {
+                Ok(CallCore { ended: Some(ended), .. }) => Ok(CallState::Ended(ended)),
+                Ok(core) => Ok(CallState::Live(core.record)),
+                Err(_) => self.ended_meanwhile(id).map(CallState::Ended),
+            },
         }
     }
 
     /// Live calls in id order, filtered, starting after `after`, at most `limit` (+1 to tell
     /// whether there are more). Records are as admitted (heartbeats are on `get_call`).
-    pub fn list_calls(
-        &self,
-        tenant_id: Option<&str>,
-        line_id: Option<&str>,
-        after: Option<CallId>,
-        limit: usize,
-    ) -> Vec<CallRecord> {
+    pub fn list_calls(&self, tenant_id: Option<&str>, line_id: Option<&str>, after: Option<CallId>, limit: usize) -> Vec<CallRecord> {
         let directory = self.context.directory.read();
         let start = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
         directory
@@ -651,153 +492,75 @@ impl System {
     // ---------------------------------------------------------------- tenants, lines, platform
 
     pub async fn create_tenant(&self, record: TenantRecord) -> Result<(), CreateError> {
-        match ask(
-            &self.supervisor,
-            |reply| SupervisorMsg::CreateTenant { record, reply },
-            self.context.settings.journal_timeout,
-        )
-        .await
-        {
+        match ask(&self.supervisor, |reply| SupervisorMsg::CreateTenant { record, reply }, self.context.settings.journal_timeout).await {
             Ok(result) => result,
             Err(_) => Err(CreateError::Journal(AppendError::Unknown)),
         }
     }
 
     pub async fn create_line(&self, record: LineRecord) -> Result<(), CreateError> {
-        match ask(
-            &self.supervisor,
-            |reply| SupervisorMsg::CreateLine { record, reply },
-            self.context.settings.journal_timeout,
-        )
-        .await
-        {
+        match ask(&self.supervisor, |reply| SupervisorMsg::CreateLine { record, reply }, self.context.settings.journal_timeout).await {
             Ok(result) => result,
             Err(_) => Err(CreateError::Journal(AppendError::Unknown)),
         }
     }
 
     pub async fn get_tenant(&self, id: &str) -> Result<TenantView, SystemError> {
-        let tenant = self
-            .context
-            .directory
-            .read()
-            .tenants
-            .get(id)
-            .cloned()
-            .ok_or(SystemError::NotFound)?;
-        ask(
-            &tenant.actor,
-            |reply| TenantMsg::Get { reply },
-            self.timeout(),
-        )
-        .await
-        .map_err(|_| SystemError::Unavailable("the tenant's actor is restarting; retry".into()))
+        let tenant = self.context.directory.read().tenants.get(id).cloned().ok_or(SystemError::NotFound)?;
+        ask(&tenant.actor, |reply| TenantMsg::Get { reply }, self.timeout())
+            .await
+            .map_err(|_| SystemError::Unavailable("the tenant's actor is restarting; retry".into()))
     }
 
-    pub async fn update_tenant(
-        &self,
-        id: &str,
-        patch: TenantPatch,
-    ) -> Result<TenantView, SystemError> {
-        let tenant = self
-            .context
-            .directory
-            .read()
-            .tenants
-            .get(id)
-            .cloned()
-            .ok_or(SystemError::NotFound)?;
-        match ask(
-            &tenant.actor,
-            |reply| TenantMsg::Update { patch, reply },
-            self.context.settings.journal_timeout,
-        )
-        .await
-        {
+    pub async fn update_tenant(&self, id: &str, patch: TenantPatch) -> Result<TenantView, SystemError> {
+        let tenant = self.context.directory.read().tenants.get(id).cloned().ok_or(SystemError::NotFound)?;
+        match ask(&tenant.actor, |reply| TenantMsg::Update { patch, reply }, self.context.settings.journal_timeout).await {
             Ok(Ok(view)) => Ok(view),
             Ok(Err(error)) => Err(SystemError::Unavailable(error.to_string())),
-            Err(_) => Err(SystemError::Unavailable(
-                "the tenant's actor is restarting; retry".into(),
-            )),
+            Err(_) => Err(SystemError::Unavailable("the tenant's actor is restarting; retry".into())),
         }
     }
 
     pub async fn get_line(&self, id: &str) -> Result<LineView, SystemError> {
-        let line = self
-            .context
-            .directory
-            .read()
-            .lines
-            .get(id)
-            .cloned()
-            .ok_or(SystemError::NotFound)?;
-        ask(
-            &line.slot.actor,
-            |reply| LineMsg::Get { reply },
-            self.timeout(),
-        )
-        .await
-        .map_err(|_| SystemError::Unavailable("the line's actor is restarting; retry".into()))
+        let line = self.context.directory.read().lines.get(id).cloned().ok_or(SystemError::NotFound)?;
+        ask(&line.slot.actor, |reply| LineMsg::Get { reply }, self.timeout())
+            .await
+            .map_err(|_| SystemError::Unavailable("the line's actor is restarting; retry".into()))
     }
 
     pub async fn platform(&self) -> Result<PlatformSummary, SystemError> {
         let platform = self.context.directory.read().platform();
-        let view = ask(
-            &platform.actor,
-            |reply| PlatformMsg::Get { reply },
-            self.timeout(),
-        )
-        .await
-        .map_err(|_| SystemError::Unavailable("the platform actor is restarting; retry".into()))?;
+        let view = ask(&platform.actor, |reply| PlatformMsg::Get { reply }, self.timeout())
+            .await
+            .map_err(|_| SystemError::Unavailable("the platform actor is restarting; retry".into()))?;
         let plans = Arc::clone(&self.context.settings.plans);
         let sold_limits_total = self
             .inspect(move |durable| {
-                durable
-                    .tenants
-                    .values()
-                    .map(|t| u64::from(plans.effective_limit(&t.plan, t.concurrent_limit_override)))
-                    .sum()
+                durable.tenants.values().map(|t| u64::from(plans.effective_limit(&t.plan, t.concurrent_limit_override))).sum()
             })
             .await
             .map_err(SystemError::Unavailable)?;
-        Ok(PlatformSummary {
-            capacity: view.capacity,
-            active: view.active.len() as u32,
-            sold_limits_total,
-        })
+        Ok(PlatformSummary { capacity: view.capacity, active: view.active.len() as u32, sold_limits_total })
     }
 
     pub async fn set_platform_capacity(&self, capacity: u32) -> Result<PlatformView, SystemError> {
         let platform = self.context.directory.read().platform();
-        match ask(
-            &platform.actor,
-            |reply| PlatformMsg::SetCapacity { capacity, reply },
-            self.context.settings.journal_timeout,
-        )
-        .await
-        {
+        match ask(&platform.actor, |reply| PlatformMsg::SetCapacity { capacity, reply }, self.context.settings.journal_timeout).await {
             Ok(Ok(view)) => Ok(view),
             Ok(Err(error)) => Err(SystemError::Unavailable(error.to_string())),
-            Err(_) => Err(SystemError::Unavailable(
-                "the platform actor is restarting; retry".into(),
-            )),
+            Err(_) => Err(SystemError::Unavailable("the platform actor is restarting; retry".into())),
         }
     }
 
     // ---------------------------------------------------------------- state, faults, shutdown
 
     /// Runs `read` against the journal's durable state.
-    pub async fn inspect<R: Send + 'static>(
-        &self,
-        read: impl FnOnce(&DurableState) -> R + Send + 'static,
-    ) -> Result<R, String> {
+    pub async fn inspect<R: Send + 'static>(&self, read: impl FnOnce(&DurableState) -> R + Send + 'static) -> Result<R, String> {
         let (sender, receiver) = oneshot::channel();
         let inspector = Box::new(move |durable: &DurableState| {
             let _ = sender.send(read(durable));
         });
-        self.journal()
-            .cast(JournalMsg::Inspect(inspector))
-            .map_err(|_| "the journal writer is gone".to_owned())?;
+        self.journal().cast(JournalMsg::Inspect(inspector)).map_err(|_| "the journal writer is gone".to_owned())?;
         tokio::time::timeout(self.timeout(), receiver)
             .await
             .map_err(|_| "the journal did not answer in time".to_owned())?
@@ -806,13 +569,7 @@ impl System {
 
     /// Waits until everything accepted so far is durable.
     pub async fn sync(&self) -> Result<(), String> {
-        match ask(
-            &self.journal(),
-            |reply| JournalMsg::Sync { reply },
-            self.context.settings.journal_timeout,
-        )
-        .await
-        {
+        match ask(&self.journal(), |reply| JournalMsg::Sync { reply }, self.context.settings.journal_timeout).await {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(_) => Err("the journal writer did not answer".into()),
         }
@@ -822,51 +579,28 @@ impl System {
     pub async fn live_digest(&self) -> Result<StateDigest, String> {
         let (tenants, lines, calls, ended) = {
             let directory = self.context.directory.read();
-            let tenants: Vec<_> = directory
-                .tenants
-                .values()
-                .map(|t| t.actor.clone())
-                .collect();
-            let lines: Vec<_> = directory
-                .lines
-                .values()
-                .map(|l| l.slot.actor.clone())
-                .collect();
+            let tenants: Vec<_> = directory.tenants.values().map(|t| t.actor.clone()).collect();
+            let lines: Vec<_> = directory.lines.values().map(|l| l.slot.actor.clone()).collect();
             let calls: Vec<_> = directory.calls.values().map(|c| c.actor.clone()).collect();
             (tenants, lines, calls, directory.ended.clone())
         };
         let timeout = self.timeout();
         let gone = |_| "an actor did not answer".to_owned();
-        let mut digest = StateDigest {
-            ended_calls: ended,
-            ..StateDigest::default()
-        };
+        let mut digest = StateDigest { ended_calls: ended, ..StateDigest::default() };
         for tenant in tenants {
-            let view = ask(&tenant, |reply| TenantMsg::Get { reply }, timeout)
-                .await
-                .map_err(gone)?;
-            digest
-                .tenants
-                .insert(view.record.id.clone(), (view.record, view.active));
+            let view = ask(&tenant, |reply| TenantMsg::Get { reply }, timeout).await.map_err(gone)?;
+            digest.tenants.insert(view.record.id.clone(), (view.record, view.active));
         }
         for line in lines {
-            let view = ask(&line, |reply| LineMsg::Get { reply }, timeout)
-                .await
-                .map_err(gone)?;
-            digest
-                .lines
-                .insert(view.record.id.clone(), (view.record, view.active));
+            let view = ask(&line, |reply| LineMsg::Get { reply }, timeout).await.map_err(gone)?;
+            digest.lines.insert(view.record.id.clone(), (view.record, view.active));
         }
         for call in calls {
-            let core = ask(&call, |reply| CallMsg::Get { reply }, timeout)
-                .await
-                .map_err(gone)?;
+            let core = ask(&call, |reply| CallMsg::Get { reply }, timeout).await.map_err(gone)?;
             digest.live_calls.insert(core.record.id, core.record);
         }
         let platform = self.context.directory.read().platform();
-        let view = ask(&platform.actor, |reply| PlatformMsg::Get { reply }, timeout)
-            .await
-            .map_err(gone)?;
+        let view = ask(&platform.actor, |reply| PlatformMsg::Get { reply }, timeout).await.map_err(gone)?;
         digest.platform = (view.capacity, view.active);
         Ok(digest)
     }
@@ -875,22 +609,10 @@ impl System {
     pub fn inject_crash(&self, entity: &Entity) -> bool {
         let directory = self.context.directory.read();
         match entity {
-            Entity::Tenant(id) => directory
-                .tenants
-                .get(id)
-                .is_some_and(|t| t.actor.cast(TenantMsg::Crash).is_ok()),
-            Entity::Line(id) => directory
-                .lines
-                .get(id)
-                .is_some_and(|l| l.slot.actor.cast(LineMsg::Crash).is_ok()),
-            Entity::Platform => directory
-                .platform
-                .as_ref()
-                .is_some_and(|p| p.actor.cast(PlatformMsg::Crash).is_ok()),
-            Entity::Call(id) => directory
-                .calls
-                .get(id)
-                .is_some_and(|c| c.actor.cast(CallMsg::Crash).is_ok()),
+            Entity::Tenant(id) => directory.tenants.get(id).is_some_and(|t| t.actor.cast(TenantMsg::Crash).is_ok()),
+            Entity::Line(id) => directory.lines.get(id).is_some_and(|l| l.slot.actor.cast(LineMsg::Crash).is_ok()),
+            Entity::Platform => directory.platform.as_ref().is_some_and(|p| p.actor.cast(PlatformMsg::Crash).is_ok()),
+            Entity::Call(id) => directory.calls.get(id).is_some_and(|c| c.actor.cast(CallMsg::Crash).is_ok()),
         }
     }
 
@@ -905,22 +627,14 @@ impl System {
         }
     }
 
-    /// Flushes the journal and stops every actor. Nothing is rebuilt from here on.
+    /// Flushes the journal, stops every actor and closes the store (releasing its files).
+    /// Nothing is rebuilt from here on.
     pub async fn shutdown(&self) -> Result<(), String> {
-        let _ = ask(
-            &self.supervisor,
-            |reply| SupervisorMsg::Stopping { reply },
-            self.timeout(),
-        )
-        .await;
+        let _ = ask(&self.supervisor, |reply| SupervisorMsg::Stopping { reply }, self.timeout()).await;
         let synced = self.sync().await;
-        self.supervisor
-            .stop_children_and_wait(None, Some(self.timeout()))
-            .await;
-        let _ = self
-            .supervisor
-            .stop_and_wait(None, Some(self.timeout()))
-            .await;
+        self.supervisor.stop_children_and_wait(None, Some(self.timeout())).await;
+        let _ = self.supervisor.stop_and_wait(None, Some(self.timeout())).await;
+        self.store.close();
         synced
     }
 }

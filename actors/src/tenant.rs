@@ -73,11 +73,7 @@ impl TenantState {
     }
 
     fn view(&self, plans: &PlanTable) -> TenantView {
-        TenantView {
-            record: self.record.clone(),
-            limit: self.limit(plans),
-            active: self.slots.held().collect(),
-        }
+        TenantView { record: self.record.clone(), limit: self.limit(plans), active: self.slots.held().collect() }
     }
 }
 
@@ -86,31 +82,16 @@ impl Actor for TenantActor {
     type State = TenantState;
     type Arguments = (TenantRecord, BTreeSet<CallId>);
 
-    async fn pre_start(
-        &self,
-        _: ActorRef<TenantMsg>,
-        (record, held): Self::Arguments,
-    ) -> Result<TenantState, ActorProcessingErr> {
-        Ok(TenantState {
-            record,
-            slots: SlotTable::from_held(held),
-        })
+    async fn pre_start(&self, _: ActorRef<TenantMsg>, (record, held): Self::Arguments) -> Result<TenantState, ActorProcessingErr> {
+        Ok(TenantState { record, slots: SlotTable::from_held(held) })
     }
 
-    async fn handle(
-        &self,
-        _: ActorRef<TenantMsg>,
-        msg: TenantMsg,
-        state: &mut TenantState,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, _: ActorRef<TenantMsg>, msg: TenantMsg, state: &mut TenantState) -> Result<(), ActorProcessingErr> {
         match msg {
             TenantMsg::Reserve { call, force, reply } => {
                 let limit = state.limit(&self.plans);
                 let result = state.slots.reserve(call, limit, force);
-                let grant = result.map(|g| TenantGrant {
-                    plan: state.record.plan.clone(),
-                    over_limit: g.over_limit,
-                });
+                let grant = result.map(|g| TenantGrant { plan: state.record.plan.clone(), over_limit: g.over_limit });
                 let _ = reply.send(grant);
             }
             TenantMsg::Release { call } => {
@@ -129,11 +110,7 @@ impl Actor for TenantActor {
 }
 
 impl TenantActor {
-    async fn update(
-        &self,
-        state: &mut TenantState,
-        patch: TenantPatch,
-    ) -> Result<TenantView, AppendError> {
+    async fn update(&self, state: &mut TenantState, patch: TenantPatch) -> Result<TenantView, AppendError> {
         let mut record = state.record.clone();
         if let Some(name) = patch.name {
             record.name = name;
@@ -144,10 +121,7 @@ impl TenantActor {
         if let Some(limit_override) = patch.concurrent_limit_override {
             record.concurrent_limit_override = limit_override;
         }
-        let guard = Guard {
-            tenant: Some((record.id.clone(), self.generation)),
-            ..Guard::default()
-        };
+        let guard = Guard { tenant: Some((record.id.clone(), self.generation)), ..Guard::default() };
         let event = Event::TenantUpdated(record.clone());
         crate::append(&self.journal, event, guard, self.journal_timeout).await?;
         state.record = record;

@@ -46,10 +46,7 @@ impl CreateCall {
             validate::e164("line_id", line_id)?;
         }
         if self.already_connected && self.direction == Direction::Outbound {
-            return Err(Problem::invalid(
-                "already_connected",
-                "only inbound calls arrive already connected",
-            ));
+            return Err(Problem::invalid("already_connected", "only inbound calls arrive already connected"));
         }
         if let Some(provider_call_id) = &self.provider_call_id {
             validate::text("provider_call_id", provider_call_id, 128)?;
@@ -107,17 +104,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let key = value.to_str().ok().filter(|k| {
-        !k.is_empty()
-            && k.len() <= IDEMPOTENCY_KEY_BYTES_MAX
-            && k.bytes().all(|b| b.is_ascii_graphic())
-    });
+    let key =
+        value.to_str().ok().filter(|k| !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_BYTES_MAX && k.bytes().all(|b| b.is_ascii_graphic()));
     match key {
         Some(key) => Ok(Some(key.to_owned())),
-        None => Err(Problem::invalid(
-            "Idempotency-Key",
-            format!("must be 1-{IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters"),
-        )),
+        None => Err(Problem::invalid("Idempotency-Key", format!("must be 1-{IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters"))),
     }
 }
 
@@ -135,10 +126,7 @@ pub async fn create(
     let system = state.system()?;
     let idempotency = key.map(|key| {
         let canonical = serde_json::to_vec(&body).expect("a request serialises");
-        IdempotencyStamp {
-            key,
-            body_hash: fnv1a64(&canonical),
-        }
+        IdempotencyStamp { key, body_hash: fnv1a64(&canonical) }
     });
     let request = AdmitRequest {
         tenant_id: body.tenant_id,
@@ -151,47 +139,29 @@ pub async fn create(
         idempotency,
     };
     let admitted = system.admit(request).await.map_err(admit_problem)?;
-    let mut response = (
-        StatusCode::CREATED,
-        axum::Json(call_json(&admitted.call, None)),
-    )
-        .into_response();
-    let location = HeaderValue::from_str(&format!("/v1/calls/{}", admitted.call.id))
-        .expect("call ids are ASCII");
+    let mut response = (StatusCode::CREATED, axum::Json(call_json(&admitted.call, None))).into_response();
+    let location = HeaderValue::from_str(&format!("/v1/calls/{}", admitted.call.id)).expect("call ids are ASCII");
     response.headers_mut().insert(header::LOCATION, location);
     if admitted.replayed {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
 }
 
 fn admit_problem(error: AdmitError) -> Problem {
     match error {
-        AdmitError::UnknownTenant(id) => Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "UNKNOWN_TENANT",
-            format!("no tenant with id {id}"),
-        )
-        .with_field("tenant_id"),
-        AdmitError::UnknownLine(id) => Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "UNKNOWN_LINE",
-            format!("no line with id {id}"),
-        )
-        .with_field("line_id"),
-        AdmitError::LineNotOwned { line, .. } => Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "LINE_NOT_OWNED",
-            format!("line {line} belongs to another tenant"),
-        )
-        .with_field("line_id"),
+        AdmitError::UnknownTenant(id) => {
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "UNKNOWN_TENANT", format!("no tenant with id {id}")).with_field("tenant_id")
+        }
+        AdmitError::UnknownLine(id) => {
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "UNKNOWN_LINE", format!("no line with id {id}")).with_field("line_id")
+        }
+        AdmitError::LineNotOwned { line, .. } => {
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "LINE_NOT_OWNED", format!("line {line} belongs to another tenant"))
+                .with_field("line_id")
+        }
         AdmitError::Denied(denial) => {
-            let detail = format!(
-                "{} active of a limit of {}",
-                denial.current_active, denial.limit
-            );
+            let detail = format!("{} active of a limit of {}", denial.current_active, denial.limit);
             Problem::new(StatusCode::TOO_MANY_REQUESTS, denial.code.as_str(), detail)
                 .retry_after(denial.retry_after_s)
                 .with("current_active", denial.current_active)
@@ -203,24 +173,14 @@ fn admit_problem(error: AdmitError) -> Problem {
             "this Idempotency-Key was used with a different request body",
         )
         .with_field("Idempotency-Key"),
-        AdmitError::IdempotencyInFlight => Problem::new(
-            StatusCode::CONFLICT,
-            "IDEMPOTENCY_KEY_IN_FLIGHT",
-            "a request with this Idempotency-Key is still being processed",
-        )
-        .retry_after(1),
-        AdmitError::IdempotencyFull => Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "IDEMPOTENCY_STORE_FULL",
-            error.to_string(),
-        )
-        .retry_after(60),
-        AdmitError::LiveCallsMax(_) => Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "LIVE_CALLS_MAX",
-            error.to_string(),
-        )
-        .retry_after(5),
+        AdmitError::IdempotencyInFlight => {
+            Problem::new(StatusCode::CONFLICT, "IDEMPOTENCY_KEY_IN_FLIGHT", "a request with this Idempotency-Key is still being processed")
+                .retry_after(1)
+        }
+        AdmitError::IdempotencyFull => {
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "IDEMPOTENCY_STORE_FULL", error.to_string()).retry_after(60)
+        }
+        AdmitError::LiveCallsMax(_) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, "LIVE_CALLS_MAX", error.to_string()).retry_after(5),
         AdmitError::Unavailable(why) => Problem::unavailable(why),
     }
 }
@@ -228,12 +188,8 @@ fn admit_problem(error: AdmitError) -> Problem {
 pub fn system_problem(error: SystemError, what: &str, id: &str) -> Problem {
     match error {
         SystemError::NotFound => Problem::not_found(what, id),
-        SystemError::CallEnded(ended) => Problem::new(
-            StatusCode::CONFLICT,
-            "CALL_ENDED",
-            "the call has already ended",
-        )
-        .with("call", call_json(&ended.call, Some(&ended))),
+        SystemError::CallEnded(ended) => Problem::new(StatusCode::CONFLICT, "CALL_ENDED", "the call has already ended")
+            .with("call", call_json(&ended.call, Some(&ended))),
         SystemError::Unavailable(why) => Problem::unavailable(why),
     }
 }
@@ -244,15 +200,9 @@ pub async fn end(
     JsonBody(body): JsonBody<EndCall>,
 ) -> Result<Response, Problem> {
     if let Some(outcome) = &body.outcome {
-        let valid = (1..=32).contains(&outcome.len())
-            && outcome
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        let valid = (1..=32).contains(&outcome.len()) && outcome.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !valid {
-            return Err(Problem::invalid(
-                "outcome",
-                "must be 1-32 characters of a-z, 0-9 and '_' (e.g. completed, no_answer)",
-            ));
+            return Err(Problem::invalid("outcome", "must be 1-32 characters of a-z, 0-9 and '_' (e.g. completed, no_answer)"));
         }
     }
     if let Some(duration_s) = body.duration_s {
@@ -261,36 +211,19 @@ pub async fn end(
     let id = parse_call_id(&raw_id)?;
     let system = state.system()?;
     let outcome = body.outcome.unwrap_or_else(|| "completed".to_owned());
-    let ended = system
-        .end_call(id, outcome, body.duration_s)
-        .await
-        .map_err(|e| system_problem(e, "call", &raw_id))?;
+    let ended = system.end_call(id, outcome, body.duration_s).await.map_err(|e| system_problem(e, "call", &raw_id))?;
     Ok(axum::Json(call_json(&ended.call, Some(&ended))).into_response())
 }
 
-pub async fn heartbeat(
-    State(state): State<AppStateRef>,
-    Path(raw_id): Path<String>,
-) -> Result<Response, Problem> {
+pub async fn heartbeat(State(state): State<AppStateRef>, Path(raw_id): Path<String>) -> Result<Response, Problem> {
     let id = parse_call_id(&raw_id)?;
-    let record = state
-        .system()?
-        .heartbeat(id)
-        .await
-        .map_err(|e| system_problem(e, "call", &raw_id))?;
+    let record = state.system()?.heartbeat(id).await.map_err(|e| system_problem(e, "call", &raw_id))?;
     Ok(axum::Json(call_json(&record, None)).into_response())
 }
 
-pub async fn show(
-    State(state): State<AppStateRef>,
-    Path(raw_id): Path<String>,
-) -> Result<Response, Problem> {
+pub async fn show(State(state): State<AppStateRef>, Path(raw_id): Path<String>) -> Result<Response, Problem> {
     let id = parse_call_id(&raw_id)?;
-    let call = state
-        .system()?
-        .get_call(id)
-        .await
-        .map_err(|e| system_problem(e, "call", &raw_id))?;
+    let call = state.system()?.get_call(id).await.map_err(|e| system_problem(e, "call", &raw_id))?;
     let body = match &call {
         CallState::Live(record) => call_json(record, None),
         CallState::Ended(ended) => call_json(&ended.call, Some(ended)),
@@ -298,43 +231,20 @@ pub async fn show(
     Ok(axum::Json(body).into_response())
 }
 
-pub async fn list(
-    State(state): State<AppStateRef>,
-    QueryParams(query): QueryParams<ListCalls>,
-) -> Result<Response, Problem> {
+pub async fn list(State(state): State<AppStateRef>, QueryParams(query): QueryParams<ListCalls>) -> Result<Response, Problem> {
     let limit = query.limit.unwrap_or(LIST_LIMIT_DEFAULT);
-    validate::range("limit", limit, 1, LIST_LIMIT_MAX).map_err(|p| Problem {
-        status: StatusCode::BAD_REQUEST,
-        ..p
-    })?;
+    validate::range("limit", limit, 1, LIST_LIMIT_MAX).map_err(|p| Problem { status: StatusCode::BAD_REQUEST, ..p })?;
     let after = match &query.starting_after {
         Some(raw) => Some(raw.parse::<CallId>().map_err(|_| {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "INVALID_QUERY",
-                "starting_after must be a call id",
-            )
-            .with_field("starting_after")
+            Problem::new(StatusCode::BAD_REQUEST, "INVALID_QUERY", "starting_after must be a call id").with_field("starting_after")
         })?),
         None => None,
     };
     let system = state.system()?;
-    let mut calls = system.list_calls(
-        query.tenant_id.as_deref(),
-        query.line_id.as_deref(),
-        after,
-        limit + 1,
-    );
+    let mut calls = system.list_calls(query.tenant_id.as_deref(), query.line_id.as_deref(), after, limit + 1);
     let has_more = calls.len() > limit;
     calls.truncate(limit);
-    let next = if has_more {
-        calls.last().map(|c| c.id.to_string())
-    } else {
-        None
-    };
+    let next = if has_more { calls.last().map(|c| c.id.to_string()) } else { None };
     let data: Vec<Value> = calls.iter().map(|c| call_json(c, None)).collect();
-    Ok(axum::Json(
-        json!({"object": "list", "data": data, "has_more": has_more, "next_starting_after": next}),
-    )
-    .into_response())
+    Ok(axum::Json(json!({"object": "list", "data": data, "has_more": has_more, "next_starting_after": next})).into_response())
 }

@@ -20,42 +20,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
-        let content_type = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let essence = content_type.split(';').next().unwrap_or("").trim();
-        let is_json = essence.eq_ignore_ascii_case("application/json")
-            || essence.to_ascii_lowercase().ends_with("+json");
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    Problem::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "BODY_TOO_LARGE",
-                        format!("request bodies are limited to {BODY_BYTES_MAX} bytes"),
-                    )
-                } else {
-                    Problem::new(
-                        StatusCode::BAD_REQUEST,
-                        "BODY_UNREADABLE",
-                        rejection.body_text(),
-                    )
-                }
-            })?;
+        let is_json = essence.eq_ignore_ascii_case("application/json") || essence.to_ascii_lowercase().ends_with("+json");
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "BODY_TOO_LARGE",
+                    format!("request bodies are limited to {BODY_BYTES_MAX} bytes"),
+                )
+            } else {
+                Problem::new(StatusCode::BAD_REQUEST, "BODY_UNREADABLE", rejection.body_text())
+            }
+        })?;
         // Webhooks often end a call with no body at all: that means "no fields".
         if bytes.is_empty() {
             return parse_json(b"{}").map(JsonBody);
         }
         if !is_json {
-            return Err(Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "UNSUPPORTED_MEDIA_TYPE",
-                "send the body as application/json",
-            )
-            .with_field("content-type"));
+            return Err(Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE", "send the body as application/json")
+                .with_field("content-type"));
         }
         parse_json(&bytes).map(JsonBody)
     }
@@ -69,35 +54,19 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
         let path = error.path().to_string();
         let inner = error.into_inner();
         if inner.is_syntax() || inner.is_eof() {
-            return Problem::new(
-                StatusCode::BAD_REQUEST,
-                "MALFORMED_JSON",
-                format!("the body is not valid JSON: {inner}"),
-            );
+            return Problem::new(StatusCode::BAD_REQUEST, "MALFORMED_JSON", format!("the body is not valid JSON: {inner}"));
         }
-        let field = if path == "." {
-            unknown_field_name(&inner.to_string())
-        } else {
-            Some(path)
-        };
+        let field = if path == "." { unknown_field_name(&inner.to_string()) } else { Some(path) };
         let problem = Problem::invalid("", strip_position(&inner.to_string()));
         Problem { field, ..problem }
     })?;
-    deserializer.end().map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "MALFORMED_JSON",
-            format!("the body is not valid JSON: {e}"),
-        )
-    })?;
+    deserializer.end().map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "MALFORMED_JSON", format!("the body is not valid JSON: {e}")))?;
     Ok(value)
 }
 
 /// serde names an unknown or missing field only in its message ("unknown field `foo`, …").
 fn unknown_field_name(message: &str) -> Option<String> {
-    let rest = message
-        .strip_prefix("unknown field `")
-        .or_else(|| message.strip_prefix("missing field `"))?;
+    let rest = message.strip_prefix("unknown field `").or_else(|| message.strip_prefix("missing field `"))?;
     rest.split('`').next().map(str::to_owned)
 }
 
@@ -121,22 +90,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
 }
 
 fn serde_urlencoded_like<T: DeserializeOwned>(query: &str) -> Result<T, Problem> {
-    let uri: axum::http::Uri = format!("/?{query}").parse().map_err(|_| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "INVALID_QUERY",
-            "the query string is malformed",
-        )
-    })?;
+    let uri: axum::http::Uri = format!("/?{query}")
+        .parse()
+        .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "INVALID_QUERY", "the query string is malformed"))?;
     axum::extract::Query::<T>::try_from_uri(&uri)
         .map(|axum::extract::Query(value)| value)
-        .map_err(|rejection| {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "INVALID_QUERY",
-                rejection.body_text(),
-            )
-        })
+        .map_err(|rejection| Problem::new(StatusCode::BAD_REQUEST, "INVALID_QUERY", rejection.body_text()))
 }
 
 #[cfg(test)]
@@ -153,8 +112,7 @@ mod tests {
 
     #[test]
     fn names_the_field_at_fault() {
-        let wrong_type =
-            parse_json::<Body>(br#"{"tenant_id": "t", "channels": "two"}"#).unwrap_err();
+        let wrong_type = parse_json::<Body>(br#"{"tenant_id": "t", "channels": "two"}"#).unwrap_err();
         assert_eq!(wrong_type.field.as_deref(), Some("channels"));
         assert_eq!(wrong_type.status, StatusCode::UNPROCESSABLE_ENTITY);
         let unknown = parse_json::<Body>(br#"{"tenant_id": "t", "chanels": 2}"#).unwrap_err();

@@ -38,21 +38,12 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: Config, metrics: Arc<Metrics>, admin_token: String) -> Arc<AppState> {
         let in_flight = Arc::new(Semaphore::new(config.http.in_flight_max));
-        Arc::new(AppState {
-            system: OnceLock::new(),
-            config,
-            metrics,
-            admin_token,
-            in_flight,
-        })
+        Arc::new(AppState { system: OnceLock::new(), config, metrics, admin_token, in_flight })
     }
 
     /// Publishes the booted system: from now on the service is ready.
     pub fn set_system(&self, system: Arc<System>) {
-        assert!(
-            self.system.set(system).is_ok(),
-            "the system is published once"
-        );
+        assert!(self.system.set(system).is_ok(), "the system is published once");
     }
 
     pub fn system(&self) -> Result<&Arc<System>, Problem> {
@@ -64,12 +55,7 @@ impl AppState {
                 "the journal cannot write; the service refuses changes until restarted",
             )
             .retry_after(30)),
-            None => Err(Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "NOT_READY",
-                "the journal is being replayed",
-            )
-            .retry_after(1)),
+            None => Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "NOT_READY", "the journal is being replayed").retry_after(1)),
         }
     }
 }
@@ -97,18 +83,11 @@ pub fn app(state: AppStateRef) -> Router {
     Router::new()
         .nest("/v1", v1)
         .merge(metrics)
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(json!({"status": "ok"})) }),
-        )
+        .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") })
         .method_not_allowed_fallback(|| async {
-            Problem::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "METHOD_NOT_ALLOWED",
-                "this route does not take that method",
-            )
+            Problem::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "this route does not take that method")
         })
         .layer(DefaultBodyLimit::max(extract::BODY_BYTES_MAX))
         .layer(middleware::from_fn_with_state(state.clone(), shed_load))
@@ -124,53 +103,30 @@ async fn readyz(State(state): State<AppStateRef>) -> Response {
 
 async fn metrics_text(State(state): State<AppStateRef>) -> Response {
     let mut response = state.metrics.encode().into_response();
-    let content_type =
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, content_type);
+    let content_type = HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
+    response.headers_mut().insert(header::CONTENT_TYPE, content_type);
     response
 }
 
 /// Refuses work past `http.in_flight_max` with 503 instead of queueing it without bound.
 async fn shed_load(State(state): State<AppStateRef>, request: Request, next: Next) -> Response {
     let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
-        return Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "OVERLOADED",
-            "too many requests in flight",
-        )
-        .retry_after(1)
-        .into_response();
+        return Problem::new(StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED", "too many requests in flight").retry_after(1).into_response();
     };
     next.run(request).await
 }
 
 async fn require_token(State(state): State<AppStateRef>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let presented =
+        request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
     match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), state.admin_token.as_bytes()) => {
-            next.run(request).await
-        }
-        Some(_) => Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHORIZED",
-            "the bearer token is not valid",
-        )
-        .with_field("authorization")
-        .into_response(),
-        None => Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHORIZED",
-            "send Authorization: Bearer <admin token>",
-        )
-        .with_field("authorization")
-        .into_response(),
+        Some(token) if constant_time_eq(token.as_bytes(), state.admin_token.as_bytes()) => next.run(request).await,
+        Some(_) => Problem::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "the bearer token is not valid")
+            .with_field("authorization")
+            .into_response(),
+        None => Problem::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "send Authorization: Bearer <admin token>")
+            .with_field("authorization")
+            .into_response(),
     }
 }
 

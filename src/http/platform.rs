@@ -19,11 +19,7 @@ pub struct UpdatePlatform {
 }
 
 pub async fn show(State(state): State<AppStateRef>) -> Result<Response, Problem> {
-    let summary = state
-        .system()?
-        .platform()
-        .await
-        .map_err(|e| system_problem(e, "platform", ""))?;
+    let summary = state.system()?.platform().await.map_err(|e| system_problem(e, "platform", ""))?;
     let capacity = f64::from(summary.capacity);
     Ok(axum::Json(json!({
         "object": "platform",
@@ -37,15 +33,9 @@ pub async fn show(State(state): State<AppStateRef>) -> Result<Response, Problem>
     .into_response())
 }
 
-pub async fn update(
-    State(state): State<AppStateRef>,
-    JsonBody(body): JsonBody<UpdatePlatform>,
-) -> Result<Response, Problem> {
+pub async fn update(State(state): State<AppStateRef>, JsonBody(body): JsonBody<UpdatePlatform>) -> Result<Response, Problem> {
     validate::range("capacity", body.capacity, 1, CAPACITY_MAX)?;
     let system = state.system()?;
-    system
-        .set_platform_capacity(body.capacity)
-        .await
-        .map_err(|e| system_problem(e, "platform", ""))?;
+    system.set_platform_capacity(body.capacity).await.map_err(|e| system_problem(e, "platform", ""))?;
     show(State(state)).await
 }

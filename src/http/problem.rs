@@ -20,14 +20,7 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Problem {
-        Problem {
-            status,
-            code,
-            detail: detail.into(),
-            field: None,
-            retry_after_s: None,
-            extra: Map::new(),
-        }
+        Problem { status, code, detail: detail.into(), field: None, retry_after_s: None, extra: Map::new() }
     }
 
     /// 422: a well-formed request whose `field` has a value we cannot accept.
@@ -36,11 +29,7 @@ impl Problem {
     }
 
     pub fn not_found(what: &str, id: &str) -> Problem {
-        Problem::new(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            format!("no {what} with id {id}"),
-        )
+        Problem::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no {what} with id {id}"))
     }
 
     /// 503: a transient condition on our side; the client should retry.
@@ -83,10 +72,7 @@ impl IntoResponse for Problem {
         object.extend(self.extra);
         let mut response = (self.status, body.to_string()).into_response();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if let Some(seconds) = self.retry_after_s {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }

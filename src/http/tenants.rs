@@ -18,9 +18,7 @@ use super::validate::{self, rfc3339};
 use crate::config::{CHANNELS_MAX, CONCURRENT_LIMIT_MAX};
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`) in a PATCH.
-fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    deserializer: D,
-) -> Result<Option<Option<T>>, D::Error> {
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
@@ -59,20 +57,8 @@ fn check_plan(state: &AppStateRef, plan: &str) -> Result<(), Problem> {
     if state.config.plans.limits.contains_key(plan) {
         return Ok(());
     }
-    let known: Vec<&str> = state
-        .config
-        .plans
-        .limits
-        .keys()
-        .map(String::as_str)
-        .collect();
-    Err(Problem::invalid(
-        "plan",
-        format!(
-            "unknown plan {plan:?}; configured plans are {}",
-            known.join(", ")
-        ),
-    ))
+    let known: Vec<&str> = state.config.plans.limits.keys().map(String::as_str).collect();
+    Err(Problem::invalid("plan", format!("unknown plan {plan:?}; configured plans are {}", known.join(", "))))
 }
 
 fn check_limit_override(limit: Option<u32>) -> Result<(), Problem> {
@@ -110,27 +96,18 @@ fn line_json(view: &LineView) -> Value {
 
 fn create_problem(error: CreateError, what: &str) -> Problem {
     match error {
-        CreateError::Exists => Problem::new(
-            StatusCode::CONFLICT,
-            "ALREADY_EXISTS",
-            format!("a {what} with this id exists"),
-        )
-        .with_field("id"),
-        CreateError::UnknownTenant(id) => Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "UNKNOWN_TENANT",
-            format!("no tenant with id {id}"),
-        )
-        .with_field("tenant_id"),
+        CreateError::Exists => {
+            Problem::new(StatusCode::CONFLICT, "ALREADY_EXISTS", format!("a {what} with this id exists")).with_field("id")
+        }
+        CreateError::UnknownTenant(id) => {
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "UNKNOWN_TENANT", format!("no tenant with id {id}")).with_field("tenant_id")
+        }
         CreateError::Journal(error) => Problem::unavailable(error.to_string()),
         CreateError::Spawn(why) => Problem::unavailable(why),
     }
 }
 
-pub async fn create(
-    State(state): State<AppStateRef>,
-    JsonBody(body): JsonBody<CreateTenant>,
-) -> Result<Response, Problem> {
+pub async fn create(State(state): State<AppStateRef>, JsonBody(body): JsonBody<CreateTenant>) -> Result<Response, Problem> {
     validate::id("id", &body.id)?;
     if let Some(name) = &body.name {
         validate::text("name", name, 200)?;
@@ -146,26 +123,13 @@ pub async fn create(
         concurrent_limit_override: body.concurrent_limit_override,
         created_at_ms: now_ms,
     };
-    system
-        .create_tenant(record)
-        .await
-        .map_err(|e| create_problem(e, "tenant"))?;
-    let view = system
-        .get_tenant(&body.id)
-        .await
-        .map_err(|e| system_problem(e, "tenant", &body.id))?;
+    system.create_tenant(record).await.map_err(|e| create_problem(e, "tenant"))?;
+    let view = system.get_tenant(&body.id).await.map_err(|e| system_problem(e, "tenant", &body.id))?;
     Ok((StatusCode::CREATED, axum::Json(tenant_json(&view))).into_response())
 }
 
-pub async fn show(
-    State(state): State<AppStateRef>,
-    Path(id): Path<String>,
-) -> Result<Response, Problem> {
-    let view = state
-        .system()?
-        .get_tenant(&id)
-        .await
-        .map_err(|e| system_problem(e, "tenant", &id))?;
+pub async fn show(State(state): State<AppStateRef>, Path(id): Path<String>) -> Result<Response, Problem> {
+    let view = state.system()?.get_tenant(&id).await.map_err(|e| system_problem(e, "tenant", &id))?;
     Ok(axum::Json(tenant_json(&view)).into_response())
 }
 
@@ -181,54 +145,25 @@ pub async fn update(
         check_plan(&state, plan)?;
     }
     check_limit_override(body.concurrent_limit_override.flatten())?;
-    let patch = TenantPatch {
-        name: body.name,
-        plan: body.plan,
-        concurrent_limit_override: body.concurrent_limit_override,
-    };
-    let view = state
-        .system()?
-        .update_tenant(&id, patch)
-        .await
-        .map_err(|e| system_problem(e, "tenant", &id))?;
+    let patch = TenantPatch { name: body.name, plan: body.plan, concurrent_limit_override: body.concurrent_limit_override };
+    let view = state.system()?.update_tenant(&id, patch).await.map_err(|e| system_problem(e, "tenant", &id))?;
     Ok(axum::Json(tenant_json(&view)).into_response())
 }
 
-pub async fn create_line(
-    State(state): State<AppStateRef>,
-    JsonBody(body): JsonBody<CreateLine>,
-) -> Result<Response, Problem> {
+pub async fn create_line(State(state): State<AppStateRef>, JsonBody(body): JsonBody<CreateLine>) -> Result<Response, Problem> {
     validate::e164("id", &body.id)?;
     validate::id("tenant_id", &body.tenant_id)?;
     let channels = body.channels.unwrap_or(state.config.lines.channels_default);
     validate::range("channels", channels, 1, CHANNELS_MAX)?;
     let system = state.system()?;
     let now_ms = system.now_ms();
-    let record = LineRecord {
-        id: body.id.clone(),
-        tenant_id: body.tenant_id,
-        channels,
-        created_at_ms: now_ms,
-    };
-    system
-        .create_line(record)
-        .await
-        .map_err(|e| create_problem(e, "line"))?;
-    let view = system
-        .get_line(&body.id)
-        .await
-        .map_err(|e| system_problem(e, "line", &body.id))?;
+    let record = LineRecord { id: body.id.clone(), tenant_id: body.tenant_id, channels, created_at_ms: now_ms };
+    system.create_line(record).await.map_err(|e| create_problem(e, "line"))?;
+    let view = system.get_line(&body.id).await.map_err(|e| system_problem(e, "line", &body.id))?;
     Ok((StatusCode::CREATED, axum::Json(line_json(&view))).into_response())
 }
 
-pub async fn show_line(
-    State(state): State<AppStateRef>,
-    Path(id): Path<String>,
-) -> Result<Response, Problem> {
-    let view = state
-        .system()?
-        .get_line(&id)
-        .await
-        .map_err(|e| system_problem(e, "line", &id))?;
+pub async fn show_line(State(state): State<AppStateRef>, Path(id): Path<String>) -> Result<Response, Problem> {
+    let view = state.system()?.get_line(&id).await.map_err(|e| system_problem(e, "line", &id))?;
     Ok(axum::Json(line_json(&view)).into_response())
 }

@@ -5,63 +5,34 @@ use super::problem::Problem;
 /// E.164: a `+`, a non-zero digit, at most 15 digits in all.
 pub fn e164(field: &str, value: &str) -> Result<(), Problem> {
     let digits = value.strip_prefix('+').unwrap_or("");
-    let valid = (2..=15).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && !digits.starts_with('0');
-    if valid {
-        Ok(())
-    } else {
-        Err(Problem::invalid(
-            field,
-            "must be an E.164 number such as +14155550123",
-        ))
-    }
+    let valid = (2..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0');
+    if valid { Ok(()) } else { Err(Problem::invalid(field, "must be an E.164 number such as +14155550123")) }
 }
 
 /// Ids chosen by the platform: 1–64 of `A-Z a-z 0-9 _ - .`, starting with a letter or digit.
 pub fn id(field: &str, value: &str) -> Result<(), Problem> {
     let valid = (1..=64).contains(&value.len())
-        && value
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+        && value.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
     if valid {
         Ok(())
     } else {
-        Err(Problem::invalid(
-            field,
-            "must be 1-64 characters of A-Z, a-z, 0-9, '_', '-' or '.', starting with a letter or digit",
-        ))
+        Err(Problem::invalid(field, "must be 1-64 characters of A-Z, a-z, 0-9, '_', '-' or '.', starting with a letter or digit"))
     }
 }
 
 /// Free text with a length bound and no control characters.
 pub fn text(field: &str, value: &str, chars_max: usize) -> Result<(), Problem> {
-    if value.is_empty() || value.chars().count() > chars_max || value.chars().any(char::is_control)
-    {
-        return Err(Problem::invalid(
-            field,
-            format!("must be 1-{chars_max} characters without control characters"),
-        ));
+    if value.is_empty() || value.chars().count() > chars_max || value.chars().any(char::is_control) {
+        return Err(Problem::invalid(field, format!("must be 1-{chars_max} characters without control characters")));
     }
     Ok(())
 }
 
 /// An integer within bounds.
-pub fn range<T: PartialOrd + std::fmt::Display + Copy>(
-    field: &str,
-    value: T,
-    low: T,
-    high: T,
-) -> Result<(), Problem> {
+pub fn range<T: PartialOrd + std::fmt::Display + Copy>(field: &str, value: T, low: T, high: T) -> Result<(), Problem> {
     if value < low || value > high {
-        return Err(Problem::invalid(
-            field,
-            format!("must be between {low} and {high}, got {value}"),
-        ));
+        return Err(Problem::invalid(field, format!("must be between {low} and {high}, got {value}")));
     }
     Ok(())
 }
@@ -80,12 +51,7 @@ pub fn rfc3339(ms: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let (h, m, s, milli) = (
-        ms_of_day / 3_600_000,
-        ms_of_day / 60_000 % 60,
-        ms_of_day / 1000 % 60,
-        ms_of_day % 1000,
-    );
+    let (h, m, s, milli) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60, ms_of_day / 1000 % 60, ms_of_day % 1000);
     format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z")
 }
 
@@ -97,14 +63,7 @@ mod tests {
     fn e164_accepts_real_numbers_only() {
         assert!(e164("f", "+14155550123").is_ok());
         assert!(e164("f", "+919876543210").is_ok());
-        for bad in [
-            "14155550123",
-            "+0123",
-            "+1",
-            "+1234567890123456",
-            "+1 415",
-            "",
-        ] {
+        for bad in ["14155550123", "+0123", "+1", "+1234567890123456", "+1 415", ""] {
             assert!(e164("f", bad).is_err(), "{bad}");
         }
     }

@@ -22,30 +22,17 @@ pub struct TestServer {
 
 /// Starts a server on `127.0.0.1:0` with its journal in `data_dir`, and waits until ready.
 pub async fn start_in(data_dir: &Path, tweak: impl FnOnce(&mut Config)) -> TestServer {
-    let mut config = Config {
-        data_dir: data_dir.to_owned(),
-        ..Config::default()
-    };
+    let mut config = Config { data_dir: data_dir.to_owned(), ..Config::default() };
     tweak(&mut config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let mut running = spawn(config, listener, Some(TOKEN.to_owned()))
-        .await
-        .expect("server starts");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let mut running = spawn(config, listener, Some(TOKEN.to_owned())).await.expect("server starts");
     let system = running.ready().await.expect("server boots");
-    TestServer {
-        running,
-        system,
-        data_dir: data_dir.to_owned(),
-    }
+    TestServer { running, system, data_dir: data_dir.to_owned() }
 }
 
 impl TestServer {
     pub async fn client(&self) -> Client {
-        Client::connect(self.running.address, Some(TOKEN.to_owned()))
-            .await
-            .expect("connect")
+        Client::connect(self.running.address, Some(TOKEN.to_owned())).await.expect("connect")
     }
 
     pub async fn stop(self) {
@@ -54,54 +41,27 @@ impl TestServer {
 }
 
 pub fn temp_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("switchboard-test-")
-        .tempdir()
-        .expect("temp dir")
+    tempfile::Builder::new().prefix("switchboard-test-").tempdir().expect("temp dir")
 }
 
-pub async fn create_tenant(
-    client: &mut Client,
-    id: &str,
-    plan: &str,
-    limit_override: Option<u32>,
-) -> Response {
+pub async fn create_tenant(client: &mut Client, id: &str, plan: &str, limit_override: Option<u32>) -> Response {
     let mut body = json!({"id": id, "plan": plan});
     if let Some(limit) = limit_override {
         body["concurrent_limit_override"] = limit.into();
     }
     let response = client.post("/v1/tenants", &body).await.expect("request");
-    assert_eq!(
-        response.status,
-        201,
-        "create tenant {id}: {}",
-        response.text()
-    );
+    assert_eq!(response.status, 201, "create tenant {id}: {}", response.text());
     response
 }
 
 pub async fn create_line(client: &mut Client, id: &str, tenant: &str, channels: u32) -> Response {
-    let response = client
-        .post(
-            "/v1/lines",
-            &json!({"id": id, "tenant_id": tenant, "channels": channels}),
-        )
-        .await
-        .expect("request");
-    assert_eq!(
-        response.status,
-        201,
-        "create line {id}: {}",
-        response.text()
-    );
+    let response = client.post("/v1/lines", &json!({"id": id, "tenant_id": tenant, "channels": channels})).await.expect("request");
+    assert_eq!(response.status, 201, "create line {id}: {}", response.text());
     response
 }
 
 pub async fn set_capacity(client: &mut Client, capacity: u32) {
-    let response = client
-        .patch("/v1/platform", &json!({"capacity": capacity}))
-        .await
-        .expect("request");
+    let response = client.patch("/v1/platform", &json!({"capacity": capacity})).await.expect("request");
     assert_eq!(response.status, 200, "{}", response.text());
 }
 
@@ -110,10 +70,7 @@ pub async fn admit(client: &mut Client, body: Value) -> Response {
 }
 
 pub async fn end(client: &mut Client, call_id: &str) -> Response {
-    client
-        .post(&format!("/v1/calls/{call_id}/end"), &json!({}))
-        .await
-        .expect("request")
+    client.post(&format!("/v1/calls/{call_id}/end"), &json!({})).await.expect("request")
 }
 
 pub async fn get_json(client: &mut Client, path: &str) -> Value {
@@ -125,10 +82,7 @@ pub async fn get_json(client: &mut Client, path: &str) -> Value {
 /// Asserts a problem+json response with this status and code; returns its body.
 pub fn assert_problem(response: &Response, status: u16, code: &str) -> Value {
     assert_eq!(response.status, status, "{}", response.text());
-    assert_eq!(
-        response.header("content-type"),
-        Some("application/problem+json")
-    );
+    assert_eq!(response.header("content-type"), Some("application/problem+json"));
     let body = response.json();
     assert_eq!(body["code"], code, "{body}");
     assert_eq!(body["status"], status);
@@ -138,9 +92,6 @@ pub fn assert_problem(response: &Response, status: u16, code: &str) -> Value {
 /// The live actors' state equals the journal writer's durable state.
 pub async fn assert_live_equals_durable(system: &System) {
     let live = system.live_digest().await.expect("live digest");
-    let durable = system
-        .inspect(|d| d.digest())
-        .await
-        .expect("durable digest");
+    let durable = system.inspect(|d| d.digest()).await.expect("durable digest");
     assert_eq!(live, durable, "live state differs from the journal's");
 }

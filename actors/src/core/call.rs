@@ -36,10 +36,7 @@ pub struct CallCore {
 
 impl CallCore {
     pub fn new(record: CallRecord) -> Self {
-        CallCore {
-            record,
-            ended: None,
-        }
+        CallCore { record, ended: None }
     }
 
     pub fn verdict(&self, now_ms: u64, watchdog: Watchdog) -> Option<Stuck> {
@@ -61,12 +58,7 @@ impl CallCore {
     /// made it durable and calls `commit_end`.
     pub fn end_record(&self, now_ms: u64, outcome: String, duration_s: Option<u64>) -> EndedCall {
         let elapsed_ms = now_ms.saturating_sub(self.record.started_at_ms);
-        EndedCall {
-            call: self.record.clone(),
-            ended_at_ms: now_ms,
-            outcome,
-            duration_s: duration_s.unwrap_or(elapsed_ms.div_ceil(1000)),
-        }
+        EndedCall { call: self.record.clone(), ended_at_ms: now_ms, outcome, duration_s: duration_s.unwrap_or(elapsed_ms.div_ceil(1000)) }
     }
 
     pub fn commit_end(&mut self, ended: EndedCall) {
@@ -100,10 +92,7 @@ mod tests {
         })
     }
 
-    const WATCHDOG: Watchdog = Watchdog {
-        max_duration_ms: 1000,
-        stale_after_ms: 300,
-    };
+    const WATCHDOG: Watchdog = Watchdog { max_duration_ms: 1000, stale_after_ms: 300 };
 
     #[test]
     fn heartbeats_keep_a_call_alive_until_max_duration() {

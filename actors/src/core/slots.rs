@@ -30,9 +30,7 @@ pub struct SlotTable {
 
 impl SlotTable {
     pub fn from_held(held: impl IntoIterator<Item = CallId>) -> Self {
-        SlotTable {
-            held: held.into_iter().collect(),
-        }
+        SlotTable { held: held.into_iter().collect() }
     }
 
     pub fn active(&self) -> u32 {
@@ -52,21 +50,14 @@ impl SlotTable {
     /// Reserving a call that already holds a slot is a no-op grant (retries are safe).
     pub fn reserve(&mut self, call: CallId, limit: u32, force: bool) -> Result<Granted, Full> {
         if self.held.contains(&call) {
-            return Ok(Granted {
-                over_limit: self.active() > limit,
-            });
+            return Ok(Granted { over_limit: self.active() > limit });
         }
         let current_active = self.active();
         if current_active >= limit && !force {
-            return Err(Full {
-                current_active,
-                limit,
-            });
+            return Err(Full { current_active, limit });
         }
         self.held.insert(call);
-        Ok(Granted {
-            over_limit: current_active >= limit,
-        })
+        Ok(Granted { over_limit: current_active >= limit })
     }
 
     /// Frees `call`'s slot. Returns whether it held one; releasing twice changes nothing.
@@ -131,14 +122,9 @@ mod tests {
     #[test]
     fn unforced_reservations_stop_at_the_limit() {
         let mut table = SlotTable::default();
-        let granted = (0..10)
-            .filter(|n| table.reserve(CallId(*n), 5, false).is_ok())
-            .count();
+        let granted = (0..10).filter(|n| table.reserve(CallId(*n), 5, false).is_ok()).count();
         assert_eq!(granted, 5);
-        assert_eq!(
-            table.reserve(CallId(99), 5, true),
-            Ok(Granted { over_limit: true })
-        );
+        assert_eq!(table.reserve(CallId(99), 5, true), Ok(Granted { over_limit: true }));
         assert_eq!(table.active(), 6);
     }
 }
