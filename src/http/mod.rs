@@ -133,3 +133,34 @@ async fn require_token(State(state): State<AppStateRef>, request: Request, next:
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Client;
+
+    /// Before the journal is replayed the router already answers: alive, not ready, and `/v1`
+    /// refuses with 503 rather than hanging or half-working.
+    #[tokio::test]
+    async fn until_the_system_is_published_only_liveness_answers_200() {
+        let state = AppState::new(Config::default(), Arc::new(Metrics::default()), "a-token-for-this-test".into());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(axum::serve(listener, app(state)).into_future());
+        let mut client = Client::connect(address, Some("a-token-for-this-test".into())).await.unwrap();
+        assert_eq!(client.get("/healthz").await.unwrap().status, 200);
+        let ready = client.get("/readyz").await.unwrap();
+        assert_eq!((ready.status, ready.json()["code"].as_str()), (503, Some("NOT_READY")));
+        assert_eq!(ready.header("retry-after"), Some("1"));
+        let tenants = client.get("/v1/tenants/acme").await.unwrap();
+        assert_eq!((tenants.status, tenants.header("content-type")), (503, Some("application/problem+json")));
+        server.abort();
+    }
+
+    #[test]
+    fn token_comparison_is_exact() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+}
