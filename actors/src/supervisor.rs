@@ -118,6 +118,9 @@ impl Actor for Supervisor {
         };
         if cell.get_id() == state.journal_id {
             self.context.journal_alive.store(false, Ordering::SeqCst);
+            if state.stopping {
+                return Ok(());
+            }
             tracing::error!(failure = failure.as_deref().unwrap_or("stopped"), "journal writer is gone; refusing writes until restart");
             return Ok(());
         }

@@ -53,7 +53,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     let value = result.map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
+        // serde_json reports a well-formed value of the wrong kind for an enum (`7`, `null`) as
+        // a syntax error; only bytes that are not JSON at all are malformed.
+        let well_formed = serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok();
+        if (inner.is_syntax() || inner.is_eof()) && !well_formed {
             return Problem::new(StatusCode::BAD_REQUEST, "MALFORMED_JSON", format!("the body is not valid JSON: {inner}"));
         }
         let field = if path == "." { unknown_field_name(&inner.to_string()) } else { Some(path) };
@@ -121,6 +124,8 @@ mod tests {
         assert_eq!(missing.field.as_deref(), Some("tenant_id"));
         let malformed = parse_json::<Body>(br#"{"tenant_id": "#).unwrap_err();
         assert_eq!(malformed.code, "MALFORMED_JSON");
+        let wrong_kind = parse_json::<Body>(br#"{"tenant_id": 7}"#).unwrap_err();
+        assert_eq!((wrong_kind.code, wrong_kind.field.as_deref()), ("INVALID_FIELD", Some("tenant_id")));
         let negative = parse_json::<Body>(br#"{"tenant_id": "t", "channels": -2}"#).unwrap_err();
         assert_eq!(negative.field.as_deref(), Some("channels"));
     }

@@ -117,8 +117,14 @@ async fn shed_load(State(state): State<AppStateRef>, request: Request, next: Nex
 }
 
 async fn require_token(State(state): State<AppStateRef>, request: Request, next: Next) -> Response {
-    let presented =
-        request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+    // RFC 9110 §11.1: the scheme is case-insensitive ("bearer" and "Bearer" alike).
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     match presented {
         Some(token) if constant_time_eq(token.as_bytes(), state.admin_token.as_bytes()) => next.run(request).await,
         Some(_) => Problem::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "the bearer token is not valid")

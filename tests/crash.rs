@@ -1,0 +1,930 @@
+//! Crash test: the real `switchboard` binary, killed with SIGKILL at random moments while
+//! concurrent clients admit, heartbeat and end calls, then restarted on the same data dir.
+//!
+//! After every restart it checks, against a model of what the clients were told:
+//! - every acknowledged admission (201) exists, and is `active` unless its end was acknowledged;
+//! - every acknowledged end (200) is `ended`; every acknowledged heartbeat is kept;
+//! - nothing unacknowledged is half-applied: each tenant's and line's `active_calls` and the
+//!   platform's `active` equal the calls listed for them, and every listed call the clients never
+//!   heard of is explained by an admission that got no answer (keyed ones are re-sent with their
+//!   `Idempotency-Key` and must replay the call that landed). Unanswered ends are resolved from the
+//!   call's status. Anything unanswered that did not land by the restart must never appear later.
+//!
+//! The last cycle stops the server with SIGTERM instead, which must exit 0, and the data dir is
+//! verified once more (every call, not just a window) after a final restart.
+//!
+//! Environment:
+//! - `SWITCHBOARD_CRASH_CYCLES`: kill cycles (default 20; thousands for a soak run).
+//! - `SWITCHBOARD_CRASH_SEED`: the PRNG seed (default: from the clock). It is printed first;
+//!   it replays the choices (kill delays, requests), not the thread interleaving.
+//! - `SWITCHBOARD_CRASH_KEEP=1`: keep the temp dir (journal + server log) even on success. It
+//!   is always kept, and its path printed, on failure.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::OpenOptions;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use serde_json::{Value, json};
+use switchboard::client::{Client, Response};
+
+const TOKEN: &str = "crash-test-admin-token-0123456789";
+const CYCLES_DEFAULT: u64 = 20;
+
+const TENANTS: usize = 4;
+const LINES_PER_TENANT: usize = 2;
+/// Limits tight enough that each of tenant, line and platform sometimes denies, so denials that
+/// must release the slots reserved before them get killed mid-way too.
+const TENANT_LIMIT: u64 = 20;
+const LINE_CHANNELS: u64 = 6;
+const CAPACITY: u64 = 64;
+const WORKERS: usize = 8;
+/// A worker stops after this many requests even if the kill never comes.
+const WORKER_OPS_MAX: usize = 100_000;
+
+const KILL_DELAY_MS: (u64, u64) = (20, 300);
+/// Percent of cycles that also kill one extra start during boot (journal replay).
+const BOOT_KILL_PERCENT: u64 = 15;
+const BOOT_KILL_DELAY_MS: (u64, u64) = (0, 60);
+/// The snapshot interval is drawn per start (100 is the minimum), so snapshots and the log
+/// pruning behind them happen every few cycles and get killed too.
+const SNAPSHOT_EVERY_EVENTS: (u64, u64) = (100, 400);
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
+const WORKERS_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+const READY_POLL: Duration = Duration::from_millis(15);
+const START_ATTEMPTS: usize = 5;
+
+/// Calls fetched one by one after each restart besides the ones touched in the last cycle
+/// (a rolling window over all calls ever seen); the final verification fetches all.
+const VERIFY_WINDOW: usize = 200;
+/// The server keeps 100 000 ended calls; the model forgets its oldest ended calls past this.
+const ENDED_KEPT_MAX: usize = 50_000;
+const LIST_PAGE: usize = 200;
+const LIST_PAGES_MAX: usize = 10_000;
+
+// ------------------------------------------------------------------------------------------ PRNG
+
+/// splitmix64: tiny, seedable, good enough to pick delays and requests.
+#[derive(Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// Uniform in `lo..=hi`.
+    fn between(&mut self, (lo, hi): (u64, u64)) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+
+    fn percent(&mut self, p: u64) -> bool {
+        self.below(100) < p
+    }
+
+    fn index(&mut self, len: usize) -> usize {
+        self.below(len as u64) as usize
+    }
+}
+
+// ----------------------------------------------------------------------------------- fixtures
+
+fn tenant_id(t: usize) -> String {
+    format!("crash-t{t}")
+}
+
+fn line_id(t: usize, j: usize) -> String {
+    format!("+1415555010{}", t * LINES_PER_TENANT + j)
+}
+
+/// `+` must be percent-encoded in a query string (it means space there).
+fn query_escape(s: &str) -> String {
+    s.replace('+', "%2B")
+}
+
+// ------------------------------------------------------------------------------------- model
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    /// Admission acknowledged, no end sent (or the end was answered with an error).
+    Live,
+    /// End acknowledged.
+    Ended,
+    /// An end was sent and got no answer: either is fine until the next restart tells.
+    EndUnknown,
+}
+
+#[derive(Clone, Debug)]
+struct CallModel {
+    tenant: String,
+    line: Option<String>,
+    status: Status,
+    /// The newest `last_activity_at` an acknowledged heartbeat returned (RFC 3339, comparable
+    /// as text).
+    last_activity_min: Option<String>,
+}
+
+/// An admission as sent; kept when it got no answer.
+#[derive(Clone, Debug)]
+struct AdmitSpec {
+    tenant: String,
+    line: Option<String>,
+    direction: &'static str,
+    already_connected: bool,
+    key: Option<String>,
+}
+
+impl AdmitSpec {
+    fn body(&self) -> Value {
+        let mut body = json!({"tenant_id": self.tenant, "direction": self.direction});
+        if let Some(line) = &self.line {
+            body["line_id"] = json!(line);
+        }
+        if self.already_connected {
+            body["already_connected"] = json!(true);
+        }
+        body
+    }
+
+    fn headers(&self) -> Vec<(&str, &str)> {
+        self.key.as_deref().map(|k| ("idempotency-key", k)).into_iter().collect()
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Stats {
+    admitted: u64,
+    admitted_over_limit: u64,
+    denied: u64,
+    denied_tenant: u64,
+    denied_line: u64,
+    denied_platform: u64,
+    ended: u64,
+    heartbeats: u64,
+    unknown_admits: u64,
+    unknown_ends: u64,
+    unknown_heartbeats: u64,
+    landed_unknown: u64,
+    replayed_keys: u64,
+    ends_resolved_ended: u64,
+    kills: u64,
+    boot_kills: u64,
+}
+
+#[derive(Default)]
+struct Model {
+    calls: BTreeMap<String, CallModel>,
+    /// Call ids in the order first seen, for the rolling verification window.
+    order: Vec<String>,
+    cursor: usize,
+    /// Live calls no worker is using right now.
+    idle: Vec<String>,
+    /// Calls whose admission, end or heartbeat was sent since the last verification.
+    touched: BTreeSet<String>,
+    /// Admissions sent since the last verification that got no answer.
+    unknown_admits: Vec<AdmitSpec>,
+    /// Answers that should never happen (a 404 for an acknowledged call, a 5xx, ...).
+    anomalies: Vec<String>,
+    next_key: u64,
+    stats: Stats,
+}
+
+fn lock(model: &Mutex<Model>) -> MutexGuard<'_, Model> {
+    model.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+enum Op {
+    Admit(AdmitSpec),
+    End(String),
+    Heartbeat(String),
+}
+
+impl Model {
+    fn insert_live(&mut self, id: &str, tenant: String, line: Option<String>) {
+        self.calls.insert(id.to_owned(), CallModel { tenant, line, status: Status::Live, last_activity_min: None });
+        self.order.push(id.to_owned());
+        self.idle.push(id.to_owned());
+        self.touched.insert(id.to_owned());
+    }
+
+    fn next_op(&mut self, rng: &mut Rng) -> Op {
+        let live = self.idle.len();
+        let end_percent = match live {
+            0..=20 => 25,
+            21..=56 => 45,
+            _ => 60,
+        };
+        let roll = rng.below(100);
+        if live > 0 && roll < 10 {
+            return Op::Heartbeat(self.idle.swap_remove(rng.index(live)));
+        }
+        if live > 0 && roll < 10 + end_percent {
+            return Op::End(self.idle.swap_remove(rng.index(live)));
+        }
+        let t = rng.index(TENANTS);
+        let line = rng.percent(50).then(|| line_id(t, rng.index(LINES_PER_TENANT)));
+        let direction = if rng.percent(50) { "inbound" } else { "outbound" };
+        let already_connected = direction == "inbound" && rng.percent(10);
+        let key = rng.percent(50).then(|| {
+            self.next_key += 1;
+            format!("crash-{}", self.next_key)
+        });
+        Op::Admit(AdmitSpec { tenant: tenant_id(t), line, direction, already_connected, key })
+    }
+
+    /// Records an admission's answer; false when the connection died.
+    fn admit_answered(&mut self, spec: AdmitSpec, answer: Result<Response>) -> bool {
+        let response = match answer {
+            Err(_) => {
+                self.stats.unknown_admits += 1;
+                self.unknown_admits.push(spec);
+                return false;
+            }
+            Ok(response) => response,
+        };
+        match response.status {
+            201 => {
+                let body = response.json();
+                let Some(id) = body["call_id"].as_str().map(str::to_owned) else {
+                    self.anomalies.push(format!("201 without call_id: {body}"));
+                    return true;
+                };
+                if body["tenant_id"] != json!(spec.tenant) || body["line_id"] != json!(spec.line) || body["status"] != "active" {
+                    self.anomalies.push(format!("admission {} answered with {body}", spec.body()));
+                }
+                if response.header("idempotent-replayed").is_some() {
+                    self.anomalies.push(format!("a fresh Idempotency-Key {:?} was answered as a replay: {body}", spec.key));
+                }
+                if self.calls.contains_key(&id) {
+                    self.anomalies.push(format!("call id {id} handed out twice: {body} (first: {:?})", self.calls[&id]));
+                    return true;
+                }
+                self.stats.admitted += 1;
+                if body["over_limit"] == true {
+                    self.stats.admitted_over_limit += 1;
+                }
+                self.insert_live(&id, spec.tenant, spec.line);
+            }
+            429 => {
+                self.stats.denied += 1;
+                match response.json()["code"].as_str() {
+                    Some("TENANT_LIMIT_REACHED") => self.stats.denied_tenant += 1,
+                    Some("LINE_BUSY") => self.stats.denied_line += 1,
+                    Some("PLATFORM_CAPACITY_FULL") => self.stats.denied_platform += 1,
+                    _ => self.anomalies.push(format!("POST /v1/calls {} denied with {}", spec.body(), response.text())),
+                }
+            }
+            status => {
+                self.anomalies.push(format!("POST /v1/calls {} answered {status}: {}", spec.body(), response.text()));
+                self.stats.unknown_admits += 1;
+                self.unknown_admits.push(spec);
+            }
+        }
+        true
+    }
+
+    fn end_answered(&mut self, id: String, answer: Result<Response>) -> bool {
+        self.touched.insert(id.clone());
+        let call = self.calls.get_mut(&id).expect("workers end calls of the model");
+        let response = match answer {
+            Err(_) => {
+                call.status = Status::EndUnknown;
+                self.stats.unknown_ends += 1;
+                return false;
+            }
+            Ok(response) => response,
+        };
+        let body = response.json();
+        if response.status == 200 && body["status"] == "ended" && body["call_id"] == id.as_str() {
+            call.status = Status::Ended;
+            self.stats.ended += 1;
+        } else {
+            call.status = Status::EndUnknown;
+            self.anomalies.push(format!("POST /v1/calls/{id}/end answered {}: {}", response.status, response.text()));
+        }
+        true
+    }
+
+    fn heartbeat_answered(&mut self, id: String, answer: Result<Response>) -> bool {
+        self.touched.insert(id.clone());
+        let call = self.calls.get_mut(&id).expect("workers heartbeat calls of the model");
+        self.idle.push(id.clone());
+        let response = match answer {
+            Err(_) => {
+                self.stats.unknown_heartbeats += 1;
+                return false;
+            }
+            Ok(response) => response,
+        };
+        let body = response.json();
+        match (response.status, body["last_activity_at"].as_str()) {
+            (200, Some(at)) if body["status"] == "active" => {
+                call.last_activity_min = Some(at.to_owned());
+                self.stats.heartbeats += 1;
+            }
+            _ => self.anomalies.push(format!("POST /v1/calls/{id}/heartbeat answered {}: {}", response.status, response.text())),
+        }
+        true
+    }
+
+    /// Forgets the oldest ended calls past `ENDED_KEPT_MAX` (the server forgets them too,
+    /// past its own larger bound), so soak runs stay bounded.
+    fn prune_ended(&mut self) {
+        let ended: Vec<String> = self.calls.iter().filter(|(_, c)| c.status == Status::Ended).map(|(id, _)| id.clone()).collect();
+        if ended.len() <= ENDED_KEPT_MAX {
+            return;
+        }
+        for id in &ended[..ended.len() - ENDED_KEPT_MAX] {
+            self.calls.remove(id);
+        }
+        let calls = &self.calls;
+        self.order.retain(|id| calls.contains_key(id));
+        self.cursor = 0;
+    }
+}
+
+// ------------------------------------------------------------------------------------ client
+
+async fn request(client: &mut Client, method: &str, path: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> Result<Response> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, client.send(method, path, body, headers)).await {
+        Ok(answer) => answer,
+        Err(_) => Err(anyhow!("{method} {path}: no answer within {REQUEST_TIMEOUT:?}")),
+    }
+}
+
+async fn get_json(client: &mut Client, path: &str) -> Result<Value> {
+    let response = request(client, "GET", path, None, &[]).await?;
+    ensure!(response.status == 200, "GET {path}: {} {}", response.status, response.text());
+    Ok(response.json())
+}
+
+async fn send_ok(client: &mut Client, method: &str, path: &str, body: &Value, status: u16) -> Result<Value> {
+    let response = request(client, method, path, Some(body), &[]).await?;
+    ensure!(response.status == status, "{method} {path} {body}: {} {}", response.status, response.text());
+    Ok(response.json())
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Listed {
+    tenant: String,
+    line: Option<String>,
+    direction: String,
+}
+
+/// Every live call `GET /v1/calls?{filter}` lists, following `next_starting_after`.
+async fn list_calls(client: &mut Client, filter: &str) -> Result<BTreeMap<String, Listed>> {
+    let mut calls = BTreeMap::new();
+    let mut after: Option<String> = None;
+    for _ in 0..LIST_PAGES_MAX {
+        let mut path = format!("/v1/calls?limit={LIST_PAGE}{filter}");
+        if let Some(after) = &after {
+            path.push_str(&format!("&starting_after={after}"));
+        }
+        let page = get_json(client, &path).await?;
+        let data = page["data"].as_array().with_context(|| format!("GET {path}: no data in {page}"))?;
+        ensure!(data.len() <= LIST_PAGE, "GET {path}: {} calls in a page", data.len());
+        for call in data {
+            let id = call["call_id"].as_str().with_context(|| format!("GET {path}: call without id: {call}"))?;
+            ensure!(call["status"] == "active", "GET {path} lists a call that is not active: {call}");
+            let listed = Listed {
+                tenant: call["tenant_id"].as_str().unwrap_or_default().to_owned(),
+                line: call["line_id"].as_str().map(str::to_owned),
+                direction: call["direction"].as_str().unwrap_or_default().to_owned(),
+            };
+            ensure!(calls.insert(id.to_owned(), listed).is_none(), "GET {path}: {id} listed twice");
+        }
+        match (page["has_more"].as_bool(), page["next_starting_after"].as_str()) {
+            (Some(false), _) => return Ok(calls),
+            (Some(true), Some(next)) => {
+                ensure!(after.as_deref() < Some(next), "GET {path}: pagination does not advance ({next})");
+                after = Some(next.to_owned());
+            }
+            _ => bail!("GET {path}: bad pagination fields in {page}"),
+        }
+    }
+    bail!("GET /v1/calls?{filter}: more than {LIST_PAGES_MAX} pages")
+}
+
+// ------------------------------------------------------------------------------------ server
+
+struct Ctx {
+    root: PathBuf,
+    data_dir: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Ctx {
+    fn new(root: &Path) -> Ctx {
+        Ctx { root: root.to_owned(), data_dir: root.join("data"), config: root.join("switchboard.toml"), log: root.join("server.log") }
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+/// The child process; killed (SIGKILL) and reaped on drop if still running.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding a free loopback port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+impl Server {
+    /// Starts the binary on a free port (not waiting for readiness).
+    fn spawn(ctx: &Ctx, rng: &mut Rng, what: &str) -> Result<Server> {
+        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let snapshot_every = rng.between(SNAPSHOT_EVERY_EVENTS);
+        std::fs::write(&ctx.config, format!("[journal]\nsnapshot_every_events = {snapshot_every}\n")).context("writing the config")?;
+        let mut log = OpenOptions::new().create(true).append(true).open(&ctx.log).context("opening the server log")?;
+        std::io::Write::write_all(&mut log, format!("==== {what}: listen {addr}, snapshot_every_events {snapshot_every}\n").as_bytes())?;
+        let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .arg("--data-dir")
+            .arg(&ctx.data_dir)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--config")
+            .arg(&ctx.config)
+            .env("SWITCHBOARD_ADMIN_TOKEN", TOKEN)
+            .env("SWITCHBOARD_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning the switchboard binary")?;
+        Ok(Server { child, addr })
+    }
+
+    /// Starts the binary and waits until `/readyz` answers 200; retries on another port if the
+    /// child exits first (another process took the port).
+    async fn start(ctx: &Ctx, rng: &mut Rng, what: &str) -> Result<(Server, Client, Duration)> {
+        let mut last_error = None;
+        for attempt in 0..START_ATTEMPTS {
+            let started = Instant::now();
+            let mut server = Server::spawn(ctx, rng, &format!("{what} (attempt {attempt})"))?;
+            match server.wait_ready().await {
+                Ok(client) => return Ok((server, client, started.elapsed())),
+                Err(error) if server.exited() => {
+                    eprintln!("{what}: server exited before ready ({error:#}); retrying on another port");
+                    last_error = Some(error);
+                }
+                Err(error) => return Err(error.context(format!("{what}: server on {} never became ready", server.addr))),
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| anyhow!("no attempt"))
+            .context(format!("{what}: server did not start in {START_ATTEMPTS} attempts")))
+    }
+
+    fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    async fn wait_ready(&mut self) -> Result<Client> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut client: Option<Client> = None;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("server exited with {status} before it was ready");
+            }
+            if client.is_none() {
+                client = match tokio::time::timeout(Duration::from_secs(1), Client::connect(self.addr, Some(TOKEN.to_owned()))).await {
+                    Ok(Ok(client)) => Some(client),
+                    _ => None,
+                };
+            }
+            if let Some(c) = client.as_mut() {
+                match tokio::time::timeout(Duration::from_secs(1), c.get("/readyz")).await {
+                    Ok(Ok(response)) if response.status == 200 => break,
+                    Ok(Ok(response)) if response.status == 503 => {}
+                    Ok(Ok(response)) => bail!("GET /readyz answered {}: {}", response.status, response.text()),
+                    _ => client = None,
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("not ready within {READY_TIMEOUT:?}");
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+        ensure!(!self.exited(), "the server exited right after answering /readyz (was it another process on the port?)");
+        client.context("ready implies a client")
+    }
+
+    /// SIGKILL a server that must still be running (one that exited by itself is a crash).
+    fn sigkill(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("the server on {} had already exited ({status}) before it was killed", self.addr);
+        }
+        self.child.kill().context("SIGKILL")?;
+        let status = self.child.wait().context("reaping the killed server")?;
+        ensure!(status.signal() == Some(9), "the server was SIGKILLed but exited with {status}");
+        Ok(())
+    }
+
+    /// SIGTERM, then the server must exit 0 within `EXIT_TIMEOUT`.
+    async fn sigterm(&mut self) -> Result<Duration> {
+        let pid = self.child.id().to_string();
+        let started = Instant::now();
+        let kill = Command::new("kill").arg("-TERM").arg(&pid).status().context("running kill -TERM")?;
+        ensure!(kill.success(), "kill -TERM {pid} failed: {kill}");
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                ensure!(status.code() == Some(0), "after SIGTERM the server exited with {status}, not 0");
+                return Ok(started.elapsed());
+            }
+            ensure!(started.elapsed() < EXIT_TIMEOUT, "the server did not exit within {EXIT_TIMEOUT:?} of SIGTERM");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------- setup
+
+async fn setup(client: &mut Client) -> Result<()> {
+    for t in 0..TENANTS {
+        let body = json!({"id": tenant_id(t), "plan": "PRO", "concurrent_limit_override": TENANT_LIMIT});
+        send_ok(client, "POST", "/v1/tenants", &body, 201).await?;
+        for j in 0..LINES_PER_TENANT {
+            let body = json!({"id": line_id(t, j), "tenant_id": tenant_id(t), "channels": LINE_CHANNELS});
+            send_ok(client, "POST", "/v1/lines", &body, 201).await?;
+        }
+    }
+    let platform = send_ok(client, "PATCH", "/v1/platform", &json!({"capacity": CAPACITY}), 200).await?;
+    ensure!(platform["capacity"] == CAPACITY, "PATCH /v1/platform answered {platform}");
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------ verify
+
+/// Checks the restarted server against the model, then folds what the restart revealed
+/// (unanswered ends and admissions) into it.
+async fn verify(client: &mut Client, model: &mut Model, full: bool) -> Result<()> {
+    // 1. Counts agree everywhere: no half-applied admission or end.
+    let platform = get_json(client, "/v1/platform").await?;
+    ensure!(platform["capacity"] == CAPACITY, "platform capacity not kept: {platform}");
+    let all = list_calls(client, "").await?;
+    ensure!(platform["active"] == all.len() as u64, "platform active is {} but {} calls are listed", platform["active"], all.len());
+    ensure!(platform["available"] == CAPACITY.saturating_sub(all.len() as u64), "platform available is wrong: {platform}");
+    let mut by_tenant = BTreeSet::new();
+    let mut by_line = BTreeSet::new();
+    for t in 0..TENANTS {
+        let id = tenant_id(t);
+        let tenant = get_json(client, &format!("/v1/tenants/{id}")).await?;
+        ensure!(tenant["plan"] == "PRO" && tenant["concurrent_limit"] == TENANT_LIMIT, "tenant {id} not kept: {tenant}");
+        let listed = list_calls(client, &format!("&tenant_id={id}")).await?;
+        ensure!(
+            tenant["active_calls"] == listed.len() as u64,
+            "tenant {id} counts {} active calls but {} are listed: {:?}",
+            tenant["active_calls"],
+            listed.len(),
+            listed.keys()
+        );
+        for (call, entry) in &listed {
+            ensure!(
+                entry.tenant == id && all.get(call) == Some(entry),
+                "tenant {id}'s listing has {call} {entry:?}, the full listing {:?}",
+                all.get(call)
+            );
+            by_tenant.insert(call.clone());
+        }
+        for j in 0..LINES_PER_TENANT {
+            let lid = line_id(t, j);
+            let line = get_json(client, &format!("/v1/lines/{lid}")).await?;
+            ensure!(line["tenant_id"] == id.as_str() && line["channels"] == LINE_CHANNELS, "line {lid} not kept: {line}");
+            let listed = list_calls(client, &format!("&line_id={}", query_escape(&lid))).await?;
+            ensure!(
+                line["active_calls"] == listed.len() as u64,
+                "line {lid} counts {} active calls but {} are listed: {:?}",
+                line["active_calls"],
+                listed.len(),
+                listed.keys()
+            );
+            for (call, entry) in &listed {
+                ensure!(
+                    entry.line.as_deref() == Some(lid.as_str()) && all.get(call) == Some(entry),
+                    "line {lid}'s listing has {call} {entry:?}"
+                );
+                by_line.insert(call.clone());
+            }
+        }
+    }
+    ensure!(by_tenant.len() == all.len(), "{} calls listed, {} of them under a tenant", all.len(), by_tenant.len());
+    for (call, entry) in &all {
+        ensure!(entry.line.is_none() || by_line.contains(call), "{call} {entry:?} is missing from its line's listing");
+    }
+
+    // 2. Acknowledged admissions and ends are there; unanswered ends resolve.
+    let mut fetch: BTreeSet<String> = std::mem::take(&mut model.touched);
+    for (id, call) in model.calls.iter_mut() {
+        let listed = all.get(id);
+        match call.status {
+            Status::Live => ensure!(
+                listed.is_some(),
+                "acknowledged admission {id} {call:?} is not live after the restart (its end was never acknowledged)"
+            ),
+            Status::Ended => ensure!(listed.is_none(), "acknowledged end of {id} {call:?} lost: the call is live again"),
+            Status::EndUnknown => {
+                call.status = if listed.is_some() { Status::Live } else { Status::Ended };
+                if call.status == Status::Ended {
+                    model.stats.ends_resolved_ended += 1;
+                }
+                fetch.insert(id.clone());
+            }
+        }
+        if let Some(entry) = listed {
+            ensure!(entry.tenant == call.tenant && entry.line == call.line, "{id} is listed as {entry:?}, admitted as {call:?}");
+        }
+    }
+    if full {
+        fetch.extend(model.calls.keys().cloned());
+    } else if !model.order.is_empty() {
+        let len = model.order.len();
+        for k in 0..VERIFY_WINDOW.min(len) {
+            fetch.insert(model.order[(model.cursor + k) % len].clone());
+        }
+        model.cursor = (model.cursor + VERIFY_WINDOW) % len;
+    }
+    for id in &fetch {
+        let Some(call) = model.calls.get(id) else { continue };
+        let response = request(client, "GET", &format!("/v1/calls/{id}"), None, &[]).await?;
+        ensure!(
+            response.status == 200,
+            "acknowledged admission {id} {call:?} is gone after the restart: {} {}",
+            response.status,
+            response.text()
+        );
+        let body = response.json();
+        let expected = if call.status == Status::Live { "active" } else { "ended" };
+        ensure!(body["status"] == expected, "{id} should be {expected} ({call:?}) but is {body}");
+        ensure!(body["tenant_id"] == call.tenant.as_str() && body["line_id"] == json!(call.line), "{id} changed: {body} vs {call:?}");
+        if let Some(min) = &call.last_activity_min {
+            let at = body["last_activity_at"].as_str().unwrap_or_default();
+            ensure!(at >= min.as_str(), "an acknowledged heartbeat of {id} is lost: last_activity_at {at} < {min}");
+        }
+    }
+
+    // 3. Live calls nobody was told about must come from unanswered admissions.
+    let mut unexplained: BTreeMap<String, Listed> =
+        all.iter().filter(|(id, _)| !model.calls.contains_key(*id)).map(|(id, l)| (id.clone(), l.clone())).collect();
+    let unknown = std::mem::take(&mut model.unknown_admits);
+    let (keyed, mut unkeyed): (Vec<AdmitSpec>, Vec<AdmitSpec>) = unknown.into_iter().partition(|s| s.key.is_some());
+    for spec in keyed {
+        let body = spec.body();
+        let response = request(client, "POST", "/v1/calls", Some(&body), &spec.headers()).await?;
+        match response.status {
+            201 => {
+                let answer = response.json();
+                let id = answer["call_id"].as_str().with_context(|| format!("201 without call_id: {answer}"))?.to_owned();
+                if response.header("idempotent-replayed") == Some("true") {
+                    ensure!(
+                        unexplained.remove(&id).is_some(),
+                        "re-sending {body} with key {:?} replayed {id}, which is not an unexplained live call: {answer}",
+                        spec.key
+                    );
+                    model.stats.replayed_keys += 1;
+                    model.stats.landed_unknown += 1;
+                } else {
+                    ensure!(!all.contains_key(&id) && !model.calls.contains_key(&id), "re-sent admission got a known id: {answer}");
+                    model.stats.admitted += 1;
+                }
+                ensure!(
+                    answer["tenant_id"] == spec.tenant.as_str() && answer["line_id"] == json!(spec.line),
+                    "re-sent {body} answered {answer}"
+                );
+                model.insert_live(&id, spec.tenant, spec.line);
+            }
+            429 => model.stats.denied += 1,
+            status => bail!("re-sending {body} with key {:?} answered {status}: {}", spec.key, response.text()),
+        }
+    }
+    for (id, listed) in unexplained {
+        let matching = unkeyed.iter().position(|s| s.tenant == listed.tenant && s.line == listed.line && s.direction == listed.direction);
+        let Some(at) = matching else {
+            bail!("live call {id} {listed:?} was never acknowledged and matches no unanswered admission (unanswered: {unkeyed:?})");
+        };
+        let spec = unkeyed.swap_remove(at);
+        model.stats.landed_unknown += 1;
+        model.insert_live(&id, spec.tenant, spec.line);
+    }
+    // What did not land by now never will: the model forgets it, so a later appearance fails.
+
+    model.touched.clear();
+    model.idle = model.calls.iter().filter(|(_, c)| c.status == Status::Live).map(|(id, _)| id.clone()).collect();
+    model.prune_ended();
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------- workers
+
+async fn worker(addr: SocketAddr, model: Arc<Mutex<Model>>, stop: Arc<AtomicBool>, mut rng: Rng) {
+    let Ok(Ok(mut client)) = tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(addr, Some(TOKEN.to_owned()))).await else {
+        return;
+    };
+    for _ in 0..WORKER_OPS_MAX {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let op = lock(&model).next_op(&mut rng);
+        let alive = match op {
+            Op::Admit(spec) => {
+                let answer = request(&mut client, "POST", "/v1/calls", Some(&spec.body()), &spec.headers()).await;
+                lock(&model).admit_answered(spec, answer)
+            }
+            Op::End(id) => {
+                let answer = request(&mut client, "POST", &format!("/v1/calls/{id}/end"), Some(&json!({})), &[]).await;
+                lock(&model).end_answered(id, answer)
+            }
+            Op::Heartbeat(id) => {
+                let answer = request(&mut client, "POST", &format!("/v1/calls/{id}/heartbeat"), None, &[]).await;
+                lock(&model).heartbeat_answered(id, answer)
+            }
+        };
+        if !alive {
+            return;
+        }
+    }
+}
+
+// --------------------------------------------------------------------------------------- run
+
+struct Settings {
+    cycles: u64,
+    seed: u64,
+    keep: bool,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let cycles = var("SWITCHBOARD_CRASH_CYCLES")
+            .map_or(CYCLES_DEFAULT, |v| v.trim().parse().expect("SWITCHBOARD_CRASH_CYCLES must be a number"));
+        assert!(cycles >= 1, "SWITCHBOARD_CRASH_CYCLES must be at least 1");
+        let seed = var("SWITCHBOARD_CRASH_SEED").map_or_else(
+            || {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                Rng(now.as_nanos() as u64 ^ u64::from(std::process::id())).next_u64()
+            },
+            |v| v.trim().parse().expect("SWITCHBOARD_CRASH_SEED must be a u64"),
+        );
+        let keep = var("SWITCHBOARD_CRASH_KEEP").is_some_and(|v| v != "0");
+        Settings { cycles, seed, keep }
+    }
+}
+
+async fn run(settings: &Settings, ctx: &Ctx) -> Result<Stats> {
+    let mut rng = Rng(settings.seed);
+    let model = Arc::new(Mutex::new(Model::default()));
+    for cycle in 0..settings.cycles {
+        let last = cycle + 1 == settings.cycles;
+        let what = format!("cycle {cycle}");
+
+        // Sometimes kill a start during boot (sled recovery, journal replay) first.
+        let mut boot_kill = String::new();
+        if cycle > 0 && rng.percent(BOOT_KILL_PERCENT) {
+            let mut server = Server::spawn(ctx, &mut rng, &format!("{what} boot kill"))?;
+            let after = rng.between(BOOT_KILL_DELAY_MS);
+            tokio::time::sleep(Duration::from_millis(after)).await;
+            match server.child.try_wait()? {
+                None => server.sigkill()?,
+                Some(status) => eprintln!("{what}: the start to kill during boot exited by itself first ({status}); see the server log"),
+            }
+            lock(&model).stats.boot_kills += 1;
+            boot_kill = format!("a start SIGKILLed {after} ms into boot, then ");
+        }
+
+        let (mut server, mut client, boot) = Server::start(ctx, &mut rng, &what).await?;
+        if cycle == 0 {
+            setup(&mut client).await.context("setup")?;
+        }
+        let verify_started = Instant::now();
+        let mut snapshot = std::mem::take(&mut *lock(&model));
+        let verified = verify(&mut client, &mut snapshot, false).await;
+        *lock(&model) = snapshot;
+        verified.with_context(|| format!("{what}: verification after restart"))?;
+        let verify_time = verify_started.elapsed();
+        drop(client);
+
+        let before = lock(&model).stats;
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers: Vec<_> =
+            (0..WORKERS).map(|_| tokio::spawn(worker(server.addr, Arc::clone(&model), Arc::clone(&stop), Rng(rng.next_u64())))).collect();
+        let delay = rng.between(KILL_DELAY_MS);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        let ending = if last {
+            let took = server.sigterm().await.with_context(|| format!("{what}: graceful stop"))?;
+            format!("SIGTERM after {delay} ms, exit 0 in {} ms", took.as_millis())
+        } else {
+            server.sigkill()?;
+            lock(&model).stats.kills += 1;
+            format!("SIGKILL after {delay} ms")
+        };
+        stop.store(true, Ordering::SeqCst);
+        for handle in workers {
+            tokio::time::timeout(WORKERS_STOP_TIMEOUT, handle)
+                .await
+                .with_context(|| format!("{what}: a worker did not stop"))?
+                .context("worker panicked")?;
+        }
+
+        let m = lock(&model);
+        if !m.anomalies.is_empty() {
+            bail!("{what}: unexpected answers:\n  {}", m.anomalies.join("\n  "));
+        }
+        let s = m.stats;
+        println!(
+            "{what}: {boot_kill}boot {} ms, verify {} ms ({} calls known, {} live); +{} admitted, +{} denied (tenant/line/platform {}/{}/{}), +{} ended, +{} heartbeats, unanswered +{} admits/+{} ends/+{} heartbeats; {ending}",
+            boot.as_millis(),
+            verify_time.as_millis(),
+            m.calls.len(),
+            m.idle.len(),
+            s.admitted - before.admitted,
+            s.denied - before.denied,
+            s.denied_tenant - before.denied_tenant,
+            s.denied_line - before.denied_line,
+            s.denied_platform - before.denied_platform,
+            s.ended - before.ended,
+            s.heartbeats - before.heartbeats,
+            s.unknown_admits - before.unknown_admits,
+            s.unknown_ends - before.unknown_ends,
+            s.unknown_heartbeats - before.unknown_heartbeats,
+        );
+    }
+
+    // After the graceful stop: one more start, check every call, and stop cleanly again.
+    let (mut server, mut client, boot) = Server::start(ctx, &mut rng, "final").await?;
+    let mut snapshot = std::mem::take(&mut *lock(&model));
+    let started = Instant::now();
+    verify(&mut client, &mut snapshot, true).await.context("final verification (every call)")?;
+    println!("final: boot {} ms, full verify of {} calls in {} ms", boot.as_millis(), snapshot.calls.len(), started.elapsed().as_millis());
+    drop(client);
+    server.sigterm().await.context("final graceful stop")?;
+    Ok(snapshot.stats)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_loses_no_acknowledged_change() {
+    let settings = Settings::from_env();
+    println!("crash test: seed {} (replay with SWITCHBOARD_CRASH_SEED={}), {} cycles", settings.seed, settings.seed, settings.cycles);
+    let mut dir = tempfile::Builder::new().prefix("switchboard-crash-").tempdir().expect("temp dir");
+    let ctx = Ctx::new(dir.path());
+    let deadline = Duration::from_secs(60 + 5 * settings.cycles);
+    let started = Instant::now();
+    let outcome = match tokio::time::timeout(deadline, run(&settings, &ctx)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(anyhow!("the test did not finish within {deadline:?}")),
+    };
+    match outcome {
+        Ok(stats) => {
+            println!("crash test passed in {:.1} s (seed {}): {stats:?}", started.elapsed().as_secs_f64(), settings.seed);
+            if settings.keep {
+                dir.disable_cleanup(true);
+                println!("kept {}", ctx.root.display());
+            }
+        }
+        Err(error) => {
+            dir.disable_cleanup(true);
+            panic!(
+                "crash test failed (seed {}; replay with SWITCHBOARD_CRASH_SEED={}): {error:#}\n\ndata dir and server log kept in {}\nlast server log lines:\n{}",
+                settings.seed,
+                settings.seed,
+                ctx.root.display(),
+                ctx.log_tail(40)
+            );
+        }
+    }
+}
