@@ -35,7 +35,13 @@ async fn run(duration: Duration) {
     let store: Arc<dyn Store> = Arc::new(store);
     let system = Arc::new(System::start(settings, store, durable, Arc::new(SystemClock), Arc::new(NoTelemetry)).await.expect("start"));
     for n in 0..TENANTS {
-        let record = TenantRecord { id: format!("t{n}"), name: None, plan: "PRO".into(), concurrent_limit_override: Some(100_000), created_at_ms: 0 };
+        let record = TenantRecord {
+            id: format!("t{n}"),
+            name: None,
+            plan: "PRO".into(),
+            concurrent_limit_override: Some(100_000),
+            created_at_ms: 0,
+        };
         system.create_tenant(record).await.expect("tenant");
     }
     let deadline = Instant::now() + duration;

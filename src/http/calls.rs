@@ -233,7 +233,11 @@ pub async fn show(State(state): State<AppStateRef>, Path(raw_id): Path<String>) 
 
 pub async fn list(State(state): State<AppStateRef>, QueryParams(query): QueryParams<ListCalls>) -> Result<Response, Problem> {
     let limit = query.limit.unwrap_or(LIST_LIMIT_DEFAULT);
-    validate::range("limit", limit, 1, LIST_LIMIT_MAX).map_err(|p| Problem { status: StatusCode::BAD_REQUEST, code: "INVALID_QUERY", ..p })?;
+    validate::range("limit", limit, 1, LIST_LIMIT_MAX).map_err(|p| Problem {
+        status: StatusCode::BAD_REQUEST,
+        code: "INVALID_QUERY",
+        ..p
+    })?;
     let after = match &query.starting_after {
         Some(raw) => Some(raw.parse::<CallId>().map_err(|_| {
             Problem::new(StatusCode::BAD_REQUEST, "INVALID_QUERY", "starting_after must be a call id").with_field("starting_after")
