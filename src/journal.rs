@@ -1,14 +1,23 @@
 //! The journal on sled: the production `Store`.
 //!
-//! Two trees in one sled database under `<data_dir>/journal`: `events` (key: sequence number,
-//! big-endian u64, so sled's order is the log's order) and `snapshots` (same keys). sled's
-//! background flush is disabled: nothing is durable until the journal writer's group commit
-//! calls `write`, which applies the batch atomically and then fsyncs (`Db::flush`).
+//! Two trees in one sled database under `<data_dir>/journal`:
+//! - `events`: one record per group commit. Key: the sequence number of the batch's last event
+//!   (big-endian u64, so sled's order is the log's order); value: the codec encoding of the
+//!   batch's `(seq, event record)` pairs. One sled insert per batch instead of one per event:
+//!   sled copies a leaf node on every insert, and that copying dominated the profile.
+//! - `snapshots`: key: the sequence number the snapshot was taken at; value: the state.
+//!
+//! sled's background flush is disabled: nothing is durable until the journal writer's group
+//! commit calls `write`, which inserts the batch and then fsyncs (`Db::flush`).
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
+use switchboard_actors::codec;
 use switchboard_actors::store::{Store, StoreError, Visit, WriteBatch};
+
+/// One group commit as stored: consecutive `(seq, encoded event)` pairs.
+type StoredBatch = Vec<(u64, Vec<u8>)>;
 
 /// How long `open` waits for another holder of the database lock (a process still exiting).
 const LOCK_WAIT_MS_MAX: u64 = 5_000;
@@ -85,9 +94,18 @@ impl Store for SledStore {
 
     fn scan_after(&self, seq: u64, visit: &mut Visit<'_>) -> Result<(), StoreError> {
         self.with(|inner| {
+            // Batches are keyed by their last seq: the first one at or after seq + 1 may start
+            // before it, so events at or below `seq` are skipped.
             for entry in inner.events.range((seq + 1).to_be_bytes()..) {
                 let (key, value) = entry.map_err(io)?;
-                visit(seq_of(&key)?, &value)?;
+                let last = seq_of(&key)?;
+                let batch: StoredBatch = codec::decode(&value).map_err(|source| StoreError::Codec { seq: last, source })?;
+                if batch.last().map(|(s, _)| *s) != Some(last) {
+                    return Err(StoreError::Io(format!("journal batch {last} does not end at its key")));
+                }
+                for (event_seq, bytes) in batch.iter().filter(|(s, _)| *s > seq) {
+                    visit(*event_seq, bytes)?;
+                }
             }
             Ok(())
         })
@@ -96,11 +114,10 @@ impl Store for SledStore {
 
 impl Inner {
     fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
-        let mut events = sled::Batch::default();
-        for (seq, bytes) in &batch.events {
-            events.insert(&seq.to_be_bytes(), bytes.as_slice());
+        if let Some((last, _)) = batch.events.last() {
+            let record = codec::encode(&batch.events).map_err(|source| StoreError::Codec { seq: *last, source })?;
+            self.events.insert(last.to_be_bytes(), record).map_err(io)?;
         }
-        self.events.apply_batch(events).map_err(io)?;
         if let Some((seq, bytes)) = &batch.snapshot {
             self.snapshots.insert(seq.to_be_bytes(), bytes.as_slice()).map_err(io)?;
             // The snapshot must be durable before the log it replaces is dropped.
@@ -111,7 +128,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Drops the snapshot before `newest` and every event it covers.
+    /// Drops the snapshot before `newest` and every batch it covers (a batch ends at or below
+    /// that snapshot's seq).
     fn prune_before(&self, newest: u64) -> Result<(), StoreError> {
         let Some((key, _)) = self.snapshots.range(..newest.to_be_bytes()).next_back().transpose().map_err(io)? else {
             return Ok(());

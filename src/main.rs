@@ -1,5 +1,8 @@
 //! The `switchboard` binary: `serve` (the default) and `loadgen`.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
