@@ -189,3 +189,32 @@ async fn a_crashed_call_actor_comes_back_with_its_heartbeat_and_can_still_end() 
     assert_live_equals_durable(&server.system).await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_actor_dying_between_its_durable_end_and_the_release_is_finished_by_the_supervisor() {
+    quiet_panics();
+    let dir = temp_dir();
+    let server = start_in(dir.path(), |_| {}).await;
+    let mut client = server.client().await;
+    create_tenant(&mut client, "acme", "PRO", None).await;
+    create_line(&mut client, "+14155550120", "acme", 2).await;
+    let call = admit(&mut client, json!({"tenant_id": "acme", "line_id": "+14155550120", "direction": "outbound"})).await.json();
+    let id = call["call_id"].as_str().unwrap().to_owned();
+    assert!(server.system.inject_crash_mid_end(id.parse().unwrap()));
+    let mut shown = serde_json::Value::Null;
+    for _ in 0..200 {
+        let response = client.get(&format!("/v1/calls/{id}")).await.unwrap();
+        if response.status == 200 && response.json()["status"] == "ended" {
+            shown = response.json();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(shown["outcome"], "completed", "the durable end is what the API shows");
+    assert_eq!(get_json(&mut client, "/v1/tenants/acme").await["active_calls"], 0);
+    assert_eq!(get_json(&mut client, "/v1/lines/+14155550120").await["active_calls"], 0);
+    assert_eq!(get_json(&mut client, "/v1/platform").await["active"], 0);
+    assert_eq!(end(&mut client, &id).await.json(), shown, "a late end webhook changes nothing");
+    assert_live_equals_durable(&server.system).await;
+    server.stop().await;
+}

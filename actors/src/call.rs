@@ -18,10 +18,7 @@ use crate::directory::SharedDirectory;
 use crate::event::Event;
 use crate::journal::{AppendError, Guard, JournalMsg};
 use crate::model::{CallRecord, EndedCall, OUTCOME_RECLAIMED_STALE};
-use crate::phone_line::LineMsg;
-use crate::platform::PlatformMsg;
 use crate::telemetry::Telemetry;
-use crate::tenant::TenantMsg;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
@@ -47,6 +44,8 @@ pub enum CallMsg {
     Sweep,
     /// Fault injection for the supervision tests.
     Crash,
+    /// Fault injection: makes an end durable, then panics before finishing it.
+    CrashMidEnd,
 }
 
 pub struct CallActor {
@@ -94,6 +93,17 @@ impl Actor for CallActor {
                 }
             }
             CallMsg::Crash => panic!("injected call crash"),
+            CallMsg::CrashMidEnd => {
+                let ended = core.end_record(self.clock.now_ms(), "completed".to_owned(), None);
+                let event = Event::CallEnded {
+                    id: ended.call.id,
+                    ended_at_ms: ended.ended_at_ms,
+                    outcome: ended.outcome,
+                    duration_s: ended.duration_s,
+                };
+                crate::append(&self.journal, event, Guard::default(), self.journal_timeout).await?;
+                panic!("injected call crash between a durable end and its release");
+            }
         }
         Ok(())
     }
@@ -137,17 +147,6 @@ impl CallActor {
     }
 
     fn release_slots(&self, ended: &EndedCall) {
-        let call = ended.call.id;
-        let mut directory = self.directory.write();
-        directory.finish_call(ended.clone());
-        if let Some(tenant) = directory.tenants.get(&ended.call.tenant_id) {
-            let _ = tenant.actor.cast(TenantMsg::Release { call });
-        }
-        if let Some(line) = ended.call.line_id.as_ref().and_then(|id| directory.lines.get(id)) {
-            let _ = line.slot.actor.cast(LineMsg::Release { call });
-        }
-        if let Some(platform) = &directory.platform {
-            let _ = platform.actor.cast(PlatformMsg::Release { call });
-        }
+        self.directory.write().finish_call_and_release(ended.clone());
     }
 }

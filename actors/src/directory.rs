@@ -88,6 +88,22 @@ impl Directory {
         }
     }
 
+    /// Moves a durably ended call to the ended calls and frees its tenant, line and platform
+    /// slots. Called by the call actor, or by the supervisor when the actor died mid-end.
+    pub fn finish_call_and_release(&mut self, ended: EndedCall) {
+        let call = ended.call.id;
+        if let Some(tenant) = self.tenants.get(&ended.call.tenant_id) {
+            let _ = tenant.actor.cast(TenantMsg::Release { call });
+        }
+        if let Some(line) = ended.call.line_id.as_ref().and_then(|id| self.lines.get(id)) {
+            let _ = line.slot.actor.cast(LineMsg::Release { call });
+        }
+        if let Some(platform) = &self.platform {
+            let _ = platform.actor.cast(PlatformMsg::Release { call });
+        }
+        self.finish_call(ended);
+    }
+
     pub fn journal(&self) -> ActorRef<JournalMsg> {
         self.journal.clone().expect("the supervisor publishes the journal before anything runs")
     }

@@ -19,13 +19,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::codec;
 use crate::event::Event;
-use crate::model::{CallId, CallRecord, LineId, LineRecord, TenantId, TenantRecord};
+use crate::model::{CallId, CallRecord, EndedCall, LineId, LineRecord, TenantId, TenantRecord};
 use crate::state::DurableState;
 use crate::store::{Store, WriteBatch};
 use crate::telemetry::Telemetry;
@@ -72,7 +72,10 @@ pub enum Handover {
     Line(LineRecord, BTreeSet<CallId>),
     Platform(u32, BTreeSet<CallId>),
     Call(CallRecord),
-    /// The entity no longer exists (a call that ended meanwhile).
+    /// The call's end is durable but its actor died before finishing it: the supervisor
+    /// completes the end (moves it to ended calls, frees its slots).
+    CallEnded(EndedCall),
+    /// The entity no longer exists.
     Gone,
 }
 
@@ -284,6 +287,10 @@ fn handover(durable: &DurableState, entity: &Entity) -> Handover {
             None => Handover::Gone,
         },
         Entity::Platform => Handover::Platform(durable.platform_capacity, durable.live_calls.keys().copied().collect()),
-        Entity::Call(id) => durable.live_calls.get(id).cloned().map_or(Handover::Gone, Handover::Call),
+        Entity::Call(id) => match (durable.live_calls.get(id), durable.ended_calls.get(id)) {
+            (Some(call), _) => Handover::Call(call.clone()),
+            (None, Some(ended)) => Handover::CallEnded(ended.clone()),
+            (None, None) => Handover::Gone,
+        },
     }
 }

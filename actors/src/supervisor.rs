@@ -170,6 +170,11 @@ impl Supervisor {
             Handover::Line(record, held) => context.spawn_line(cell, record, held, generation).await?,
             Handover::Platform(capacity, held) => context.spawn_platform(cell, capacity, held, generation).await?,
             Handover::Call(record) => context.spawn_call(cell, record).await?,
+            Handover::CallEnded(ended) => {
+                tracing::warn!(call_id = %ended.call.id, "finishing the end of a call whose actor died mid-end");
+                context.telemetry.active_calls(&ended.call.plan, -1);
+                context.directory.write().finish_call_and_release(ended);
+            }
             Handover::Gone => {}
         }
         Ok(())

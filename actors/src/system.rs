@@ -616,6 +616,11 @@ impl System {
         }
     }
 
+    /// Makes a call's actor journal its end and panic before releasing anything.
+    pub fn inject_crash_mid_end(&self, id: CallId) -> bool {
+        self.context.directory.read().calls.get(&id).is_some_and(|c| c.actor.cast(CallMsg::CrashMidEnd).is_ok())
+    }
+
     /// The generation an entity's current actor runs at (tests: proof of a rebuild).
     pub fn generation(&self, entity: &Entity) -> Option<u32> {
         let directory = self.context.directory.read();
