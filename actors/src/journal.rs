@@ -191,10 +191,14 @@ impl JournalWriter {
         if state.pending.len() >= JOURNAL_PENDING_MAX {
             return Err(AppendError::Overloaded);
         }
-        let current = |entity: Entity| state.generations.get(&entity).copied().unwrap_or(0);
-        let stale = guard.tenant.as_ref().is_some_and(|(id, g)| current(Entity::Tenant(id.clone())) != *g)
-            || guard.line.as_ref().is_some_and(|(id, g)| current(Entity::Line(id.clone())) != *g)
-            || guard.platform.is_some_and(|g| current(Entity::Platform) != g);
+        // Generations move only when an actor is rebuilt; until then every guard is current
+        // and the lookups (and their id clones) are skipped.
+        let stale = !state.generations.is_empty() && {
+            let current = |entity: Entity| state.generations.get(&entity).copied().unwrap_or(0);
+            guard.tenant.as_ref().is_some_and(|(id, g)| current(Entity::Tenant(id.clone())) != *g)
+                || guard.line.as_ref().is_some_and(|(id, g)| current(Entity::Line(id.clone())) != *g)
+                || guard.platform.is_some_and(|g| current(Entity::Platform) != g)
+        };
         if stale {
             return Err(AppendError::StaleGeneration);
         }

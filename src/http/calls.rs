@@ -1,10 +1,10 @@
 //! `/v1/calls`: admission, end, heartbeat, and reading live and ended calls.
 
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use switchboard_actors::event::{IdempotencyStamp, fnv1a64};
 use switchboard_actors::model::{CallId, CallRecord, Direction, EndedCall};
 use switchboard_actors::system::{AdmitError, AdmitRequest, CallState, SystemError};
@@ -79,25 +79,66 @@ pub struct ListCalls {
     starting_after: Option<String>,
 }
 
-pub fn call_json(call: &CallRecord, ended: Option<&EndedCall>) -> Value {
-    json!({
-        "object": "call",
-        "call_id": call.id.to_string(),
-        "tenant_id": call.tenant_id,
-        "line_id": call.line_id,
-        "direction": call.direction,
-        "status": if ended.is_some() { "ended" } else { "active" },
-        "over_limit": call.over_limit,
-        "plan": call.plan,
-        "provider_call_id": call.provider_call_id,
-        "to": call.to,
-        "from": call.from,
-        "started_at": rfc3339(call.started_at_ms),
-        "last_activity_at": rfc3339(call.last_activity_at_ms),
-        "ended_at": ended.map(|e| rfc3339(e.ended_at_ms)),
-        "outcome": ended.map(|e| e.outcome.clone()),
-        "duration_s": ended.map(|e| e.duration_s),
-    })
+/// A call as the API shows it. Serialised straight from borrowed fields: this is on every
+/// admission and end, and building a `serde_json::Value` allocated for each of its keys.
+#[derive(Serialize)]
+pub struct CallView<'a> {
+    object: &'static str,
+    call_id: String,
+    tenant_id: &'a str,
+    line_id: Option<&'a str>,
+    direction: Direction,
+    status: &'static str,
+    over_limit: bool,
+    plan: &'a str,
+    provider_call_id: Option<&'a str>,
+    to: Option<&'a str>,
+    from: Option<&'a str>,
+    started_at: String,
+    last_activity_at: String,
+    ended_at: Option<String>,
+    outcome: Option<&'a str>,
+    duration_s: Option<u64>,
+}
+
+pub fn call_view<'a>(call: &'a CallRecord, ended: Option<&'a EndedCall>) -> CallView<'a> {
+    CallView {
+        object: "call",
+        call_id: call.id.to_string(),
+        tenant_id: &call.tenant_id,
+        line_id: call.line_id.as_deref(),
+        direction: call.direction,
+        status: if ended.is_some() { "ended" } else { "active" },
+        over_limit: call.over_limit,
+        plan: &call.plan,
+        provider_call_id: call.provider_call_id.as_deref(),
+        to: call.to.as_deref(),
+        from: call.from.as_deref(),
+        started_at: rfc3339(call.started_at_ms),
+        last_activity_at: rfc3339(call.last_activity_at_ms),
+        ended_at: ended.map(|e| rfc3339(e.ended_at_ms)),
+        outcome: ended.map(|e| e.outcome.as_str()),
+        duration_s: ended.map(|e| e.duration_s),
+    }
+}
+
+#[derive(Serialize)]
+struct ListView<'a> {
+    object: &'static str,
+    data: Vec<CallView<'a>>,
+    has_more: bool,
+    next_starting_after: Option<String>,
+}
+
+/// The `Idempotency-Key` header, read without cloning the request's whole header map.
+pub struct IdempotencyKey(Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
+        idempotency_key(&parts.headers).map(IdempotencyKey)
+    }
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
@@ -118,11 +159,10 @@ fn parse_call_id(raw: &str) -> Result<CallId, Problem> {
 
 pub async fn create(
     State(state): State<AppStateRef>,
-    headers: HeaderMap,
+    IdempotencyKey(key): IdempotencyKey,
     JsonBody(body): JsonBody<CreateCall>,
 ) -> Result<Response, Problem> {
     body.validate()?;
-    let key = idempotency_key(&headers)?;
     let system = state.system()?;
     let idempotency = key.map(|key| {
         let canonical = serde_json::to_vec(&body).expect("a request serialises");
@@ -139,7 +179,7 @@ pub async fn create(
         idempotency,
     };
     let admitted = system.admit(request).await.map_err(admit_problem)?;
-    let mut response = (StatusCode::CREATED, axum::Json(call_json(&admitted.call, None))).into_response();
+    let mut response = (StatusCode::CREATED, axum::Json(call_view(&admitted.call, None))).into_response();
     let location = HeaderValue::from_str(&format!("/v1/calls/{}", admitted.call.id)).expect("call ids are ASCII");
     response.headers_mut().insert(header::LOCATION, location);
     if admitted.replayed {
@@ -189,7 +229,7 @@ pub fn system_problem(error: SystemError, what: &str, id: &str) -> Problem {
     match error {
         SystemError::NotFound => Problem::not_found(what, id),
         SystemError::CallEnded(ended) => Problem::new(StatusCode::CONFLICT, "CALL_ENDED", "the call has already ended")
-            .with("call", call_json(&ended.call, Some(&ended))),
+            .with("call", serde_json::to_value(call_view(&ended.call, Some(&ended))).expect("a call serialises")),
         SystemError::Unavailable(why) => Problem::unavailable(why),
     }
 }
@@ -212,21 +252,21 @@ pub async fn end(
     let system = state.system()?;
     let outcome = body.outcome.unwrap_or_else(|| "completed".to_owned());
     let ended = system.end_call(id, outcome, body.duration_s).await.map_err(|e| system_problem(e, "call", &raw_id))?;
-    Ok(axum::Json(call_json(&ended.call, Some(&ended))).into_response())
+    Ok(axum::Json(call_view(&ended.call, Some(&ended))).into_response())
 }
 
 pub async fn heartbeat(State(state): State<AppStateRef>, Path(raw_id): Path<String>) -> Result<Response, Problem> {
     let id = parse_call_id(&raw_id)?;
     let record = state.system()?.heartbeat(id).await.map_err(|e| system_problem(e, "call", &raw_id))?;
-    Ok(axum::Json(call_json(&record, None)).into_response())
+    Ok(axum::Json(call_view(&record, None)).into_response())
 }
 
 pub async fn show(State(state): State<AppStateRef>, Path(raw_id): Path<String>) -> Result<Response, Problem> {
     let id = parse_call_id(&raw_id)?;
     let call = state.system()?.get_call(id).await.map_err(|e| system_problem(e, "call", &raw_id))?;
     let body = match &call {
-        CallState::Live(record) => call_json(record, None),
-        CallState::Ended(ended) => call_json(&ended.call, Some(ended)),
+        CallState::Live(record) => call_view(record, None),
+        CallState::Ended(ended) => call_view(&ended.call, Some(ended)),
     };
     Ok(axum::Json(body).into_response())
 }
@@ -249,6 +289,6 @@ pub async fn list(State(state): State<AppStateRef>, QueryParams(query): QueryPar
     let has_more = calls.len() > limit;
     calls.truncate(limit);
     let next = if has_more { calls.last().map(|c| c.id.to_string()) } else { None };
-    let data: Vec<Value> = calls.iter().map(|c| call_json(c, None)).collect();
-    Ok(axum::Json(json!({"object": "list", "data": data, "has_more": has_more, "next_starting_after": next})).into_response())
+    let data = calls.iter().map(|c| call_view(c, None)).collect();
+    Ok(axum::Json(ListView { object: "list", data, has_more, next_starting_after: next }).into_response())
 }

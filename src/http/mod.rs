@@ -72,17 +72,10 @@ pub fn app(state: AppStateRef) -> Router {
         .route("/tenants/{id}", get(tenants::show).patch(tenants::update))
         .route("/lines", post(tenants::create_line))
         .route("/lines/{id}", get(tenants::show_line))
-        .route("/platform", get(platform::show).patch(platform::update))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    let metrics = Router::new().route("/metrics", get(metrics_text));
-    let metrics = if state.config.metrics_require_auth {
-        metrics.route_layer(middleware::from_fn_with_state(state.clone(), require_token))
-    } else {
-        metrics
-    };
+        .route("/platform", get(platform::show).patch(platform::update));
     Router::new()
         .nest("/v1", v1)
-        .merge(metrics)
+        .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") })
@@ -90,7 +83,7 @@ pub fn app(state: AppStateRef) -> Router {
             Problem::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "this route does not take that method")
         })
         .layer(DefaultBodyLimit::max(extract::BODY_BYTES_MAX))
-        .layer(middleware::from_fn_with_state(state.clone(), shed_load))
+        .layer(middleware::from_fn_with_state(state.clone(), gate))
         .with_state(state)
 }
 
@@ -108,31 +101,38 @@ async fn metrics_text(State(state): State<AppStateRef>) -> Response {
     response
 }
 
-/// Refuses work past `http.in_flight_max` with 503 instead of queueing it without bound.
-async fn shed_load(State(state): State<AppStateRef>, request: Request, next: Next) -> Response {
-    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+/// In front of every request, in one layer (it runs on every admission):
+/// - refuses work past `http.in_flight_max` with 503 at once instead of queueing it without
+///   bound;
+/// - requires the admin bearer token on `/v1` (any path under it, so unknown routes are not
+///   revealed) and on `/metrics` when `metrics_require_auth` is set.
+async fn gate(State(state): State<AppStateRef>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = state.in_flight.try_acquire() else {
         return Problem::new(StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED", "too many requests in flight").retry_after(1).into_response();
     };
+    let path = request.uri().path();
+    let needs_token = path == "/v1" || path.starts_with("/v1/") || (path == "/metrics" && state.config.metrics_require_auth);
+    if needs_token && let Err(problem) = check_token(&state, request.headers()) {
+        return problem.into_response();
+    }
     next.run(request).await
 }
 
-async fn require_token(State(state): State<AppStateRef>, request: Request, next: Next) -> Response {
+fn check_token(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), Problem> {
     // RFC 9110 §11.1: the scheme is case-insensitive ("bearer" and "Bearer" alike).
-    let presented = request
-        .headers()
+    let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim());
     match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), state.admin_token.as_bytes()) => next.run(request).await,
-        Some(_) => Problem::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "the bearer token is not valid")
-            .with_field("authorization")
-            .into_response(),
-        None => Problem::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "send Authorization: Bearer <admin token>")
-            .with_field("authorization")
-            .into_response(),
+        Some(token) if constant_time_eq(token.as_bytes(), state.admin_token.as_bytes()) => Ok(()),
+        Some(_) => Err(Problem::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "the bearer token is not valid").with_field("authorization")),
+        None => {
+            Err(Problem::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "send Authorization: Bearer <admin token>")
+                .with_field("authorization"))
+        }
     }
 }
 
