@@ -20,6 +20,8 @@
 //! - `SWITCHBOARD_CRASH_KEEP=1`: keep the temp dir (journal + server log) even on success. It
 //!   is always kept, and its path printed, on failure.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
 use std::net::{SocketAddr, TcpListener};
@@ -73,37 +75,8 @@ const LIST_PAGES_MAX: usize = 10_000;
 
 // ------------------------------------------------------------------------------------------ PRNG
 
-/// splitmix64: tiny, seedable, good enough to pick delays and requests.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn between(&mut self, (lo, hi): (u64, u64)) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-
-    fn percent(&mut self, p: u64) -> bool {
-        self.below(100) < p
-    }
-
-    fn index(&mut self, len: usize) -> usize {
-        self.below(len as u64) as usize
-    }
-}
+// The seeded generator is shared with the other tests: `common::Rng`.
+use common::Rng;
 
 // ----------------------------------------------------------------------------------- fixtures
 

@@ -8,23 +8,6 @@ use serde_json::json;
 use switchboard::client::Client;
 use switchboard_actors::state::StateDigest;
 
-/// splitmix64: a seeded, dependency-free generator; the seed is printed so a failure replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 const TENANTS: usize = 6;
 const LINES: usize = 4;
 const PLANS: [&str; 5] = ["TRIAL", "PAYG", "STARTER", "PRO", "ENTERPRISE"];
@@ -32,16 +15,16 @@ const PLANS: [&str; 5] = ["TRIAL", "PAYG", "STARTER", "PRO", "ENTERPRISE"];
 /// Every kind of change the API can make, chosen at random; returns the live call ids.
 async fn random_workload(client: &mut Client, rng: &mut Rng, steps: usize, live: &mut Vec<String>) {
     for _ in 0..steps {
-        match rng.below(10) {
+        match rng.index(10) {
             0..=3 => {
-                let tenant = format!("t{}", rng.below(TENANTS));
-                let mut body = json!({"tenant_id": tenant, "direction": if rng.below(2) == 0 { "inbound" } else { "outbound" }});
-                if rng.below(2) == 0 {
-                    let line = rng.below(LINES);
+                let tenant = format!("t{}", rng.index(TENANTS));
+                let mut body = json!({"tenant_id": tenant, "direction": if rng.index(2) == 0 { "inbound" } else { "outbound" }});
+                if rng.index(2) == 0 {
+                    let line = rng.index(LINES);
                     body["line_id"] = format!("+1415555020{line}").into();
                     body["tenant_id"] = format!("t{}", line % TENANTS).into();
                 }
-                if body["direction"] == "inbound" && rng.below(3) == 0 {
+                if body["direction"] == "inbound" && rng.index(3) == 0 {
                     body["already_connected"] = true.into();
                 }
                 let response = admit(client, body).await;
@@ -51,24 +34,24 @@ async fn random_workload(client: &mut Client, rng: &mut Rng, steps: usize, live:
                 }
             }
             4..=6 if !live.is_empty() => {
-                let id = live.swap_remove(rng.below(live.len()));
+                let id = live.swap_remove(rng.index(live.len()));
                 assert_eq!(end(client, &id).await.status, 200);
             }
             7 if !live.is_empty() => {
-                let id = &live[rng.below(live.len())];
+                let id = &live[rng.index(live.len())];
                 assert_eq!(client.post(&format!("/v1/calls/{id}/heartbeat"), &json!({})).await.unwrap().status, 200);
             }
             8 => {
-                let tenant = format!("t{}", rng.below(TENANTS));
-                let plan = PLANS[rng.below(PLANS.len())];
-                let limit = if rng.below(2) == 0 { json!(null) } else { json!(1 + rng.below(6)) };
+                let tenant = format!("t{}", rng.index(TENANTS));
+                let plan = PLANS[rng.index(PLANS.len())];
+                let limit = if rng.index(2) == 0 { json!(null) } else { json!(1 + rng.index(6)) };
                 let response = client
                     .patch(&format!("/v1/tenants/{tenant}"), &json!({"plan": plan, "concurrent_limit_override": limit}))
                     .await
                     .unwrap();
                 assert_eq!(response.status, 200, "{}", response.text());
             }
-            _ => set_capacity(client, 3 + rng.below(10) as u32).await,
+            _ => set_capacity(client, 3 + rng.index(10) as u32).await,
         }
     }
 }

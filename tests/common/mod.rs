@@ -95,3 +95,36 @@ pub async fn assert_live_equals_durable(system: &System) {
     let durable = system.inspect(|d| d.digest()).await.expect("durable digest");
     assert_eq!(live, durable, "live state differs from the journal's");
 }
+
+/// splitmix64: a tiny seeded generator; tests print the seed so a failure replays.
+#[derive(Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn between(&mut self, (lo, hi): (u64, u64)) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+
+    pub fn percent(&mut self, p: u64) -> bool {
+        self.below(100) < p
+    }
+
+    /// Uniform in `0..len` (len > 0), for indexing.
+    pub fn index(&mut self, len: usize) -> usize {
+        self.below(len as u64) as usize
+    }
+}
