@@ -60,8 +60,9 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     pub telemetry: Arc<dyn Telemetry>,
     pub directory: SharedDirectory,
-    /// False once the journal writer has died: nothing can be made durable any more.
-    pub journal_alive: AtomicBool,
+    /// False once the journal cannot write (a failed write, or the writer died): nothing can
+    /// be made durable any more. Shared with the journal writer, which clears it.
+    pub journal_alive: Arc<AtomicBool>,
 }
 
 impl Context {

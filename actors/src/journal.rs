@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -115,6 +116,8 @@ pub struct JournalWriter {
     pub telemetry: Arc<dyn Telemetry>,
     /// Take a snapshot after this many events (bounds replay time and disk).
     pub snapshot_every_events: u64,
+    /// Cleared on a failed write: the service reports unready and refuses changes.
+    pub healthy: Arc<AtomicBool>,
 }
 
 pub struct JournalState {
@@ -275,6 +278,7 @@ impl JournalWriter {
                     let _ = reply.send(Err(error.clone()));
                 }
                 state.failed = Some(why);
+                self.healthy.store(false, Ordering::SeqCst);
             }
         }
     }

@@ -70,6 +70,7 @@ impl Actor for Supervisor {
             store: Arc::clone(&self.store),
             telemetry: Arc::clone(&self.context.telemetry),
             snapshot_every_events: self.context.settings.snapshot_every_events,
+            healthy: Arc::clone(&self.context.journal_alive),
         };
         let (journal, _) = Actor::spawn_linked(None, writer, durable.clone(), myself.get_cell()).await?;
         self.context.directory.write().journal = Some(journal.clone());

@@ -205,8 +205,13 @@ impl System {
         clock: Arc<dyn Clock>,
         telemetry: Arc<dyn Telemetry>,
     ) -> Result<System, ractor::SpawnErr> {
-        let context =
-            Arc::new(Context { settings, clock, telemetry, directory: SharedDirectory::default(), journal_alive: AtomicBool::new(true) });
+        let context = Arc::new(Context {
+            settings,
+            clock,
+            telemetry,
+            directory: SharedDirectory::default(),
+            journal_alive: Arc::new(AtomicBool::new(true)),
+        });
         let next_call_number = AtomicU64::new(durable.next_call_number);
         let supervisor = Supervisor { context: Arc::clone(&context), store: Arc::clone(&store) };
         let (supervisor, _) = Actor::spawn(None, supervisor, durable).await?;
