@@ -19,8 +19,10 @@ pub const ENDED_CALLS_RETAINED_MAX: usize = 20_000;
 /// How long an `Idempotency-Key` is remembered (Stripe keeps them 24 h; so do we, at least).
 pub const IDEMPOTENCY_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
 /// Keys remembered at once. Past it, when no key has expired yet, a request carrying a new key
-/// is refused with 503 and `Retry-After` instead of evicting a key younger than 24 h.
-pub const IDEMPOTENCY_KEYS_MAX: usize = 1_000_000;
+/// is refused with 503 and `Retry-After` instead of evicting a key younger than 24 h. Each key
+/// keeps its call as admitted and lives in every snapshot (encoded in line by the journal
+/// writer), so this bounds memory (~25 MB) and the snapshot pause as well.
+pub const IDEMPOTENCY_KEYS_MAX: usize = 100_000;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdempotencyRecord {
