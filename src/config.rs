@@ -208,6 +208,7 @@ impl Config {
             snapshot_every_events: self.journal.snapshot_every_events,
             live_calls_max: self.calls.live_calls_max,
             retry_after_s: self.calls.retry_after_s,
+            admissions_in_flight_max: self.http.in_flight_max,
         }
     }
 }

@@ -37,6 +37,9 @@ pub struct Settings {
     pub live_calls_max: usize,
     /// `retry_after_s` on a denial that has no better estimate.
     pub retry_after_s: u32,
+    /// Admissions in progress at once (each runs to completion in its own task, even when its
+    /// caller has gone away); past it admissions are refused at once.
+    pub admissions_in_flight_max: usize,
 }
 
 impl Default for Settings {
@@ -51,6 +54,7 @@ impl Default for Settings {
             snapshot_every_events: 100_000,
             live_calls_max: 1_000_000,
             retry_after_s: 2,
+            admissions_in_flight_max: 4_096,
         }
     }
 }

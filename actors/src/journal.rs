@@ -64,6 +64,8 @@ pub enum AppendError {
     Failed(String),
     #[error("the journal did not answer in time; the outcome is unknown")]
     Unknown,
+    #[error("no room for another idempotency key")]
+    IdempotencyFull,
 }
 
 /// An entity's state as the journal knows it, with its new generation.
@@ -204,6 +206,14 @@ impl JournalWriter {
         };
         if stale {
             return Err(AppendError::StaleGeneration);
+        }
+        // The bound on remembered keys is enforced here, where keys are inserted in order: a
+        // check earlier in the admission could be overtaken by concurrent new keys.
+        if let Event::CallAdmitted { call, idempotency: Some(stamp) } = event {
+            let table = &state.durable.idempotency;
+            if table.get(&stamp.key, call.started_at_ms).is_none() && !table.has_room(call.started_at_ms) {
+                return Err(AppendError::IdempotencyFull);
+            }
         }
         let bytes = codec::encode(event).map_err(|e| AppendError::Failed(e.to_string()))?;
         let seq = state.durable.last_seq + 1;

@@ -43,8 +43,17 @@ impl IdempotencyTable {
         self.by_key.get(key).filter(|record| now_ms < record.call.started_at_ms.saturating_add(IDEMPOTENCY_RETENTION_MS))
     }
 
+    /// Whether one more key fits: below the bound, or an expired key will make way (the next
+    /// insert drops every expired key; a key younger than 24 h is never evicted).
     pub fn has_room(&self, now_ms: u64) -> bool {
-        self.by_key.len() < IDEMPOTENCY_KEYS_MAX || self.order.front().is_some_and(|(at, _)| Self::expired(*at, now_ms))
+        self.by_key.len() < IDEMPOTENCY_KEYS_MAX
+            || self.order.iter().take_while(|(at, _)| Self::expired(*at, now_ms)).any(|(at, key)| self.is_current(key, *at))
+    }
+
+    /// An order entry is current when its key still maps to the record inserted at `at` (a key
+    /// reused after expiry leaves a stale entry behind).
+    fn is_current(&self, key: &str, at: u64) -> bool {
+        self.by_key.get(key).is_some_and(|record| record.call.started_at_ms == at)
     }
 
     pub fn len(&self) -> usize {
@@ -64,16 +73,17 @@ impl IdempotencyTable {
     fn insert(&mut self, stamp: &IdempotencyStamp, call: &CallRecord) {
         let now_ms = call.started_at_ms;
         while let Some((at, _)) = self.order.front() {
-            if !Self::expired(*at, now_ms) && self.by_key.len() < IDEMPOTENCY_KEYS_MAX {
+            if !Self::expired(*at, now_ms) {
                 break;
             }
-            let (_, key) = self.order.pop_front().expect("front exists");
-            self.by_key.remove(&key);
+            let (at, key) = self.order.pop_front().expect("front exists");
+            if self.is_current(&key, at) {
+                self.by_key.remove(&key);
+            }
         }
         let record = IdempotencyRecord { body_hash: stamp.body_hash, call: call.clone() };
-        if self.by_key.insert(stamp.key.clone(), record).is_none() {
-            self.order.push_back((now_ms, stamp.key.clone()));
-        }
+        self.by_key.insert(stamp.key.clone(), record);
+        self.order.push_back((now_ms, stamp.key.clone()));
     }
 }
 

@@ -15,10 +15,16 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use crate::call::CallMsg;
 use crate::context::Context;
 use crate::event::Event;
-use crate::journal::{AppendError, Entity, Guard, Handover, JournalMsg, JournalWriter};
+use crate::journal::{AppendError, Entity, Guard, Handover, Inspector, JournalMsg, JournalWriter};
+use crate::model::CallId;
 use crate::model::{LineRecord, TenantRecord};
+use crate::phone_line::LineMsg;
+use crate::platform::PlatformMsg;
 use crate::state::DurableState;
 use crate::store::Store;
+use crate::tenant::TenantMsg;
+use std::collections::BTreeSet;
+use tokio::sync::oneshot;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CreateError {
@@ -137,6 +143,14 @@ impl Actor for Supervisor {
     }
 }
 
+fn release_all<M: ractor::Message>(actor: Option<&ActorRef<M>>, calls: Vec<CallId>, release: impl Fn(CallId) -> M) {
+    if let Some(actor) = actor {
+        for call in calls {
+            let _ = actor.cast(release(call));
+        }
+    }
+}
+
 impl Supervisor {
     async fn boot_children(&self, myself: &ActorRef<SupervisorMsg>, durable: &DurableState) -> Result<(), ActorProcessingErr> {
         let context = &self.context;
@@ -167,9 +181,23 @@ impl Supervisor {
         let cell = myself.get_cell();
         let context = &self.context;
         match handover {
-            Handover::Tenant(record, held) => context.spawn_tenant(cell, record, held, generation).await?,
-            Handover::Line(record, held) => context.spawn_line(cell, record, held, generation).await?,
-            Handover::Platform(capacity, held) => context.spawn_platform(cell, capacity, held, generation).await?,
+            Handover::Tenant(record, held) => {
+                let id = record.id.clone();
+                context.spawn_tenant(cell, record, held.clone(), generation).await?;
+                let ended = self.ended_since(state, held).await?;
+                release_all(context.directory.read().tenants.get(&id).map(|t| &t.actor), ended, |call| TenantMsg::Release { call });
+            }
+            Handover::Line(record, held) => {
+                let id = record.id.clone();
+                context.spawn_line(cell, record, held.clone(), generation).await?;
+                let ended = self.ended_since(state, held).await?;
+                release_all(context.directory.read().lines.get(&id).map(|l| &l.slot.actor), ended, |call| LineMsg::Release { call });
+            }
+            Handover::Platform(capacity, held) => {
+                context.spawn_platform(cell, capacity, held.clone(), generation).await?;
+                let ended = self.ended_since(state, held).await?;
+                release_all(context.directory.read().platform.as_ref().map(|p| &p.actor), ended, |call| PlatformMsg::Release { call });
+            }
             Handover::Call(record) => context.spawn_call(cell, record).await?,
             Handover::CallEnded(ended) => {
                 tracing::warn!(call_id = %ended.call.id, "finishing the end of a call whose actor died mid-end");
@@ -179,6 +207,20 @@ impl Supervisor {
             Handover::Gone => {}
         }
         Ok(())
+    }
+
+    /// Of the calls a rebuilt actor was handed, those that have ended since. Their ends were
+    /// acknowledged after the handover, and their releases may have gone to the dead actor
+    /// before the new one was published; the caller releases them in the new one. (An end
+    /// whose release read the directory after the publication reached the new actor anyway:
+    /// releasing twice changes nothing.)
+    async fn ended_since(&self, state: &SupervisorState, held: BTreeSet<CallId>) -> Result<Vec<CallId>, ActorProcessingErr> {
+        let (sender, receiver) = oneshot::channel();
+        let inspect: Inspector = Box::new(move |durable| {
+            let _ = sender.send(held.into_iter().filter(|id| !durable.live_calls.contains_key(id)).collect());
+        });
+        state.journal.cast(JournalMsg::Inspect(inspect))?;
+        Ok(tokio::time::timeout(self.context.settings.journal_timeout, receiver).await??)
     }
 
     async fn create_tenant(

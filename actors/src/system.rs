@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef, RpcReplyPort};
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 
 use crate::call::{CallError, CallMsg};
 use crate::clock::Clock;
@@ -102,6 +102,8 @@ pub enum AdmitError {
     IdempotencyFull,
     #[error("the live-call bound ({0}) is reached")]
     LiveCallsMax(usize),
+    #[error("too many admissions in progress")]
+    Overloaded,
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
 }
@@ -136,6 +138,8 @@ pub struct System {
     supervisor: ActorRef<SupervisorMsg>,
     next_call_number: AtomicU64,
     idempotency_in_flight: Mutex<BTreeSet<String>>,
+    /// Admissions in progress, each in its own task (`Settings::admissions_in_flight_max`).
+    admissions: Arc<Semaphore>,
 }
 
 enum Attempt {
@@ -215,7 +219,8 @@ impl System {
         let next_call_number = AtomicU64::new(durable.next_call_number);
         let supervisor = Supervisor { context: Arc::clone(&context), store: Arc::clone(&store) };
         let (supervisor, _) = Actor::spawn(None, supervisor, durable).await?;
-        Ok(System { context, store, supervisor, next_call_number, idempotency_in_flight: Mutex::new(BTreeSet::new()) })
+        let admissions = Arc::new(Semaphore::new(context.settings.admissions_in_flight_max));
+        Ok(System { context, store, supervisor, next_call_number, idempotency_in_flight: Mutex::new(BTreeSet::new()), admissions })
     }
 
     /// Now, by the injected clock (the same one the actors use).
@@ -242,7 +247,21 @@ impl System {
 
     // ---------------------------------------------------------------- admission
 
-    pub async fn admit(&self, request: AdmitRequest) -> Result<Admitted, AdmitError> {
+    /// Admits a call. The saga runs in its own task, so a caller that goes away (an HTTP client
+    /// disconnecting drops the handler's future) cannot cut it short between a reservation and
+    /// its release, or between a durable append and the call's actor. Admissions in progress
+    /// are bounded; past the bound the answer is `Overloaded` at once.
+    pub async fn admit(self: &Arc<Self>, request: AdmitRequest) -> Result<Admitted, AdmitError> {
+        let permit = Arc::clone(&self.admissions).try_acquire_owned().map_err(|_| AdmitError::Overloaded)?;
+        let system = Arc::clone(self);
+        let admission = tokio::spawn(async move {
+            let _permit = permit;
+            system.admit_to_completion(request).await
+        });
+        admission.await.unwrap_or_else(|failed| Err(AdmitError::Unavailable(format!("the admission failed: {failed}"))))
+    }
+
+    async fn admit_to_completion(&self, request: AdmitRequest) -> Result<Admitted, AdmitError> {
         let Some(stamp) = request.idempotency.clone() else {
             return self.admit_new(request).await;
         };
@@ -254,7 +273,12 @@ impl System {
             .await
             .map_err(AdmitError::Unavailable)?;
         match remembered {
-            Some(IdempotencyRecord { body_hash, call }) if body_hash == stamp.body_hash => Ok(Admitted { call, replayed: true }),
+            Some(IdempotencyRecord { body_hash, call }) if body_hash == stamp.body_hash => {
+                // The journal's state includes accepted events still being written: a replay
+                // must not acknowledge what is not yet durable.
+                self.sync().await.map_err(AdmitError::Unavailable)?;
+                Ok(Admitted { call, replayed: true })
+            }
             Some(_) => Err(AdmitError::IdempotencyMismatch),
             None if !has_room => Err(AdmitError::IdempotencyFull),
             None => self.admit_new(request).await,
@@ -355,14 +379,35 @@ impl System {
                 reserved.release(id);
                 Err(Attempt::Retry)
             }
-            Err(AppendError::Unknown) => {
-                tracing::error!(call_id = %id, "journal append outcome unknown; keeping the reservation until restart");
-                Err(Attempt::Fail(AdmitError::Unavailable(AppendError::Unknown.to_string())))
+            Err(AppendError::Unknown) => self.settle_unknown(call, &reserved).await,
+            Err(AppendError::IdempotencyFull) => {
+                reserved.release(id);
+                Err(Attempt::Fail(AdmitError::IdempotencyFull))
             }
             Err(error) => {
                 reserved.release(id);
                 Err(Attempt::Fail(AdmitError::Unavailable(error.to_string())))
             }
+        }
+    }
+
+    /// The append timed out: it may still become durable. A `sync` is answered only after the
+    /// journal has processed everything before it, our append included; then the durable
+    /// state says which way it went. If even that fails the journal is broken: the
+    /// reservations stay (a held slot is safe, freeing one whose call is durable is not).
+    async fn settle_unknown(&self, call: CallRecord, reserved: &Reserved) -> Result<CallRecord, Attempt> {
+        let id = call.id;
+        if let Err(why) = self.sync().await {
+            tracing::error!(call_id = %id, error = %why, "admission outcome unknown; keeping its reservations until restart");
+            return Err(Attempt::Fail(AdmitError::Unavailable(why)));
+        }
+        match self.inspect(move |durable| durable.live_calls.contains_key(&id)).await {
+            Ok(true) => Ok(call),
+            Ok(false) => {
+                reserved.release(id);
+                Err(Attempt::Fail(AdmitError::Unavailable("the journal did not take the admission".into())))
+            }
+            Err(why) => Err(Attempt::Fail(AdmitError::Unavailable(why))),
         }
     }
 

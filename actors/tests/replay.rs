@@ -87,7 +87,8 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let store = Arc::new(MemoryStore::default());
     let settings = Settings { snapshot_every_events: 10, platform_capacity_default: 3, ..Settings::default() };
     let shared: Arc<dyn Store> = store.clone();
-    let system = System::start(settings, shared, DurableState::new(3), clock.clone(), Arc::new(NoTelemetry)).await.expect("start");
+    let system =
+        System::start(settings, shared, DurableState::new(3), clock.clone(), Arc::new(NoTelemetry)).await.map(Arc::new).expect("start");
     for (id, plan) in TENANTS {
         let record = TenantRecord { id: id.into(), name: None, plan: plan.into(), concurrent_limit_override: None, created_at_ms: 0 };
         system.create_tenant(record).await.expect("tenant");

@@ -55,8 +55,10 @@ fn outbound(tenant: &str) -> AdmitRequest {
 async fn a_failed_write_acknowledges_nothing_and_turns_the_system_unhealthy() {
     let store = Arc::new(FailingStore::default());
     let shared: Arc<dyn Store> = store.clone();
-    let system =
-        System::start(Settings::default(), shared, DurableState::new(5), ManualClock::new(0), Arc::new(NoTelemetry)).await.unwrap();
+    let system = System::start(Settings::default(), shared, DurableState::new(5), ManualClock::new(0), Arc::new(NoTelemetry))
+        .await
+        .map(Arc::new)
+        .unwrap();
     let tenant = TenantRecord { id: "acme".into(), name: None, plan: "PRO".into(), concurrent_limit_override: None, created_at_ms: 0 };
     system.create_tenant(tenant).await.unwrap();
     let first = system.admit(outbound("acme")).await.unwrap();

@@ -221,6 +221,7 @@ fn admit_problem(error: AdmitError) -> Problem {
             Problem::new(StatusCode::SERVICE_UNAVAILABLE, "IDEMPOTENCY_STORE_FULL", error.to_string()).retry_after(60)
         }
         AdmitError::LiveCallsMax(_) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, "LIVE_CALLS_MAX", error.to_string()).retry_after(5),
+        AdmitError::Overloaded => Problem::new(StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED", error.to_string()).retry_after(1),
         AdmitError::Unavailable(why) => Problem::unavailable(why),
     }
 }
