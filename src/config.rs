@@ -191,8 +191,8 @@ impl Config {
         in_range("journal.append_timeout_ms", self.journal.append_timeout_ms, 100, 600_000)?;
         in_range("http.in_flight_max", self.http.in_flight_max as u64, 1, 1_000_000)?;
         in_range("http.actor_call_timeout_ms", self.http.actor_call_timeout_ms, 10, 600_000)?;
-        if self.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
-            return Err(invalid("admin_token", "must be at least 16 characters"));
+        if self.admin_token.as_ref().is_some_and(|t| t.chars().count() < crate::token::TOKEN_CHARS_MIN) {
+            return Err(invalid("admin_token", format!("must be at least {} characters", crate::token::TOKEN_CHARS_MIN)));
         }
         Ok(())
     }

@@ -13,8 +13,15 @@ pub enum TokenSource {
     Generated,
 }
 
+/// A token shorter than this is refused at start, wherever it comes from.
+pub const TOKEN_CHARS_MIN: usize = 16;
+
 pub fn resolve(env_token: Option<String>, config_token: Option<&str>, data_dir: &Path) -> std::io::Result<(String, TokenSource)> {
     if let Some(token) = env_token.filter(|t| !t.is_empty()) {
+        if token.chars().count() < TOKEN_CHARS_MIN {
+            let why = format!("SWITCHBOARD_ADMIN_TOKEN must be at least {TOKEN_CHARS_MIN} characters");
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
+        }
         return Ok((token, TokenSource::Environment));
     }
     if let Some(token) = config_token {
@@ -41,4 +48,18 @@ fn generate() -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_tokens_are_refused_and_the_environment_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(resolve(Some("short".into()), None, dir.path()).is_err());
+        let (token, _) = resolve(Some("an-env-token-long-enough".into()), Some("a-config-token-long-enough"), dir.path()).unwrap();
+        assert_eq!(token, "an-env-token-long-enough");
+        assert!(!dir.path().join("admin_token").exists(), "nothing is generated when a token is given");
+    }
 }

@@ -16,7 +16,7 @@ use crate::clock::Clock;
 use crate::core::call::{CallCore, Watchdog};
 use crate::directory::SharedDirectory;
 use crate::event::Event;
-use crate::journal::{AppendError, Guard, JournalMsg};
+use crate::journal::{AppendError, Guard, JournalMsg, unknown_outcome};
 use crate::model::{CallRecord, EndedCall, OUTCOME_RECLAIMED_STALE};
 use crate::telemetry::Telemetry;
 
@@ -72,10 +72,20 @@ impl Actor for CallActor {
                 let _ = reply.send(core.clone());
             }
             CallMsg::Heartbeat { reply } => {
-                let _ = reply.send(self.heartbeat(core).await);
+                let result = self.heartbeat(core).await;
+                let unknown = matches!(result, Err(CallError::Journal(AppendError::Unknown)));
+                let _ = reply.send(result);
+                if unknown {
+                    return Err(unknown_outcome());
+                }
             }
             CallMsg::End { outcome, duration_s, reply } => {
-                let _ = reply.send(self.end(&myself, core, outcome, duration_s).await);
+                let result = self.end(&myself, core, outcome, duration_s).await;
+                let unknown = matches!(result, Err(AppendError::Unknown));
+                let _ = reply.send(result);
+                if unknown {
+                    return Err(unknown_outcome());
+                }
             }
             CallMsg::Sweep => {
                 let now_ms = self.clock.now_ms();
@@ -86,6 +96,7 @@ impl Actor for CallActor {
                             self.telemetry.stuck_call_reclaimed();
                             tracing::warn!(call_id = %core.record.id, tenant_id = %core.record.tenant_id, reason = stuck.as_str(), quiet_s, "reclaimed stuck call");
                         }
+                        Err(AppendError::Unknown) => return Err(unknown_outcome()),
                         Err(error) => {
                             tracing::error!(call_id = %core.record.id, %error, "could not reclaim stuck call")
                         }

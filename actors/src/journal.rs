@@ -46,6 +46,18 @@ pub enum Entity {
     Call(CallId),
 }
 
+/// For logs: a line's id is a phone number, so it is masked.
+impl std::fmt::Display for Entity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Entity::Tenant(id) => write!(f, "tenant {id}"),
+            Entity::Line(id) => write!(f, "line {}", crate::model::mask_phone(id)),
+            Entity::Platform => write!(f, "platform"),
+            Entity::Call(id) => write!(f, "{id}"),
+        }
+    }
+}
+
 /// The generations an append's reservations were made in.
 #[derive(Clone, Debug, Default)]
 pub struct Guard {
@@ -66,6 +78,13 @@ pub enum AppendError {
     Unknown,
     #[error("no room for another idempotency key")]
     IdempotencyFull,
+}
+
+/// An actor whose own append timed out cannot know its state any more: it answers, then
+/// fails on purpose with this, and the supervisor rebuilds it from the journal (which hands
+/// the state over only after processing the pending append, whichever way that went).
+pub fn unknown_outcome() -> ActorProcessingErr {
+    "a journal append's outcome is unknown; rebuilding from the journal".into()
 }
 
 /// An entity's state as the journal knows it, with its new generation.

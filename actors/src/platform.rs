@@ -12,7 +12,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::core::slots::{Full, Granted, SlotTable};
 use crate::event::Event;
-use crate::journal::{AppendError, Guard, JournalMsg};
+use crate::journal::{AppendError, Guard, JournalMsg, unknown_outcome};
 use crate::model::CallId;
 use crate::telemetry::Telemetry;
 
@@ -86,7 +86,11 @@ impl Actor for PlatformActor {
                 if result.is_ok() {
                     state.capacity = capacity;
                 }
+                let unknown = matches!(result, Err(AppendError::Unknown));
                 let _ = reply.send(result.map(|_| state.view()));
+                if unknown {
+                    return Err(unknown_outcome());
+                }
             }
             PlatformMsg::Get { reply } => {
                 let _ = reply.send(state.view());

@@ -138,7 +138,7 @@ impl Actor for Supervisor {
         if state.stopping {
             return Ok(());
         }
-        tracing::warn!(entity = ?entity, failure = failure.as_deref().unwrap_or("stopped"), "rebuilding actor from the journal");
+        tracing::warn!(entity = %entity, failure = failure.as_deref().unwrap_or("stopped"), "rebuilding actor from the journal");
         self.rebuild(&myself, state, entity).await
     }
 }

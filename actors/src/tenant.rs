@@ -11,7 +11,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::core::slots::{Full, SlotTable};
 use crate::event::Event;
-use crate::journal::{AppendError, Guard, JournalMsg};
+use crate::journal::{AppendError, Guard, JournalMsg, unknown_outcome};
 use crate::model::{CallId, PlanTable, TenantRecord};
 
 /// A PATCH: `None` leaves a field alone; `Some(None)` clears a nullable one.
@@ -98,7 +98,12 @@ impl Actor for TenantActor {
                 state.slots.release(call);
             }
             TenantMsg::Update { patch, reply } => {
-                let _ = reply.send(self.update(state, patch).await);
+                let result = self.update(state, patch).await;
+                let unknown = matches!(result, Err(AppendError::Unknown));
+                let _ = reply.send(result);
+                if unknown {
+                    return Err(unknown_outcome());
+                }
             }
             TenantMsg::Get { reply } => {
                 let _ = reply.send(state.view(&self.plans));

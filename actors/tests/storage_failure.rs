@@ -75,3 +75,61 @@ async fn a_failed_write_acknowledges_nothing_and_turns_the_system_unhealthy() {
     assert!(system.end_call(first.call.id, "completed".into(), None).await.is_err());
     assert_eq!(store.inner.event_count(), events_before, "nothing after the failure reached the store");
 }
+
+/// The in-memory store whose writes can be made slow (off the async workers, like a disk).
+#[derive(Default)]
+struct SlowStore {
+    inner: MemoryStore,
+    delay_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Store for SlowStore {
+    fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        std::thread::sleep(std::time::Duration::from_millis(self.delay_ms.load(Ordering::SeqCst)));
+        self.inner.write(batch)
+    }
+    fn blocks(&self) -> bool {
+        true
+    }
+    fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.inner.latest_snapshot()
+    }
+    fn scan_after(&self, seq: u64, visit: &mut Visit<'_>) -> Result<(), StoreError> {
+        self.inner.scan_after(seq, visit)
+    }
+}
+
+/// An append that outlives `journal_timeout` has an unknown outcome for its caller. The
+/// admission settles it from the durable state; an actor (here: a call ending) answers 503
+/// and is rebuilt from the journal, which by then knows how it went. Either way the live state
+/// ends up equal to the journal's and nothing is left wedged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_with_unknown_outcomes_are_settled_from_the_journal() {
+    std::panic::set_hook(Box::new(|info| eprintln!("{info}")));
+    let store = Arc::new(SlowStore::default());
+    let shared: Arc<dyn Store> = store.clone();
+    let settings = Settings { journal_timeout: std::time::Duration::from_millis(100), ..Settings::default() };
+    let system = Arc::new(System::start(settings, shared, DurableState::new(5), ManualClock::new(0), Arc::new(NoTelemetry)).await.unwrap());
+    let tenant = TenantRecord { id: "acme".into(), name: None, plan: "PRO".into(), concurrent_limit_override: None, created_at_ms: 0 };
+    system.create_tenant(tenant).await.unwrap();
+
+    store.delay_ms.store(150, Ordering::SeqCst);
+    let admitted = system.admit(outbound("acme")).await.expect("the slow admission became durable and is reported as admitted");
+    let ended = system.end_call(admitted.call.id, "completed".into(), None).await;
+    assert!(ended.is_err(), "the end's outcome was unknown when the caller was answered: {ended:?}");
+    store.delay_ms.store(0, Ordering::SeqCst);
+
+    let mut settled = false;
+    for _ in 0..200 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        if matches!(system.get_call(admitted.call.id).await, Ok(switchboard_actors::system::CallState::Ended(_))) {
+            settled = true;
+            break;
+        }
+    }
+    assert!(settled, "the call was neither ended nor rebuilt");
+    system.sync().await.unwrap();
+    assert_eq!(system.live_digest().await.unwrap(), system.inspect(|d| d.digest()).await.unwrap());
+    assert!(system.live_digest().await.unwrap().tenants["acme"].1.is_empty(), "the tenant's slot is free");
+    assert!(system.healthy());
+}
