@@ -110,6 +110,16 @@ async fn crashed_actors_are_rebuilt_during_concurrent_admissions_without_losing_
                 match live.first() {
                     Some(call) => {
                         assert!(system.inject_crash(&Entity::Call(call.id)));
+                        // Back once it answers again (it may also have been ended meanwhile).
+                        let started = Instant::now();
+                        for _ in 0..2000 {
+                            if system.get_call(call.id).await.is_ok() {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        assert!(system.get_call(call.id).await.is_ok(), "call actor {} never came back", call.id);
+                        respawns.push(started.elapsed());
                         continue;
                     }
                     None => Entity::Platform,
