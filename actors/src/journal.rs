@@ -331,3 +331,62 @@ fn handover(durable: &DurableState, entity: &Entity) -> Handover {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    use ractor::Actor;
+
+    use super::*;
+    use crate::event::IdempotencyStamp;
+    use crate::model::Direction;
+    use crate::state::{IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_RETENTION_MS};
+    use crate::store::MemoryStore;
+    use crate::telemetry::NoTelemetry;
+
+    fn admitted(n: u64, at_ms: u64, key: &str) -> Event {
+        let call = CallRecord {
+            id: CallId(n),
+            tenant_id: "t".into(),
+            line_id: None,
+            direction: Direction::Outbound,
+            provider_call_id: None,
+            to: None,
+            from: None,
+            over_limit: false,
+            plan: "PRO".into(),
+            started_at_ms: at_ms,
+            last_activity_at_ms: at_ms,
+        };
+        Event::CallAdmitted { call, idempotency: Some(IdempotencyStamp { key: key.into(), body_hash: n }) }
+    }
+
+    /// The key bound is enforced where keys are inserted in order: a new key past it is
+    /// refused (the admission then answers 503) until the oldest key is 24 h old.
+    #[tokio::test]
+    async fn a_new_idempotency_key_past_the_bound_is_refused_until_one_expires() {
+        let mut durable = DurableState::new(5);
+        let tenant = TenantRecord { id: "t".into(), name: None, plan: "PRO".into(), concurrent_limit_override: None, created_at_ms: 0 };
+        durable.apply(1, &Event::TenantCreated(tenant)).unwrap();
+        for n in 0..IDEMPOTENCY_KEYS_MAX as u64 {
+            durable.apply(n + 2, &admitted(n + 1, 0, &format!("k{n}"))).unwrap();
+        }
+        let writer = JournalWriter {
+            store: Arc::new(MemoryStore::default()),
+            telemetry: Arc::new(NoTelemetry),
+            snapshot_every_events: u64::MAX,
+            healthy: Arc::new(AtomicBool::new(true)),
+        };
+        let (journal, _) = Actor::spawn(None, writer, durable).await.unwrap();
+        let timeout = Duration::from_secs(5);
+        let next = IDEMPOTENCY_KEYS_MAX as u64 + 1;
+        let too_soon = crate::append(&journal, admitted(next, 1, "new"), Guard::default(), timeout).await;
+        assert_eq!(too_soon, Err(AppendError::IdempotencyFull));
+        let after_expiry = crate::append(&journal, admitted(next, IDEMPOTENCY_RETENTION_MS, "new"), Guard::default(), timeout).await;
+        assert!(after_expiry.is_ok(), "{after_expiry:?}");
+        journal.stop(None);
+    }
+}

@@ -271,4 +271,30 @@ mod tests {
         state.apply(3, &Event::CallAdmitted { call: call(2, at), idempotency: Some(later) }).unwrap();
         assert_eq!(state.idempotency.len(), 1, "the expired key is evicted by the next insert");
     }
+
+    /// The bound is real: a full table has no room until a key is 24 h old, a key younger
+    /// than that is never evicted, and the next insert after expiry makes room by dropping
+    /// only expired keys.
+    #[test]
+    fn a_full_idempotency_table_makes_room_only_by_expiry() {
+        let mut state = DurableState::new(5);
+        state.apply(1, &Event::TenantCreated(tenant("t"))).unwrap();
+        let mut seq = 1;
+        for n in 0..IDEMPOTENCY_KEYS_MAX as u64 {
+            seq += 1;
+            let at = n % 1000; // all within the first second
+            let stamp = IdempotencyStamp { key: format!("k{n}"), body_hash: n };
+            state.apply(seq, &Event::CallAdmitted { call: call(n + 1, at), idempotency: Some(stamp) }).unwrap();
+        }
+        assert_eq!(state.idempotency.len(), IDEMPOTENCY_KEYS_MAX);
+        assert!(!state.idempotency.has_room(IDEMPOTENCY_RETENTION_MS - 1), "no key is 24 h old yet");
+        assert!(state.idempotency.get("k0", IDEMPOTENCY_RETENTION_MS - 1).is_some());
+        let later = IDEMPOTENCY_RETENTION_MS + 999;
+        assert!(state.idempotency.has_room(later));
+        seq += 1;
+        let stamp = IdempotencyStamp { key: "fresh".into(), body_hash: 1 };
+        state.apply(seq, &Event::CallAdmitted { call: call(IDEMPOTENCY_KEYS_MAX as u64 + 1, later), idempotency: Some(stamp) }).unwrap();
+        assert_eq!(state.idempotency.len(), 1, "every expired key is dropped, the new one kept");
+        assert!(state.idempotency.get("fresh", later).is_some());
+    }
 }
