@@ -12,7 +12,7 @@ use switchboard::journal::SledStore;
 use switchboard::loadgen::Histogram;
 use switchboard_actors::clock::SystemClock;
 use switchboard_actors::context::Settings;
-use switchboard_actors::model::{Direction, TenantRecord};
+use switchboard_actors::model::TenantRecord;
 use switchboard_actors::store::{Store, recover};
 use switchboard_actors::system::{AdmitRequest, System};
 use switchboard_actors::telemetry::NoTelemetry;
@@ -54,16 +54,7 @@ async fn run(duration: Duration) {
             let mut pairs = 0u64;
             while Instant::now() < deadline {
                 let tenant = format!("t{}", (task + pairs as usize * TASKS) % TENANTS);
-                let request = AdmitRequest {
-                    tenant_id: tenant,
-                    line_id: None,
-                    direction: Direction::Outbound,
-                    already_connected: false,
-                    provider_call_id: None,
-                    to: None,
-                    from: None,
-                    idempotency: None,
-                };
+                let request = AdmitRequest::outbound(tenant);
                 let begun = Instant::now();
                 let admitted = system.admit(request).await.expect("admitted");
                 system.end_call(admitted.call.id, "completed".into(), None).await.expect("ended");

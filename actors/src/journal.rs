@@ -342,25 +342,12 @@ mod tests {
 
     use super::*;
     use crate::event::IdempotencyStamp;
-    use crate::model::Direction;
     use crate::state::{IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_RETENTION_MS};
     use crate::store::MemoryStore;
     use crate::telemetry::NoTelemetry;
 
     fn admitted(n: u64, at_ms: u64, key: &str) -> Event {
-        let call = CallRecord {
-            id: CallId(n),
-            tenant_id: "t".into(),
-            line_id: None,
-            direction: Direction::Outbound,
-            provider_call_id: None,
-            to: None,
-            from: None,
-            over_limit: false,
-            plan: "PRO".into(),
-            started_at_ms: at_ms,
-            last_activity_at_ms: at_ms,
-        };
+        let call = crate::model::test_call(n, at_ms);
         Event::CallAdmitted { call, idempotency: Some(IdempotencyStamp { key: key.into(), body_hash: n }) }
     }
 

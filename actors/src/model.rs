@@ -125,6 +125,24 @@ pub struct EndedCall {
 /// The outcome the watchdog records when it reclaims a stuck call.
 pub const OUTCOME_RECLAIMED_STALE: &str = "reclaimed_stale";
 
+/// A plain outbound PRO call of tenant `t`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_call(n: u64, at_ms: u64) -> CallRecord {
+    CallRecord {
+        id: CallId(n),
+        tenant_id: "t".into(),
+        line_id: None,
+        direction: Direction::Outbound,
+        provider_call_id: None,
+        to: None,
+        from: None,
+        over_limit: false,
+        plan: "PRO".into(),
+        started_at_ms: at_ms,
+        last_activity_at_ms: at_ms,
+    }
+}
+
 /// Masks a phone number for info-level logs: `+4915112345678` → `+491*******78`.
 pub fn mask_phone(number: &str) -> String {
     let chars: Vec<char> = number.chars().collect();

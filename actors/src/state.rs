@@ -215,26 +215,13 @@ pub struct StateDigest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Direction;
 
     fn tenant(id: &str) -> TenantRecord {
         TenantRecord { id: id.into(), name: None, plan: "PRO".into(), concurrent_limit_override: None, created_at_ms: 0 }
     }
 
     fn call(n: u64, at_ms: u64) -> CallRecord {
-        CallRecord {
-            id: CallId(n),
-            tenant_id: "t".into(),
-            line_id: None,
-            direction: Direction::Outbound,
-            provider_call_id: None,
-            to: None,
-            from: None,
-            over_limit: false,
-            plan: "PRO".into(),
-            started_at_ms: at_ms,
-            last_activity_at_ms: at_ms,
-        }
+        crate::model::test_call(n, at_ms)
     }
 
     #[test]

@@ -77,6 +77,22 @@ pub struct AdmitRequest {
     pub idempotency: Option<IdempotencyStamp>,
 }
 
+impl AdmitRequest {
+    /// The plainest admission: an outbound call for `tenant_id`, no line, no key.
+    pub fn outbound(tenant_id: impl Into<String>) -> AdmitRequest {
+        AdmitRequest {
+            tenant_id: tenant_id.into(),
+            line_id: None,
+            direction: Direction::Outbound,
+            already_connected: false,
+            provider_call_id: None,
+            to: None,
+            from: None,
+            idempotency: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Admitted {
     pub call: CallRecord,

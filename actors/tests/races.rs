@@ -2,13 +2,15 @@
 //! a client that disconnects mid-admission, and an end that races the rebuild of the actor
 //! holding its slot.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use switchboard_actors::clock::ManualClock;
 use switchboard_actors::context::Settings;
 use switchboard_actors::journal::Entity;
-use switchboard_actors::model::{Direction, TenantRecord};
+use switchboard_actors::model::TenantRecord;
 use switchboard_actors::state::DurableState;
 use switchboard_actors::store::{MemoryStore, Store};
 use switchboard_actors::system::{AdmitRequest, System};
@@ -24,19 +26,6 @@ async fn start() -> Arc<System> {
     Arc::new(system)
 }
 
-fn outbound() -> AdmitRequest {
-    AdmitRequest {
-        tenant_id: "t".into(),
-        line_id: None,
-        direction: Direction::Outbound,
-        already_connected: false,
-        provider_call_id: None,
-        to: None,
-        from: None,
-        idempotency: None,
-    }
-}
-
 /// hyper drops a handler's future when its client disconnects. An admission dropped at any
 /// await must neither leak reservations nor leave a durable call without its actor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,14 +33,25 @@ async fn an_admission_abandoned_at_any_point_leaves_no_trace_but_its_outcome() {
     let system = start().await;
     let mut abandoned = 0;
     for n in 0..400u64 {
-        let admitting = { system.admit(outbound()) };
-        if tokio::time::timeout(Duration::from_micros(n % 60), admitting).await.is_err() {
+        // Poll the admission 1–6 times, letting the actors run in between, then drop it
+        // unfinished: exactly what hyper does to a handler whose client went away.
+        let mut admitting = Box::pin(system.admit(AdmitRequest::outbound("t")));
+        let mut finished = false;
+        for _ in 0..=(n % 6) {
+            if std::future::poll_fn(|cx| Poll::Ready(admitting.as_mut().poll(cx).is_ready())).await {
+                finished = true;
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        if !finished {
             abandoned += 1;
         }
+        drop(admitting);
     }
     assert!(abandoned > 0, "the test abandoned no admission");
     // Abandoned admissions finish on their own; wait for them (bounded).
-    for _ in 0..200 {
+    for _ in 0..400 {
         tokio::time::sleep(Duration::from_millis(5)).await;
         system.sync().await.unwrap();
         let live = system.live_digest().await.unwrap();
@@ -75,7 +75,7 @@ async fn an_end_racing_the_rebuild_of_its_tenant_is_released_in_the_new_actor() 
     for round in 0..150 {
         let mut ids = Vec::new();
         for _ in 0..5 {
-            ids.push(system.admit(outbound()).await.unwrap().call.id);
+            ids.push(system.admit(AdmitRequest::outbound("t")).await.unwrap().call.id);
         }
         let ending = Arc::clone(&system);
         let ends = tokio::spawn(async move {
@@ -92,9 +92,19 @@ async fn an_end_racing_the_rebuild_of_its_tenant_is_released_in_the_new_actor() 
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        let live = system.live_digest().await.unwrap();
-        let durable = system.inspect(|d| d.digest()).await.unwrap();
+        // The supervisor reconciles right after publishing the new actor: settle (bounded).
+        let (mut live, mut durable) = (None, None);
+        for _ in 0..400 {
+            let now_live = system.live_digest().await.unwrap();
+            let now_durable = system.inspect(|d| d.digest()).await.unwrap();
+            let settled = now_live == now_durable;
+            (live, durable) = (Some(now_live), Some(now_durable));
+            if settled {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (live, durable) = (live.unwrap(), durable.unwrap());
         assert_eq!(live.tenants["t"].1, durable.tenants["t"].1, "round {round}: the rebuilt tenant holds ended calls");
         assert_eq!(live, durable, "round {round}");
     }

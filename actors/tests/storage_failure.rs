@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use switchboard_actors::clock::ManualClock;
 use switchboard_actors::context::Settings;
-use switchboard_actors::model::{Direction, TenantRecord};
+use switchboard_actors::model::TenantRecord;
 use switchboard_actors::state::DurableState;
 use switchboard_actors::store::{MemoryStore, Store, StoreError, Visit, WriteBatch};
 use switchboard_actors::system::{AdmitError, AdmitRequest, System};
@@ -38,19 +38,6 @@ impl Store for FailingStore {
     }
 }
 
-fn outbound(tenant: &str) -> AdmitRequest {
-    AdmitRequest {
-        tenant_id: tenant.into(),
-        line_id: None,
-        direction: Direction::Outbound,
-        already_connected: false,
-        provider_call_id: None,
-        to: None,
-        from: None,
-        idempotency: None,
-    }
-}
-
 #[tokio::test]
 async fn a_failed_write_acknowledges_nothing_and_turns_the_system_unhealthy() {
     let store = Arc::new(FailingStore::default());
@@ -61,17 +48,17 @@ async fn a_failed_write_acknowledges_nothing_and_turns_the_system_unhealthy() {
         .unwrap();
     let tenant = TenantRecord { id: "acme".into(), name: None, plan: "PRO".into(), concurrent_limit_override: None, created_at_ms: 0 };
     system.create_tenant(tenant).await.unwrap();
-    let first = system.admit(outbound("acme")).await.unwrap();
+    let first = system.admit(AdmitRequest::outbound("acme")).await.unwrap();
     assert!(system.healthy());
     let events_before = store.inner.event_count();
 
     store.failing.store(true, Ordering::SeqCst);
-    let refused = system.admit(outbound("acme")).await;
+    let refused = system.admit(AdmitRequest::outbound("acme")).await;
     assert!(matches!(refused, Err(AdmitError::Unavailable(_))), "{refused:?}");
     assert!(!system.healthy(), "a failed write makes the system unhealthy");
     // Even once the disk recovers, nothing more is accepted until a restart replays the truth.
     store.failing.store(false, Ordering::SeqCst);
-    assert!(matches!(system.admit(outbound("acme")).await, Err(AdmitError::Unavailable(_))));
+    assert!(matches!(system.admit(AdmitRequest::outbound("acme")).await, Err(AdmitError::Unavailable(_))));
     assert!(system.end_call(first.call.id, "completed".into(), None).await.is_err());
     assert_eq!(store.inner.event_count(), events_before, "nothing after the failure reached the store");
 }
@@ -114,7 +101,8 @@ async fn appends_with_unknown_outcomes_are_settled_from_the_journal() {
     system.create_tenant(tenant).await.unwrap();
 
     store.delay_ms.store(150, Ordering::SeqCst);
-    let admitted = system.admit(outbound("acme")).await.expect("the slow admission became durable and is reported as admitted");
+    let admitted =
+        system.admit(AdmitRequest::outbound("acme")).await.expect("the slow admission became durable and is reported as admitted");
     let ended = system.end_call(admitted.call.id, "completed".into(), None).await;
     assert!(ended.is_err(), "the end's outcome was unknown when the caller was answered: {ended:?}");
     store.delay_ms.store(0, Ordering::SeqCst);

@@ -74,22 +74,9 @@ impl CallCore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{CallId, Direction};
 
     fn call(started_at_ms: u64) -> CallCore {
-        CallCore::new(CallRecord {
-            id: CallId(1),
-            tenant_id: "t".into(),
-            line_id: None,
-            direction: Direction::Outbound,
-            provider_call_id: None,
-            to: None,
-            from: None,
-            over_limit: false,
-            plan: "PRO".into(),
-            started_at_ms,
-            last_activity_at_ms: started_at_ms,
-        })
+        CallCore::new(crate::model::test_call(1, started_at_ms))
     }
 
     const WATCHDOG: Watchdog = Watchdog { max_duration_ms: 1000, stale_after_ms: 300 };
