@@ -1,9 +1,10 @@
 //! The call actor: one per live call, holding its record, heartbeats and end.
 //!
 //! Ending is durable first, then visible: the `CallEnded` event is journaled, the call moves to
-//! the directory's ended calls, and only then are its tenant, line and platform slots released
-//! (a release that raced a crashed owner is harmless: the owner is rebuilt from a journal that
-//! already holds the end). A duplicate end answers the same final record and changes nothing.
+//! the directory's ended calls, and only then are its tenant, line and platform slots released.
+//! A release can reach an owner that has just crashed; the supervisor, after rebuilding that
+//! owner, releases every handed-over call that has ended since (`Supervisor::ended_since`).
+//! A duplicate end answers the same final record and changes nothing.
 //! The watchdog's sweep asks the core whether the call is stuck and, if so, ends it with the
 //! outcome `reclaimed_stale`.
 

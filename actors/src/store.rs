@@ -1,9 +1,10 @@
 //! Where the journal's bytes go. Production stores them in sled (`src/journal.rs`); tests and
 //! simulations use `MemoryStore`, which starts no thread and so keeps paused time deterministic.
 //!
-//! The layout, whatever the store: events keyed by sequence number (big-endian u64), and at
-//! most two snapshots of the durable state. Writing snapshot N drops snapshot N-1's events and
-//! snapshot N-1 itself, so the log on disk stays within about two snapshot intervals.
+//! Whatever the store: events in sequence-number order (the sled store keeps one record per
+//! group commit, keyed by its last sequence number; the memory store one entry per event), and
+//! at most two snapshots of the durable state. Writing snapshot N drops snapshot N-1's events
+//! and snapshot N-1 itself, so the log on disk stays within about two snapshot intervals.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
