@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use switchboard::journal::SledStore;
 use switchboard::loadgen::Histogram;
 use switchboard_actors::clock::SystemClock;
-use switchboard_actors::context::Settings;
+use switchboard_actors::context::{Arbitration, Settings};
+use switchboard_actors::core::call::EndReport;
 use switchboard_actors::model::TenantRecord;
 use switchboard_actors::store::{Store, recover};
 use switchboard_actors::system::{AdmitRequest, System};
@@ -30,18 +31,12 @@ fn main() {
 async fn run(duration: Duration) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SledStore::open(dir.path()).expect("open journal");
-    let settings = Settings { platform_capacity_default: 1_000_000, ..Settings::default() };
-    let durable = recover(&store, settings.platform_capacity_default).expect("recover");
+    let settings = Settings { arbitration: Arc::new(Arbitration::single_pool(1_000_000)), ..Settings::default() };
+    let durable = recover(&store).expect("recover");
     let store: Arc<dyn Store> = Arc::new(store);
     let system = Arc::new(System::start(settings, store, durable, Arc::new(SystemClock), Arc::new(NoTelemetry)).await.expect("start"));
     for n in 0..TENANTS {
-        let record = TenantRecord {
-            id: format!("t{n}"),
-            name: None,
-            plan: "PRO".into(),
-            concurrent_limit_override: Some(100_000),
-            created_at_ms: 0,
-        };
+        let record = TenantRecord::new(format!("t{n}"), "PRO", Some(100_000), 0);
         system.create_tenant(record).await.expect("tenant");
     }
     let deadline = Instant::now() + duration;
@@ -57,7 +52,7 @@ async fn run(duration: Duration) {
                 let request = AdmitRequest::outbound(tenant);
                 let begun = Instant::now();
                 let admitted = system.admit(request).await.expect("admitted");
-                system.end_call(admitted.call.id, "completed".into(), None).await.expect("ended");
+                system.end_call(admitted.call.id, EndReport::outcome("completed")).await.expect("ended");
                 histogram.record(begun.elapsed());
                 pairs += 1;
             }

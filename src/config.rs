@@ -10,14 +10,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use switchboard_actors::context::Settings;
+use switchboard_actors::context::{Arbitration, PoolSpec, Settings};
 use switchboard_actors::core::call::Watchdog;
-use switchboard_actors::model::PlanTable;
+use switchboard_actors::core::pool::PoolTiming;
+use switchboard_actors::model::{ClassTable, PlanTable};
 
 /// Upper bounds that catch typos (an extra zero) before they reach production.
 pub const CAPACITY_MAX: u32 = 1_000_000;
 pub const CONCURRENT_LIMIT_MAX: u32 = 100_000;
 pub const CHANNELS_MAX: u32 = 1_000;
+/// Priority classes at most (each has a queue per pool).
+pub const CLASSES_MAX: usize = 8;
+/// Provider pools at most.
+pub const POOLS_MAX: usize = 32;
+/// The longest wait a config may allow.
+pub const WAIT_MS_MAX_MAX: u64 = 600_000;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -30,7 +37,9 @@ pub struct Config {
     /// Whether `/metrics` needs the admin token too (default: no, like most exporters).
     pub metrics_require_auth: bool,
     pub plans: PlansConfig,
-    pub platform: PlatformConfig,
+    pub arbitration: ArbitrationConfig,
+    /// Provider pools by name, one per upstream provider account.
+    pub pools: BTreeMap<String, PoolConfig>,
     pub lines: LinesConfig,
     pub calls: CallsConfig,
     pub journal: JournalConfig,
@@ -43,14 +52,45 @@ pub struct PlansConfig {
     /// Plan name → default concurrent limit.
     pub limits: BTreeMap<String, u32>,
     pub fallback_limit: u32,
+    /// Plan name → priority class (a plan without one gets the lowest class).
+    pub classes: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct PlatformConfig {
-    /// The provider account's concurrency, used on a fresh journal. Change it live with
-    /// `PATCH /v1/platform`; the journaled value wins from then on.
+pub struct ArbitrationConfig {
+    /// Priority classes, lowest first.
+    pub classes: Vec<String>,
+    /// The pool standard-voice calls use (and `PATCH /v1/platform` changes).
+    pub default_pool: String,
+    /// The pool premium-voice calls use; absent: premium is never available.
+    pub premium_pool: Option<String>,
+    /// The feature flag and add-on type that unlock premium voices.
+    pub premium_feature: String,
+    /// The longest `wait_ms` honoured; longer asks are capped to it.
+    pub wait_ms_max: u64,
+    /// No class waits longer than this while capacity keeps turning over: a waiter is served
+    /// ahead of younger higher-class ones from half of it on.
+    pub starvation_bound_ms: u64,
+    /// Waiting admissions per pool and class; past it `QUEUE_FULL`.
+    pub waiting_per_class_max: usize,
+    /// A capacity learned from a provider 429 grows back one slot per interval.
+    pub capacity_probe_interval_ms: u64,
+    /// Cooldown after a provider 429 that names no `retry_after_s`.
+    pub provider_cooldown_s_default: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// The provider account's concurrency, used when the pool is first created. Change it live
+    /// with `PATCH /v1/platform/pools/{name}`; the journaled value wins from then on.
     pub capacity: u32,
+    /// Headroom reserved for a class and the ones above it.
+    #[serde(default)]
+    pub reserved: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub price_cents_per_1000_characters: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -93,7 +133,8 @@ impl Default for Config {
             admin_token: None,
             metrics_require_auth: false,
             plans: PlansConfig::default(),
-            platform: PlatformConfig { capacity: 5 },
+            arbitration: ArbitrationConfig::default(),
+            pools: default_pools(),
             lines: LinesConfig { channels_default: 2 },
             calls: CallsConfig::default(),
             journal: JournalConfig::default(),
@@ -105,14 +146,40 @@ impl Default for Config {
 impl Default for PlansConfig {
     fn default() -> Self {
         let table = PlanTable::default();
-        PlansConfig { limits: table.limits, fallback_limit: table.fallback_limit }
+        PlansConfig { limits: table.limits, fallback_limit: table.fallback_limit, classes: ClassTable::default().plan_classes }
     }
 }
 
-impl Default for PlatformConfig {
+impl Default for ArbitrationConfig {
     fn default() -> Self {
-        PlatformConfig { capacity: 5 }
+        let defaults = Arbitration::default();
+        ArbitrationConfig {
+            classes: defaults.classes.classes,
+            default_pool: defaults.default_pool,
+            premium_pool: defaults.premium_pool,
+            premium_feature: defaults.premium_feature,
+            wait_ms_max: defaults.wait_ms_max,
+            starvation_bound_ms: defaults.starvation_bound_ms,
+            waiting_per_class_max: defaults.timing.waiting_per_class_max,
+            capacity_probe_interval_ms: defaults.timing.probe_interval_ms,
+            provider_cooldown_s_default: defaults.provider_cooldown_ms_default / 1000,
+        }
     }
+}
+
+fn default_pools() -> BTreeMap<String, PoolConfig> {
+    Arbitration::default()
+        .pools
+        .into_iter()
+        .map(|(name, spec)| {
+            let pool = PoolConfig {
+                capacity: spec.capacity,
+                reserved: spec.reserved,
+                price_cents_per_1000_characters: spec.price_cents_per_1000_characters,
+            };
+            (name, pool)
+        })
+        .collect()
 }
 
 impl Default for LinesConfig {
@@ -172,7 +239,7 @@ impl Config {
         let in_range = |key, value: u64, low: u64, high: u64| {
             if (low..=high).contains(&value) { Ok(()) } else { Err(invalid(key, format!("{value} is outside {low}..={high}"))) }
         };
-        in_range("platform.capacity", self.platform.capacity.into(), 1, CAPACITY_MAX.into())?;
+        self.validate_arbitration()?;
         in_range("lines.channels_default", self.lines.channels_default.into(), 1, CHANNELS_MAX.into())?;
         in_range("plans.fallback_limit", self.plans.fallback_limit.into(), 1, CONCURRENT_LIMIT_MAX.into())?;
         for limit in self.plans.limits.values() {
@@ -197,10 +264,96 @@ impl Config {
         Ok(())
     }
 
+    fn validate_arbitration(&self) -> Result<(), ConfigError> {
+        let a = &self.arbitration;
+        let name_ok = |name: &str| {
+            !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
+        if a.classes.is_empty() || a.classes.len() > CLASSES_MAX {
+            return Err(invalid("arbitration.classes", format!("needs 1..={CLASSES_MAX} classes")));
+        }
+        if let Some(bad) = a.classes.iter().find(|c| !name_ok(c)) {
+            return Err(invalid("arbitration.classes", format!("{bad:?} is not a name of lowercase letters, digits and _")));
+        }
+        let unique: std::collections::BTreeSet<_> = a.classes.iter().collect();
+        if unique.len() != a.classes.len() {
+            return Err(invalid("arbitration.classes", "a class is listed twice"));
+        }
+        if let Some((plan, class)) = self.plans.classes.iter().find(|(_, class)| !a.classes.contains(class)) {
+            return Err(invalid("plans.classes", format!("plan {plan} names class {class:?}, which is not in arbitration.classes")));
+        }
+        if self.pools.is_empty() || self.pools.len() > POOLS_MAX {
+            return Err(invalid("pools", format!("needs 1..={POOLS_MAX} pools")));
+        }
+        for (name, pool) in &self.pools {
+            if !name_ok(name) {
+                return Err(invalid("pools", format!("{name:?} is not a name of lowercase letters, digits and _")));
+            }
+            if !(1..=CAPACITY_MAX).contains(&pool.capacity) {
+                return Err(invalid("pools.capacity", format!("pool {name}: {} is outside 1..={CAPACITY_MAX}", pool.capacity)));
+            }
+            if let Some((class, _)) = pool.reserved.iter().find(|(class, _)| !a.classes.contains(class)) {
+                return Err(invalid("pools.reserved", format!("pool {name}: {class:?} is not in arbitration.classes")));
+            }
+            if let Some((class, n)) = pool.reserved.iter().find(|(_, n)| **n > CAPACITY_MAX) {
+                return Err(invalid("pools.reserved", format!("pool {name}: {class} = {n} is above {CAPACITY_MAX}")));
+            }
+        }
+        if !self.pools.contains_key(&a.default_pool) {
+            return Err(invalid("arbitration.default_pool", format!("{:?} is not a configured pool", a.default_pool)));
+        }
+        if let Some(premium) = a.premium_pool.as_ref().filter(|p| !self.pools.contains_key(*p)) {
+            return Err(invalid("arbitration.premium_pool", format!("{premium:?} is not a configured pool")));
+        }
+        if !name_ok(&a.premium_feature) {
+            return Err(invalid("arbitration.premium_feature", "must be lowercase letters, digits and _"));
+        }
+        let in_range = |key, value: u64, low: u64, high: u64| {
+            if (low..=high).contains(&value) { Ok(()) } else { Err(invalid(key, format!("{value} is outside {low}..={high}"))) }
+        };
+        in_range("arbitration.wait_ms_max", a.wait_ms_max, 0, WAIT_MS_MAX_MAX)?;
+        in_range("arbitration.starvation_bound_ms", a.starvation_bound_ms, 100, 3_600_000)?;
+        in_range("arbitration.waiting_per_class_max", a.waiting_per_class_max as u64, 1, 100_000)?;
+        in_range("arbitration.capacity_probe_interval_ms", a.capacity_probe_interval_ms, 100, 24 * 60 * 60 * 1000)?;
+        in_range("arbitration.provider_cooldown_s_default", a.provider_cooldown_s_default, 1, 3_600)?;
+        Ok(())
+    }
+
+    fn arbitration(&self) -> Arbitration {
+        let a = &self.arbitration;
+        let pools = self
+            .pools
+            .iter()
+            .map(|(name, pool)| {
+                let spec = PoolSpec {
+                    capacity: pool.capacity,
+                    reserved: pool.reserved.clone(),
+                    price_cents_per_1000_characters: pool.price_cents_per_1000_characters,
+                };
+                (name.clone(), spec)
+            })
+            .collect();
+        Arbitration {
+            classes: ClassTable { classes: a.classes.clone(), plan_classes: self.plans.classes.clone() },
+            pools,
+            default_pool: a.default_pool.clone(),
+            premium_pool: a.premium_pool.clone(),
+            premium_feature: a.premium_feature.clone(),
+            timing: PoolTiming {
+                aging_ms: a.starvation_bound_ms / 2,
+                probe_interval_ms: a.capacity_probe_interval_ms,
+                waiting_per_class_max: a.waiting_per_class_max,
+            },
+            starvation_bound_ms: a.starvation_bound_ms,
+            wait_ms_max: a.wait_ms_max,
+            provider_cooldown_ms_default: a.provider_cooldown_s_default * 1000,
+        }
+    }
+
     pub fn settings(&self) -> Settings {
         Settings {
             plans: Arc::new(PlanTable { limits: self.plans.limits.clone(), fallback_limit: self.plans.fallback_limit }),
-            platform_capacity_default: self.platform.capacity,
+            arbitration: Arc::new(self.arbitration()),
             watchdog: Watchdog { max_duration_ms: self.calls.max_duration_ms, stale_after_ms: self.calls.stale_after_ms },
             sweep_interval: Duration::from_millis(self.calls.watchdog_interval_ms),
             actor_call_timeout: Duration::from_millis(self.http.actor_call_timeout_ms),
@@ -221,16 +374,22 @@ mod tests {
     fn defaults_are_valid_and_match_the_seeds() {
         let config = Config::default();
         config.validate().unwrap();
-        assert_eq!(config.platform.capacity, 5);
+        assert_eq!(config.pools["standard_voice"].capacity, 5);
+        assert_eq!(config.pools["standard_voice"].reserved["priority"], 3);
+        assert_eq!(config.plans.classes["PRO"], "priority");
         assert_eq!(config.plans.limits["PRO"], 5);
         assert_eq!(config.lines.channels_default, 2);
     }
 
     #[test]
     fn unknown_keys_and_bad_values_are_refused_with_the_key() {
-        let unknown: Result<Config, _> = toml::from_str("[platform]\ncapacty = 5\n");
+        let unknown: Result<Config, _> = toml::from_str("[pools.a]\ncapacty = 5\n");
         assert!(unknown.unwrap_err().to_string().contains("capacty"));
-        let zero: Config = toml::from_str("[platform]\ncapacity = 0\n").unwrap();
-        assert!(zero.validate().unwrap_err().to_string().starts_with("platform.capacity"));
+        let zero: Config = toml::from_str("[arbitration]\ndefault_pool = \"a\"\npremium_pool = \"a\"\n[pools.a]\ncapacity = 0\n").unwrap();
+        assert!(zero.validate().unwrap_err().to_string().starts_with("pools.capacity"));
+        let missing: Config = toml::from_str("[pools.a]\ncapacity = 5\n").unwrap();
+        assert!(missing.validate().unwrap_err().to_string().starts_with("arbitration.default_pool"));
+        let class: Config = toml::from_str("[plans.classes]\nPRO = \"gold\"\n").unwrap();
+        assert!(class.validate().unwrap_err().to_string().starts_with("plans.classes"));
     }
 }

@@ -21,12 +21,38 @@ struct PlanLabels {
     plan: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WaitLabels {
+    class: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LevelLabels {
+    level: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     admissions: Family<AdmissionLabels, Counter>,
     active_calls: Family<PlanLabels, Gauge>,
-    platform_capacity: Gauge,
-    platform_active: Gauge,
+    pool_capacity: Family<PoolLabels, Gauge>,
+    pool_active: Family<PoolLabels, Gauge>,
+    pool_waiting: Family<PoolLabels, Gauge>,
+    provider_rate_limits: Family<PoolLabels, Counter>,
+    wait_seconds: Family<WaitLabels, Histogram>,
+    premium_fallbacks: Family<ReasonLabels, Counter>,
+    usage_alerts: Family<LevelLabels, Counter>,
     journal_flush_seconds: Histogram,
     journal_batch_events: Histogram,
     stuck_calls_reclaimed: Counter,
@@ -39,8 +65,13 @@ impl Default for Metrics {
             registry: Registry::default(),
             admissions: Family::default(),
             active_calls: Family::default(),
-            platform_capacity: Gauge::default(),
-            platform_active: Gauge::default(),
+            pool_capacity: Family::default(),
+            pool_active: Family::default(),
+            pool_waiting: Family::default(),
+            provider_rate_limits: Family::default(),
+            wait_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16))),
+            premium_fallbacks: Family::default(),
+            usage_alerts: Family::default(),
             journal_flush_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             journal_batch_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             stuck_calls_reclaimed: Counter::default(),
@@ -55,8 +86,29 @@ impl Metrics {
         let r = &mut self.registry;
         r.register("switchboard_admissions", "Admission attempts by outcome and the limit that denied them", self.admissions.clone());
         r.register("switchboard_active_calls", "Live calls by the tenant's plan at admission", self.active_calls.clone());
-        r.register("switchboard_platform_capacity", "The platform pool's capacity (provider concurrency)", self.platform_capacity.clone());
-        r.register("switchboard_platform_active", "Calls holding a platform slot", self.platform_active.clone());
+        r.register(
+            "switchboard_pool_capacity",
+            "A pool's effective capacity (configured, or learned after a provider 429)",
+            self.pool_capacity.clone(),
+        );
+        r.register("switchboard_pool_active", "Calls holding a slot in a pool", self.pool_active.clone());
+        r.register("switchboard_pool_waiting", "Admissions waiting for a slot in a pool", self.pool_waiting.clone());
+        r.register("switchboard_provider_rate_limits", "Provider 429s reported for calls on a pool", self.provider_rate_limits.clone());
+        r.register(
+            "switchboard_admission_wait_seconds",
+            "How long admissions waited for a pool slot, by how the wait ended",
+            self.wait_seconds.clone(),
+        );
+        r.register(
+            "switchboard_premium_fallbacks",
+            "Premium-voice calls placed on the standard pool, by reason",
+            self.premium_fallbacks.clone(),
+        );
+        r.register(
+            "switchboard_usage_alerts",
+            "Tenants' monthly premium characters crossing 80 %, 95 % or 100 % of their add-on",
+            self.usage_alerts.clone(),
+        );
         r.register("switchboard_journal_flush_seconds", "Time to write and fsync one journal batch", self.journal_flush_seconds.clone());
         r.register("switchboard_journal_batch_events", "Events per journal batch (group commit)", self.journal_batch_events.clone());
         r.register(
@@ -105,8 +157,26 @@ impl Telemetry for Metrics {
         self.journal_batch_events.observe(events as f64);
     }
 
-    fn platform(&self, capacity: u32, active: u32) {
-        self.platform_capacity.set(i64::from(capacity));
-        self.platform_active.set(i64::from(active));
+    fn pool(&self, pool: &str, capacity: u32, active: u32, waiting: u32) {
+        let labels = PoolLabels { pool: pool.to_owned() };
+        self.pool_capacity.get_or_create(&labels).set(i64::from(capacity));
+        self.pool_active.get_or_create(&labels).set(i64::from(active));
+        self.pool_waiting.get_or_create(&labels).set(i64::from(waiting));
+    }
+
+    fn provider_rate_limited(&self, pool: &str) {
+        self.provider_rate_limits.get_or_create(&PoolLabels { pool: pool.to_owned() }).inc();
+    }
+
+    fn wait_ended(&self, class: &str, outcome: &'static str, seconds: f64) {
+        self.wait_seconds.get_or_create(&WaitLabels { class: class.to_owned(), outcome }).observe(seconds);
+    }
+
+    fn premium_fallback(&self, reason: &str) {
+        self.premium_fallbacks.get_or_create(&ReasonLabels { reason: reason.to_owned() }).inc();
+    }
+
+    fn usage_alert(&self, level: &'static str) {
+        self.usage_alerts.get_or_create(&LevelLabels { level }).inc();
     }
 }

@@ -121,11 +121,10 @@ pub async fn run(
 
 async fn boot(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<System>> {
     let data_dir = config.data_dir.clone();
-    let capacity_default = config.platform.capacity;
     let started = std::time::Instant::now();
     let (store, durable) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let store = SledStore::open(&data_dir).context("opening the journal")?;
-        let durable = recover(&store, capacity_default).context("replaying the journal")?;
+        let durable = recover(&store).context("replaying the journal")?;
         Ok((store, durable))
     })
     .await??;

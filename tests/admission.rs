@@ -19,7 +19,7 @@ async fn clients(server: &TestServer, count: usize) -> Vec<Client> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_concurrent_requests_for_a_limit_of_five_admit_exactly_five() {
     let dir = temp_dir();
-    let server = start_in(dir.path(), |_| {}).await;
+    let server = start_in(dir.path(), no_reservations).await;
     let mut client = server.client().await;
     create_tenant(&mut client, "pro", "PRO", None).await;
     set_capacity(&mut client, 1000).await;
@@ -51,7 +51,7 @@ async fn hundred_concurrent_requests_for_a_limit_of_five_admit_exactly_five() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pro_tenants_spiking_on_capacity_five_get_five_calls_and_the_rest_name_the_platform() {
     let dir = temp_dir();
-    let server = start_in(dir.path(), |_| {}).await;
+    let server = start_in(dir.path(), no_reservations).await;
     let mut client = server.client().await;
     create_tenant(&mut client, "pro-a", "PRO", None).await;
     create_tenant(&mut client, "pro-b", "PRO", None).await;
@@ -86,7 +86,7 @@ async fn two_pro_tenants_spiking_on_capacity_five_get_five_calls_and_the_rest_na
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_denial_names_the_limit_that_bound() {
     let dir = temp_dir();
-    let server = start_in(dir.path(), |_| {}).await;
+    let server = start_in(dir.path(), no_reservations).await;
     let mut client = server.client().await;
     create_tenant(&mut client, "trial", "TRIAL", None).await;
     create_tenant(&mut client, "pro", "PRO", None).await;
@@ -123,7 +123,7 @@ async fn each_denial_names_the_limit_that_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_already_connected_is_recorded_over_every_limit_and_alerted() {
     let dir = temp_dir();
-    let server = start_in(dir.path(), |_| {}).await;
+    let server = start_in(dir.path(), no_reservations).await;
     let mut client = server.client().await;
     create_tenant(&mut client, "payg", "PAYG", None).await;
     create_line(&mut client, "+14155550101", "payg", 1).await;
@@ -161,7 +161,7 @@ async fn inbound_already_connected_is_recorded_over_every_limit_and_alerted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_releases_every_slot_once_and_duplicates_replay_the_final_record() {
     let dir = temp_dir();
-    let server = start_in(dir.path(), |_| {}).await;
+    let server = start_in(dir.path(), no_reservations).await;
     let mut client = server.client().await;
     create_tenant(&mut client, "starter", "STARTER", None).await;
     create_line(&mut client, "+14155550102", "starter", 2).await;
@@ -201,7 +201,7 @@ async fn end_releases_every_slot_once_and_duplicates_replay_the_final_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn platform_capacity_changes_live_without_ending_calls() {
     let dir = temp_dir();
-    let server = start_in(dir.path(), |_| {}).await;
+    let server = start_in(dir.path(), no_reservations).await;
     let mut client = server.client().await;
     create_tenant(&mut client, "ent", "ENTERPRISE", Some(20)).await;
     create_tenant(&mut client, "payg", "PAYG", None).await;
@@ -236,7 +236,7 @@ async fn platform_capacity_changes_live_without_ending_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_limits_follow_plan_and_override_changes() {
     let dir = temp_dir();
-    let server = start_in(dir.path(), |_| {}).await;
+    let server = start_in(dir.path(), no_reservations).await;
     let mut client = server.client().await;
     let created = create_tenant(&mut client, "acme", "PAYG", None).await.json();
     assert_eq!((created["plan"].as_str(), created["concurrent_limit"].as_u64()), (Some("PAYG"), Some(1)));
@@ -264,7 +264,7 @@ async fn tenant_limits_follow_plan_and_override_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_calls_list_filters_and_paginates_in_id_order() {
     let dir = temp_dir();
-    let server = start_in(dir.path(), |_| {}).await;
+    let server = start_in(dir.path(), no_reservations).await;
     let mut client = server.client().await;
     create_tenant(&mut client, "a", "PRO", Some(10)).await;
     create_tenant(&mut client, "b", "PRO", Some(10)).await;

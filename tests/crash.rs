@@ -398,6 +398,9 @@ async fn list_calls(client: &mut Client, filter: &str) -> Result<BTreeMap<String
 
 // ------------------------------------------------------------------------------------ server
 
+/// Pools without reserved headroom: this test counts plain capacity (arbitration has its own).
+const PLAIN_POOLS: &str = "[pools.standard_voice]\ncapacity = 5\n[pools.premium_voice]\ncapacity = 5\n";
+
 struct Ctx {
     root: PathBuf,
     data_dir: PathBuf,
@@ -443,7 +446,8 @@ impl Server {
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let snapshot_every = rng.between(SNAPSHOT_EVERY_EVENTS);
-        std::fs::write(&ctx.config, format!("[journal]\nsnapshot_every_events = {snapshot_every}\n")).context("writing the config")?;
+        std::fs::write(&ctx.config, format!("[journal]\nsnapshot_every_events = {snapshot_every}\n{PLAIN_POOLS}"))
+            .context("writing the config")?;
         let mut log = OpenOptions::new().create(true).append(true).open(&ctx.log).context("opening the server log")?;
         std::io::Write::write_all(&mut log, format!("==== {what}: listen {addr}, snapshot_every_events {snapshot_every}\n").as_bytes())?;
         let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))

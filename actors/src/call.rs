@@ -14,7 +14,8 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::clock::Clock;
-use crate::core::call::{CallCore, Watchdog};
+use crate::context::Arbitration;
+use crate::core::call::{CallCore, EndReport, Watchdog};
 use crate::directory::SharedDirectory;
 use crate::event::Event;
 use crate::journal::{AppendError, Guard, JournalMsg, unknown_outcome};
@@ -37,8 +38,7 @@ pub enum CallMsg {
         reply: RpcReplyPort<Result<CallRecord, CallError>>,
     },
     End {
-        outcome: String,
-        duration_s: Option<u64>,
+        end: EndReport,
         reply: RpcReplyPort<Result<EndedCall, AppendError>>,
     },
     /// The watchdog's periodic question: are you stuck?
@@ -56,6 +56,7 @@ pub struct CallActor {
     pub telemetry: Arc<dyn Telemetry>,
     pub watchdog: Watchdog,
     pub journal_timeout: Duration,
+    pub arbitration: Arc<Arbitration>,
 }
 
 impl Actor for CallActor {
@@ -80,8 +81,8 @@ impl Actor for CallActor {
                     return Err(unknown_outcome());
                 }
             }
-            CallMsg::End { outcome, duration_s, reply } => {
-                let result = self.end(&myself, core, outcome, duration_s).await;
+            CallMsg::End { end, reply } => {
+                let result = self.end(&myself, core, end).await;
                 let unknown = matches!(result, Err(AppendError::Unknown));
                 let _ = reply.send(result);
                 if unknown {
@@ -92,7 +93,7 @@ impl Actor for CallActor {
                 let now_ms = self.clock.now_ms();
                 if let Some(stuck) = core.verdict(now_ms, self.watchdog) {
                     let quiet_s = now_ms.saturating_sub(core.record.last_activity_at_ms) / 1000;
-                    match self.end(&myself, core, OUTCOME_RECLAIMED_STALE.to_owned(), None).await {
+                    match self.end(&myself, core, EndReport::outcome(OUTCOME_RECLAIMED_STALE)).await {
                         Ok(_) => {
                             self.telemetry.stuck_call_reclaimed();
                             tracing::warn!(call_id = %core.record.id, tenant_id = %core.record.tenant_id, reason = stuck.as_str(), quiet_s, "reclaimed stuck call");
@@ -106,13 +107,8 @@ impl Actor for CallActor {
             }
             CallMsg::Crash => panic!("injected call crash"),
             CallMsg::CrashMidEnd => {
-                let ended = core.end_record(self.clock.now_ms(), "completed".to_owned(), None);
-                let event = Event::CallEnded {
-                    id: ended.call.id,
-                    ended_at_ms: ended.ended_at_ms,
-                    outcome: ended.outcome,
-                    duration_s: ended.duration_s,
-                };
+                let ended = core.end_record(self.clock.now_ms(), EndReport::outcome("completed"), 0);
+                let event = ended_event(&ended);
                 crate::append(&self.journal, event, Guard::default(), self.journal_timeout).await?;
                 panic!("injected call crash between a durable end and its release");
             }
@@ -133,23 +129,13 @@ impl CallActor {
         Ok(core.record.clone())
     }
 
-    async fn end(
-        &self,
-        myself: &ActorRef<CallMsg>,
-        core: &mut CallCore,
-        outcome: String,
-        duration_s: Option<u64>,
-    ) -> Result<EndedCall, AppendError> {
+    async fn end(&self, myself: &ActorRef<CallMsg>, core: &mut CallCore, end: EndReport) -> Result<EndedCall, AppendError> {
         if let Some(ended) = &core.ended {
             return Ok(ended.clone());
         }
-        let ended = core.end_record(self.clock.now_ms(), outcome, duration_s);
-        let event = Event::CallEnded {
-            id: ended.call.id,
-            ended_at_ms: ended.ended_at_ms,
-            outcome: ended.outcome.clone(),
-            duration_s: ended.duration_s,
-        };
+        let cost_cents = self.arbitration.price_cents(&core.record.pool, end.characters.unwrap_or(0));
+        let ended = core.end_record(self.clock.now_ms(), end, cost_cents);
+        let event = ended_event(&ended);
         crate::append(&self.journal, event, Guard::default(), self.journal_timeout).await?;
         core.commit_end(ended.clone());
         self.release_slots(&ended);
@@ -160,5 +146,16 @@ impl CallActor {
 
     fn release_slots(&self, ended: &EndedCall) {
         self.directory.write().finish_call_and_release(ended.clone());
+    }
+}
+
+fn ended_event(ended: &EndedCall) -> Event {
+    Event::CallEnded {
+        id: ended.call.id,
+        ended_at_ms: ended.ended_at_ms,
+        outcome: ended.outcome.clone(),
+        duration_s: ended.duration_s,
+        characters: ended.characters,
+        cost_cents: ended.cost_cents,
     }
 }

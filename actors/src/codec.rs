@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Bump when the encoding of any stored type changes incompatibly.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -50,7 +50,7 @@ mod tests {
 
     #[test]
     fn round_trips_and_refuses_unknown_versions() {
-        let event = Event::PlatformCapacitySet { capacity: 7 };
+        let event = Event::FlagSet { name: "premium_voices".into(), enabled: true };
         let bytes = encode(&event).unwrap();
         assert_eq!(bytes[0], FORMAT_VERSION);
         assert_eq!(decode::<Event>(&bytes).unwrap(), event);

@@ -1,7 +1,7 @@
 //! What every actor and the admission path share: immutable settings, the injected clock and
 //! telemetry, the directory, and the spawn functions that put an entity's actor in place.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -11,20 +11,86 @@ use ractor::{Actor, ActorCell, SpawnErr};
 use crate::call::CallActor;
 use crate::clock::Clock;
 use crate::core::call::Watchdog;
+use crate::core::pool::PoolTiming;
 use crate::directory::{LineSlot, SharedDirectory, Slot};
 use crate::journal::Entity;
-use crate::model::{CallId, CallRecord, LineRecord, PlanTable, TenantRecord};
+use crate::model::{CallId, CallRecord, ClassTable, LineRecord, PlanTable, TenantRecord};
 use crate::phone_line::LineActor;
 use crate::platform::PlatformActor;
+use crate::state::PoolRecord;
 use crate::telemetry::Telemetry;
 use crate::tenant::TenantActor;
+
+/// A provider pool's configuration. Capacity and reservations are the values a fresh pool
+/// starts with; once journaled, `PATCH /v1/platform/pools/{name}` changes them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolSpec {
+    pub capacity: u32,
+    /// Headroom reserved per class (for that class and the ones above it).
+    pub reserved: BTreeMap<String, u32>,
+    /// What 1000 characters cost on this pool (seed 004: premium 30 cents).
+    pub price_cents_per_1000_characters: u64,
+}
+
+/// Priority arbitration: classes, pools, waiting and the provider's rate limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Arbitration {
+    pub classes: ClassTable,
+    pub pools: BTreeMap<String, PoolSpec>,
+    /// Where standard-voice calls (and any call without a voice) take their slot.
+    pub default_pool: String,
+    /// Where premium-voice calls take their slot; `None`: premium is never available.
+    pub premium_pool: Option<String>,
+    /// The feature flag (and add-on type) that unlocks premium voices.
+    pub premium_feature: String,
+    pub timing: PoolTiming,
+    /// No class waits longer than this while capacity keeps turning over.
+    pub starvation_bound_ms: u64,
+    /// The longest `wait_ms` a request may ask for; longer asks are capped.
+    pub wait_ms_max: u64,
+    /// The cooldown after a provider 429 that does not say how long.
+    pub provider_cooldown_ms_default: u64,
+}
+
+impl Default for Arbitration {
+    fn default() -> Self {
+        let reserved: BTreeMap<String, u32> = [("premium".to_owned(), 2), ("priority".to_owned(), 3)].into_iter().collect();
+        let standard = PoolSpec { capacity: 5, reserved: reserved.clone(), price_cents_per_1000_characters: 0 };
+        let premium = PoolSpec { capacity: 5, reserved, price_cents_per_1000_characters: 30 };
+        let starvation_bound_ms = 10_000;
+        Arbitration {
+            classes: ClassTable::default(),
+            pools: [("standard_voice".to_owned(), standard), ("premium_voice".to_owned(), premium)].into_iter().collect(),
+            default_pool: "standard_voice".into(),
+            premium_pool: Some("premium_voice".into()),
+            premium_feature: "premium_voices".into(),
+            timing: PoolTiming { aging_ms: starvation_bound_ms / 2, probe_interval_ms: 60_000, waiting_per_class_max: 1_000 },
+            starvation_bound_ms,
+            wait_ms_max: 30_000,
+            provider_cooldown_ms_default: 30_000,
+        }
+    }
+}
+
+impl Arbitration {
+    /// One pool of `capacity` with no reservations and no premium pool: the plain counter of
+    /// the foundation's tests and benchmarks.
+    pub fn single_pool(capacity: u32) -> Self {
+        let pool = PoolSpec { capacity, reserved: BTreeMap::new(), price_cents_per_1000_characters: 0 };
+        Arbitration { pools: [("standard_voice".to_owned(), pool)].into_iter().collect(), premium_pool: None, ..Arbitration::default() }
+    }
+
+    pub fn price_cents(&self, pool: &str, characters: u64) -> u64 {
+        let price = self.pools.get(pool).map_or(0, |p| p.price_cents_per_1000_characters);
+        characters.saturating_mul(price).div_ceil(1000)
+    }
+}
 
 /// Settings the actors run with (the HTTP crate maps its TOML config onto these).
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub plans: Arc<PlanTable>,
-    /// The platform pool's capacity on a fresh journal (the provider account's limit).
-    pub platform_capacity_default: u32,
+    pub arbitration: Arc<Arbitration>,
     pub watchdog: Watchdog,
     /// How often the watchdog sweeps live calls.
     pub sweep_interval: Duration,
@@ -46,7 +112,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             plans: Arc::new(PlanTable::default()),
-            platform_capacity_default: 5,
+            arbitration: Arc::new(Arbitration::default()),
             watchdog: Watchdog { max_duration_ms: 2 * 60 * 60 * 1000, stale_after_ms: 30 * 60 * 1000 },
             sweep_interval: Duration::from_secs(60),
             actor_call_timeout: Duration::from_secs(5),
@@ -64,6 +130,8 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     pub telemetry: Arc<dyn Telemetry>,
     pub directory: SharedDirectory,
+    /// Global feature flags as journaled (the supervisor is their only writer).
+    pub flags: Arc<std::sync::RwLock<BTreeMap<String, bool>>>,
     /// False once the journal cannot write (a failed write, or the writer died): nothing can
     /// be made durable any more. Shared with the journal writer, which clears it.
     pub journal_alive: Arc<AtomicBool>,
@@ -82,8 +150,13 @@ impl Context {
         generation: u32,
     ) -> Result<(), SpawnErr> {
         let journal = self.directory.read().journal();
-        let actor =
-            TenantActor { plans: Arc::clone(&self.settings.plans), journal, generation, journal_timeout: self.settings.journal_timeout };
+        let actor = TenantActor {
+            plans: Arc::clone(&self.settings.plans),
+            arbitration: Arc::clone(&self.settings.arbitration),
+            journal,
+            generation,
+            journal_timeout: self.settings.journal_timeout,
+        };
         let id = record.id.clone();
         let (actor, _) = Actor::spawn_linked(None, actor, (record, held), supervisor).await?;
         let mut directory = self.directory.write();
@@ -107,17 +180,28 @@ impl Context {
         Ok(())
     }
 
+    /// A global flag's value (`None`: no such flag).
+    pub fn flag(&self, name: &str) -> Option<bool> {
+        self.flags.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(name).copied()
+    }
+
     pub async fn spawn_platform(
         &self,
         supervisor: ActorCell,
-        capacity: u32,
-        held: BTreeSet<CallId>,
+        pools: BTreeMap<String, PoolRecord>,
+        held: BTreeMap<CallId, (String, String)>,
         generation: u32,
     ) -> Result<(), SpawnErr> {
         let journal = self.directory.read().journal();
-        let actor =
-            PlatformActor { journal, generation, journal_timeout: self.settings.journal_timeout, telemetry: Arc::clone(&self.telemetry) };
-        let (actor, _) = Actor::spawn_linked(None, actor, (capacity, held), supervisor).await?;
+        let actor = PlatformActor {
+            journal,
+            generation,
+            journal_timeout: self.settings.journal_timeout,
+            telemetry: Arc::clone(&self.telemetry),
+            clock: Arc::clone(&self.clock),
+            arbitration: Arc::clone(&self.settings.arbitration),
+        };
+        let (actor, _) = Actor::spawn_linked(None, actor, (pools, held), supervisor).await?;
         let mut directory = self.directory.write();
         directory.by_actor.insert(actor.get_id(), Entity::Platform);
         directory.platform = Some(Slot { actor, generation });
@@ -133,6 +217,7 @@ impl Context {
             telemetry: Arc::clone(&self.telemetry),
             watchdog: self.settings.watchdog,
             journal_timeout: self.settings.journal_timeout,
+            arbitration: Arc::clone(&self.settings.arbitration),
         };
         let (actor, _) = Actor::spawn_linked(None, actor, record.clone(), supervisor).await?;
         self.directory.write().add_call(actor, record);

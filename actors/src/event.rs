@@ -4,7 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{CallId, CallRecord, LineRecord, TenantRecord};
+use std::collections::BTreeMap;
+
+use crate::core::pool::Learned;
+use crate::model::{CallId, CallRecord, LineRecord, TenantId, TenantRecord};
 
 /// Ties an admission to its `Idempotency-Key`, so a retry after a restart replays the response.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,11 +20,37 @@ pub struct IdempotencyStamp {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     TenantCreated(TenantRecord),
-    /// The tenant's full record after a PATCH.
+    /// The tenant's full record after a PATCH, a flag override or an add-on change.
     TenantUpdated(TenantRecord),
     LineCreated(LineRecord),
-    PlatformCapacitySet {
+    /// A pool's limits: created at boot from config, or changed live.
+    PoolConfigured {
+        pool: String,
         capacity: u32,
+        /// Headroom reserved per class (for that class and the ones above it).
+        reserved: BTreeMap<String, u32>,
+    },
+    /// The provider refused to place `call` (429): the pool cools down and may learn a lower
+    /// capacity. The call's own end follows as a `CallEnded`.
+    PoolProviderRejected {
+        pool: String,
+        call: CallId,
+        at_ms: u64,
+        cooldown_until_ms: u64,
+        learned: Option<Learned>,
+    },
+    /// An admission that waited for a pool slot left without one.
+    WaitAbandoned {
+        pool: String,
+        class: String,
+        tenant_id: TenantId,
+        waited_ms: u64,
+        outcome: WaitOutcome,
+    },
+    /// A global feature flag was created or changed.
+    FlagSet {
+        name: String,
+        enabled: bool,
     },
     CallAdmitted {
         call: CallRecord,
@@ -36,7 +65,31 @@ pub enum Event {
         ended_at_ms: u64,
         outcome: String,
         duration_s: u64,
+        characters: u64,
+        cost_cents: u64,
     },
+}
+
+/// How a wait for a pool slot ended without a slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitOutcome {
+    /// `wait_ms` passed.
+    TimedOut,
+    /// The client went away while waiting.
+    Cancelled,
+    /// The provider rate-limited the pool while the request waited.
+    Cooldown,
+}
+
+impl WaitOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaitOutcome::TimedOut => "timed_out",
+            WaitOutcome::Cancelled => "cancelled",
+            WaitOutcome::Cooldown => "cooldown",
+        }
+    }
 }
 
 impl Event {
@@ -46,7 +99,10 @@ impl Event {
             Event::TenantCreated(_) => "tenant_created",
             Event::TenantUpdated(_) => "tenant_updated",
             Event::LineCreated(_) => "line_created",
-            Event::PlatformCapacitySet { .. } => "platform_capacity_set",
+            Event::PoolConfigured { .. } => "pool_configured",
+            Event::PoolProviderRejected { .. } => "pool_provider_rejected",
+            Event::WaitAbandoned { .. } => "wait_abandoned",
+            Event::FlagSet { .. } => "flag_set",
             Event::CallAdmitted { .. } => "call_admitted",
             Event::CallHeartbeat { .. } => "call_heartbeat",
             Event::CallEnded { .. } => "call_ended",

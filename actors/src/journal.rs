@@ -27,7 +27,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use crate::codec;
 use crate::event::Event;
 use crate::model::{CallId, CallRecord, EndedCall, LineId, LineRecord, TenantId, TenantRecord};
-use crate::state::DurableState;
+use crate::state::{DurableState, PoolRecord};
 use crate::store::{Store, WriteBatch};
 use crate::telemetry::Telemetry;
 
@@ -92,7 +92,8 @@ pub fn unknown_outcome() -> ActorProcessingErr {
 pub enum Handover {
     Tenant(TenantRecord, BTreeSet<CallId>),
     Line(LineRecord, BTreeSet<CallId>),
-    Platform(u32, BTreeSet<CallId>),
+    /// Every pool, and every live call's pool and class.
+    Platform(BTreeMap<String, PoolRecord>, BTreeMap<CallId, (String, String)>),
     Call(CallRecord),
     /// The call's end is durable but its actor died before finishing it: the supervisor
     /// completes the end (moves it to ended calls, frees its slots).
@@ -323,7 +324,7 @@ fn handover(durable: &DurableState, entity: &Entity) -> Handover {
             Some(line) => Handover::Line(line.clone(), durable.line_active(id)),
             None => Handover::Gone,
         },
-        Entity::Platform => Handover::Platform(durable.platform_capacity, durable.live_calls.keys().copied().collect()),
+        Entity::Platform => Handover::Platform(durable.pools.clone(), durable.pool_held()),
         Entity::Call(id) => match (durable.live_calls.get(id), durable.ended_calls.get(id)) {
             (Some(call), _) => Handover::Call(call.clone()),
             (None, Some(ended)) => Handover::CallEnded(ended.clone()),
@@ -355,11 +356,12 @@ mod tests {
     /// refused (the admission then answers 503) until the oldest key is 24 h old.
     #[tokio::test]
     async fn a_new_idempotency_key_past_the_bound_is_refused_until_one_expires() {
-        let mut durable = DurableState::new(5);
-        let tenant = TenantRecord { id: "t".into(), name: None, plan: "PRO".into(), concurrent_limit_override: None, created_at_ms: 0 };
-        durable.apply(1, &Event::TenantCreated(tenant)).unwrap();
+        let mut durable = DurableState::new();
+        let pool = Event::PoolConfigured { pool: "standard_voice".into(), capacity: 5, reserved: Default::default() };
+        durable.apply(1, &pool).unwrap();
+        durable.apply(2, &Event::TenantCreated(crate::model::test_tenant("t"))).unwrap();
         for n in 0..IDEMPOTENCY_KEYS_MAX as u64 {
-            durable.apply(n + 2, &admitted(n + 1, 0, &format!("k{n}"))).unwrap();
+            durable.apply(n + 3, &admitted(n + 1, 0, &format!("k{n}"))).unwrap();
         }
         let writer = JournalWriter {
             store: Arc::new(MemoryStore::default()),

@@ -77,6 +77,67 @@ impl PlanTable {
     }
 }
 
+/// Priority classes and which plan belongs to which (config). Classes are ranked by their
+/// position, lowest first; a plan with no class configured gets the lowest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassTable {
+    pub classes: Vec<String>,
+    pub plan_classes: BTreeMap<String, String>,
+}
+
+impl Default for ClassTable {
+    fn default() -> Self {
+        let plan_classes =
+            [("TRIAL", "standard"), ("PAYG", "standard"), ("STARTER", "standard"), ("PRO", "priority"), ("ENTERPRISE", "premium")]
+                .into_iter()
+                .map(|(plan, class)| (plan.to_owned(), class.to_owned()))
+                .collect();
+        ClassTable { classes: vec!["standard".into(), "priority".into(), "premium".into()], plan_classes }
+    }
+}
+
+impl ClassTable {
+    /// A class's rank; an unknown name (a class dropped from config) ranks lowest.
+    pub fn rank(&self, class: &str) -> usize {
+        self.classes.iter().position(|c| c == class).unwrap_or(0)
+    }
+
+    pub fn class_of_plan(&self, plan: &str) -> &str {
+        self.plan_classes.get(plan).map(String::as_str).unwrap_or(&self.classes[0])
+    }
+
+    pub fn knows(&self, class: &str) -> bool {
+        self.classes.iter().any(|c| c == class)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddonStatus {
+    Active,
+    Suspended,
+    Cancelled,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BillingStatus {
+    Paid,
+    Trial,
+    Overdue,
+}
+
+/// A tenant's subscription add-on (seed 004 `subscription_addons`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Addon {
+    pub status: AddonStatus,
+    pub billing_status: BillingStatus,
+    pub trial_ends_at_ms: Option<u64>,
+    /// Characters a month the add-on includes (alerts at 80 % and 95 %).
+    pub monthly_character_limit: Option<u64>,
+    pub updated_at_ms: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantRecord {
     pub id: TenantId,
@@ -84,6 +145,33 @@ pub struct TenantRecord {
     pub plan: String,
     pub concurrent_limit_override: Option<u32>,
     pub created_at_ms: u64,
+    /// Feature-flag overrides: they beat the global flag.
+    pub flags: BTreeMap<String, bool>,
+    /// Add-ons by type.
+    pub addons: BTreeMap<String, Addon>,
+}
+
+impl TenantRecord {
+    /// A tenant with no name, no flag overrides and no add-ons.
+    pub fn new(id: impl Into<String>, plan: impl Into<String>, concurrent_limit_override: Option<u32>, created_at_ms: u64) -> Self {
+        TenantRecord {
+            id: id.into(),
+            name: None,
+            plan: plan.into(),
+            concurrent_limit_override,
+            created_at_ms,
+            flags: BTreeMap::new(),
+            addons: BTreeMap::new(),
+        }
+    }
+}
+
+/// Which voice a call asked for (seed 004): premium voices run on the premium pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Voice {
+    Standard,
+    Premium,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +196,15 @@ pub struct CallRecord {
     pub over_limit: bool,
     /// The tenant's plan at admission (the label its metrics carry until it ends).
     pub plan: String,
+    /// The plan's priority class at admission.
+    pub class: String,
+    /// The provider pool the call holds a slot in.
+    pub pool: String,
+    pub voice: Voice,
+    /// A premium call placed on the standard pool instead, and why.
+    pub fallback_reason: Option<String>,
+    /// How long the admission waited for its pool slot.
+    pub waited_ms: u64,
     pub started_at_ms: u64,
     /// Last heartbeat or status seen; the watchdog measures staleness from here.
     pub last_activity_at_ms: u64,
@@ -120,10 +217,29 @@ pub struct EndedCall {
     pub ended_at_ms: u64,
     pub outcome: String,
     pub duration_s: u64,
+    /// Characters synthesised, as reported by the end webhook (0 when not reported).
+    pub characters: u64,
+    /// What the call cost by its pool's price table.
+    pub cost_cents: u64,
 }
 
 /// The outcome the watchdog records when it reclaims a stuck call.
 pub const OUTCOME_RECLAIMED_STALE: &str = "reclaimed_stale";
+/// The outcome of a call the provider refused to place (HTTP 429 upstream).
+pub const OUTCOME_PROVIDER_REJECTED: &str = "provider_rejected";
+
+/// The calendar month (UTC) of a Unix time in ms, as `yyyymm` (Howard Hinnant's civil date).
+pub fn month_of_ms(ms: u64) -> u32 {
+    let days = (ms / 86_400_000) as i64 + 719_468;
+    let era = days.div_euclid(146_097);
+    let day_of_era = days.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year * 100 + month) as u32
+}
 
 /// A plain outbound PRO call of tenant `t`, for unit tests.
 #[cfg(test)]
@@ -138,9 +254,20 @@ pub(crate) fn test_call(n: u64, at_ms: u64) -> CallRecord {
         from: None,
         over_limit: false,
         plan: "PRO".into(),
+        class: "priority".into(),
+        pool: "standard_voice".into(),
+        voice: Voice::Standard,
+        fallback_reason: None,
+        waited_ms: 0,
         started_at_ms: at_ms,
         last_activity_at_ms: at_ms,
     }
+}
+
+/// A PRO tenant with no overrides, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_tenant(id: &str) -> TenantRecord {
+    TenantRecord::new(id, "PRO", None, 0)
 }
 
 /// Masks a phone number for info-level logs: `+4915112345678` → `+491*******78`.
@@ -174,6 +301,15 @@ mod tests {
         assert_eq!(plans.effective_limit("PRO", Some(9)), 9);
         assert_eq!(plans.effective_limit("PRO", None), 5);
         assert_eq!(plans.effective_limit("UNKNOWN", None), 1);
+    }
+
+    #[test]
+    fn month_of_ms_follows_the_calendar() {
+        assert_eq!(month_of_ms(0), 197001);
+        assert_eq!(month_of_ms(951_782_400_000), 200002, "2000-02-29");
+        assert_eq!(month_of_ms(951_868_800_000), 200003, "2000-03-01");
+        assert_eq!(month_of_ms(1_798_761_599_999), 202612, "2026-12-31T23:59:59.999");
+        assert_eq!(month_of_ms(1_798_761_600_000), 202701);
     }
 
     #[test]

@@ -8,8 +8,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Event, IdempotencyStamp};
-use crate::model::{CallId, CallRecord, EndedCall, LineId, LineRecord, TenantId, TenantRecord};
+use crate::core::pool::Learned;
+use crate::event::{Event, IdempotencyStamp, WaitOutcome};
+use crate::model::{CallId, CallRecord, EndedCall, LineId, LineRecord, TenantId, TenantRecord, month_of_ms};
 
 /// Ended calls kept for `GET /v1/calls/{id}` and duplicate end webhooks. Past it the oldest
 /// (smallest id) is forgotten: a later duplicate end for it answers 404. They live in every
@@ -23,6 +24,43 @@ pub const IDEMPOTENCY_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
 /// keeps its call as admitted and lives in every snapshot (encoded in line by the journal
 /// writer), so this bounds memory (~25 MB) and the snapshot pause as well.
 pub const IDEMPOTENCY_KEYS_MAX: usize = 100_000;
+
+/// Months of usage kept per tenant: the newest and the 24 before it. An older month is dropped
+/// when a newer one is recorded.
+pub const USAGE_MONTHS_RETAINED: usize = 25;
+
+/// A provider pool as the journal knows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolRecord {
+    pub capacity: u32,
+    pub reserved: BTreeMap<String, u32>,
+    pub learned: Option<Learned>,
+    pub cooldown_until_ms: u64,
+    pub provider_rejections: u64,
+    /// Per class: how waits for a slot ended.
+    pub waits: BTreeMap<String, WaitStats>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitStats {
+    /// Admissions that got their slot after waiting for it.
+    pub granted: u64,
+    pub timed_out: u64,
+    pub cancelled: u64,
+    pub cooldown: u64,
+}
+
+/// What a tenant used on one pool in one month.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageTotals {
+    pub calls: u64,
+    pub seconds: u64,
+    pub characters: u64,
+    pub cost_cents: u64,
+}
+
+/// Month (`yyyymm`) → pool → totals.
+pub type TenantUsage = BTreeMap<u32, BTreeMap<String, UsageTotals>>;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdempotencyRecord {
@@ -101,7 +139,10 @@ pub struct DurableState {
     pub last_seq: u64,
     pub tenants: BTreeMap<TenantId, TenantRecord>,
     pub lines: BTreeMap<LineId, LineRecord>,
-    pub platform_capacity: u32,
+    pub pools: BTreeMap<String, PoolRecord>,
+    /// Global feature flags (a missing flag is off).
+    pub flags: BTreeMap<String, bool>,
+    pub usage: BTreeMap<TenantId, TenantUsage>,
     pub live_calls: BTreeMap<CallId, CallRecord>,
     pub ended_calls: BTreeMap<CallId, EndedCall>,
     pub idempotency: IdempotencyTable,
@@ -111,8 +152,9 @@ pub struct DurableState {
 }
 
 impl DurableState {
-    pub fn new(platform_capacity: u32) -> Self {
-        DurableState { platform_capacity, next_call_number: 1, ..Default::default() }
+    /// An empty journal's state. Pools come from config as `PoolConfigured` events at boot.
+    pub fn new() -> Self {
+        DurableState { next_call_number: 1, ..Default::default() }
     }
 
     /// Applies event `seq`. Seqs must be contiguous; an event that contradicts the state (a
@@ -142,15 +184,45 @@ impl DurableState {
                 }
                 self.lines.insert(line.id.clone(), line.clone());
             }
-            Event::PlatformCapacitySet { capacity } => self.platform_capacity = *capacity,
+            Event::PoolConfigured { pool, capacity, reserved } => {
+                let record = self.pools.entry(pool.clone()).or_default();
+                record.capacity = *capacity;
+                record.reserved = reserved.clone();
+            }
+            Event::PoolProviderRejected { pool, cooldown_until_ms, learned, .. } => {
+                let record = self.pools.get_mut(pool).ok_or_else(|| contradiction(format!("no pool {pool}")))?;
+                record.learned = *learned;
+                record.cooldown_until_ms = *cooldown_until_ms;
+                record.provider_rejections += 1;
+            }
+            Event::WaitAbandoned { pool, class, outcome, .. } => {
+                let record = self.pools.get_mut(pool).ok_or_else(|| contradiction(format!("no pool {pool}")))?;
+                let stats = record.waits.entry(class.clone()).or_default();
+                match outcome {
+                    WaitOutcome::TimedOut => stats.timed_out += 1,
+                    WaitOutcome::Cancelled => stats.cancelled += 1,
+                    WaitOutcome::Cooldown => stats.cooldown += 1,
+                }
+            }
+            Event::FlagSet { name, enabled } => {
+                self.flags.insert(name.clone(), *enabled);
+            }
             Event::CallAdmitted { call, idempotency } => self.admit(call, idempotency.as_ref()).map_err(contradiction)?,
             Event::CallHeartbeat { id, at_ms } => {
                 let call = self.live_calls.get_mut(id).ok_or_else(|| contradiction(format!("{id} not live")))?;
                 call.last_activity_at_ms = call.last_activity_at_ms.max(*at_ms);
             }
-            Event::CallEnded { id, ended_at_ms, outcome, duration_s } => {
+            Event::CallEnded { id, ended_at_ms, outcome, duration_s, characters, cost_cents } => {
                 let call = self.live_calls.remove(id).ok_or_else(|| contradiction(format!("{id} not live")))?;
-                let ended = EndedCall { call, ended_at_ms: *ended_at_ms, outcome: outcome.clone(), duration_s: *duration_s };
+                let ended = EndedCall {
+                    call,
+                    ended_at_ms: *ended_at_ms,
+                    outcome: outcome.clone(),
+                    duration_s: *duration_s,
+                    characters: *characters,
+                    cost_cents: *cost_cents,
+                };
+                self.meter(&ended);
                 self.retain_ended(ended);
             }
         }
@@ -167,12 +239,29 @@ impl DurableState {
         if self.live_calls.contains_key(&call.id) || self.ended_calls.contains_key(&call.id) {
             return Err(format!("{} was already admitted", call.id));
         }
+        let pool = self.pools.get_mut(&call.pool).ok_or_else(|| format!("no pool {}", call.pool))?;
+        if call.waited_ms > 0 {
+            pool.waits.entry(call.class.clone()).or_default().granted += 1;
+        }
         self.next_call_number = self.next_call_number.max(call.id.0 + 1);
         self.live_calls.insert(call.id, call.clone());
         if let Some(stamp) = idempotency {
             self.idempotency.insert(stamp, call);
         }
         Ok(())
+    }
+
+    /// Adds an ended call to its tenant's usage for the month it ended in.
+    fn meter(&mut self, ended: &EndedCall) {
+        let months = self.usage.entry(ended.call.tenant_id.clone()).or_default();
+        let totals = months.entry(month_of_ms(ended.ended_at_ms)).or_default().entry(ended.call.pool.clone()).or_default();
+        totals.calls += 1;
+        totals.seconds += ended.duration_s;
+        totals.characters += ended.characters;
+        totals.cost_cents += ended.cost_cents;
+        while months.len() > USAGE_MONTHS_RETAINED {
+            months.pop_first();
+        }
     }
 
     fn retain_ended(&mut self, ended: EndedCall) {
@@ -190,16 +279,47 @@ impl DurableState {
         self.live_calls.values().filter(|c| c.line_id.as_deref() == Some(line)).map(|c| c.id).collect()
     }
 
+    /// Every live call's pool and class (the platform actor's slots).
+    pub fn pool_held(&self) -> BTreeMap<CallId, (String, String)> {
+        self.live_calls.values().map(|c| (c.id, (c.pool.clone(), c.class.clone()))).collect()
+    }
+
     /// The same projection the live actors produce, for the replay-equals-live invariant.
     pub fn digest(&self) -> StateDigest {
+        let pools = self
+            .pools
+            .iter()
+            .map(|(name, pool)| {
+                let held = self.live_calls.values().filter(|c| &c.pool == name).map(|c| c.id).collect();
+                let digest = PoolDigest {
+                    capacity: pool.capacity,
+                    reserved: pool.reserved.clone(),
+                    learned: pool.learned,
+                    cooldown_until_ms: pool.cooldown_until_ms,
+                    held,
+                };
+                (name.clone(), digest)
+            })
+            .collect();
         StateDigest {
             tenants: self.tenants.iter().map(|(id, t)| (id.clone(), (t.clone(), self.tenant_active(id)))).collect(),
             lines: self.lines.iter().map(|(id, l)| (id.clone(), (l.clone(), self.line_active(id)))).collect(),
-            platform: (self.platform_capacity, self.live_calls.keys().copied().collect()),
+            pools,
+            flags: self.flags.clone(),
             live_calls: self.live_calls.clone(),
             ended_calls: self.ended_calls.clone(),
         }
     }
+}
+
+/// A pool's observable state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolDigest {
+    pub capacity: u32,
+    pub reserved: BTreeMap<String, u32>,
+    pub learned: Option<Learned>,
+    pub cooldown_until_ms: u64,
+    pub held: BTreeSet<CallId>,
 }
 
 /// Everything observable about the state, in a comparable form.
@@ -207,7 +327,8 @@ impl DurableState {
 pub struct StateDigest {
     pub tenants: BTreeMap<TenantId, (TenantRecord, BTreeSet<CallId>)>,
     pub lines: BTreeMap<LineId, (LineRecord, BTreeSet<CallId>)>,
-    pub platform: (u32, BTreeSet<CallId>),
+    pub pools: BTreeMap<String, PoolDigest>,
+    pub flags: BTreeMap<String, bool>,
     pub live_calls: BTreeMap<CallId, CallRecord>,
     pub ended_calls: BTreeMap<CallId, EndedCall>,
 }
@@ -217,7 +338,20 @@ mod tests {
     use super::*;
 
     fn tenant(id: &str) -> TenantRecord {
-        TenantRecord { id: id.into(), name: None, plan: "PRO".into(), concurrent_limit_override: None, created_at_ms: 0 }
+        crate::model::test_tenant(id)
+    }
+
+    /// A fresh state with tenant `t` and the test calls' pool.
+    fn with_tenant() -> DurableState {
+        let mut state = DurableState::new();
+        let pool = Event::PoolConfigured { pool: "standard_voice".into(), capacity: 5, reserved: BTreeMap::new() };
+        state.apply(1, &pool).unwrap();
+        state.apply(2, &Event::TenantCreated(tenant("t"))).unwrap();
+        state
+    }
+
+    fn ended(id: u64) -> Event {
+        Event::CallEnded { id: CallId(id), ended_at_ms: 0, outcome: "x".into(), duration_s: 0, characters: 0, cost_cents: 0 }
     }
 
     fn call(n: u64, at_ms: u64) -> CallRecord {
@@ -226,20 +360,18 @@ mod tests {
 
     #[test]
     fn refuses_gaps_and_contradictions() {
-        let mut state = DurableState::new(5);
-        assert_eq!(state.apply(2, &Event::PlatformCapacitySet { capacity: 1 }), Err(ReplayError::Gap { expected: 1, found: 2 }));
-        let end = Event::CallEnded { id: CallId(1), ended_at_ms: 0, outcome: "x".into(), duration_s: 0 };
-        assert!(matches!(state.apply(1, &end), Err(ReplayError::Contradiction { .. })));
-        state.apply(1, &Event::TenantCreated(tenant("t"))).unwrap();
-        state.apply(2, &Event::CallAdmitted { call: call(1, 0), idempotency: None }).unwrap();
+        let mut state = DurableState::new();
+        assert_eq!(state.apply(2, &Event::FlagSet { name: "f".into(), enabled: true }), Err(ReplayError::Gap { expected: 1, found: 2 }));
+        assert!(matches!(state.apply(1, &ended(1)), Err(ReplayError::Contradiction { .. })));
+        let mut state = with_tenant();
+        state.apply(3, &Event::CallAdmitted { call: call(1, 0), idempotency: None }).unwrap();
         let reused = Event::CallAdmitted { call: call(1, 0), idempotency: None };
-        assert!(matches!(state.apply(3, &reused), Err(ReplayError::Contradiction { .. })));
-        state.apply(3, &end).unwrap();
+        assert!(matches!(state.apply(4, &reused), Err(ReplayError::Contradiction { .. })));
+        state.apply(4, &ended(1)).unwrap();
         let overtaken = Event::CallAdmitted { call: call(0, 0), idempotency: None };
-        state.apply(4, &overtaken).unwrap();
+        state.apply(5, &overtaken).unwrap();
         assert_eq!(state.live_calls.len(), 1, "a smaller id that was overtaken is still admitted");
-        let end_overtaken = Event::CallEnded { id: CallId(0), ended_at_ms: 0, outcome: "x".into(), duration_s: 0 };
-        state.apply(5, &end_overtaken).unwrap();
+        state.apply(6, &ended(0)).unwrap();
         assert!(state.live_calls.is_empty());
         assert_eq!(state.ended_calls.len(), 2);
         assert_eq!(state.next_call_number, 2);
@@ -247,15 +379,14 @@ mod tests {
 
     #[test]
     fn idempotency_keys_expire_after_retention() {
-        let mut state = DurableState::new(5);
-        state.apply(1, &Event::TenantCreated(tenant("t"))).unwrap();
+        let mut state = with_tenant();
         let stamp = IdempotencyStamp { key: "k".into(), body_hash: 9 };
-        state.apply(2, &Event::CallAdmitted { call: call(1, 1_000), idempotency: Some(stamp) }).unwrap();
+        state.apply(3, &Event::CallAdmitted { call: call(1, 1_000), idempotency: Some(stamp) }).unwrap();
         assert!(state.idempotency.get("k", 1_000 + IDEMPOTENCY_RETENTION_MS - 1).is_some());
         assert!(state.idempotency.get("k", 1_000 + IDEMPOTENCY_RETENTION_MS).is_none());
         let later = IdempotencyStamp { key: "k2".into(), body_hash: 1 };
         let at = 1_000 + IDEMPOTENCY_RETENTION_MS;
-        state.apply(3, &Event::CallAdmitted { call: call(2, at), idempotency: Some(later) }).unwrap();
+        state.apply(4, &Event::CallAdmitted { call: call(2, at), idempotency: Some(later) }).unwrap();
         assert_eq!(state.idempotency.len(), 1, "the expired key is evicted by the next insert");
     }
 
@@ -264,9 +395,8 @@ mod tests {
     /// only expired keys.
     #[test]
     fn a_full_idempotency_table_makes_room_only_by_expiry() {
-        let mut state = DurableState::new(5);
-        state.apply(1, &Event::TenantCreated(tenant("t"))).unwrap();
-        let mut seq = 1;
+        let mut state = with_tenant();
+        let mut seq = 2;
         for n in 0..IDEMPOTENCY_KEYS_MAX as u64 {
             seq += 1;
             let at = n % 1000; // all within the first second
@@ -283,5 +413,30 @@ mod tests {
         state.apply(seq, &Event::CallAdmitted { call: call(IDEMPOTENCY_KEYS_MAX as u64 + 1, later), idempotency: Some(stamp) }).unwrap();
         assert_eq!(state.idempotency.len(), 1, "every expired key is dropped, the new one kept");
         assert!(state.idempotency.get("fresh", later).is_some());
+    }
+
+    #[test]
+    fn ends_are_metered_per_month_and_pool_and_old_months_are_dropped() {
+        let mut state = with_tenant();
+        let mut seq = 2;
+        let month_ms = 31 * 24 * 60 * 60 * 1000;
+        for n in 0..(USAGE_MONTHS_RETAINED as u64 + 2) {
+            seq += 1;
+            state.apply(seq, &Event::CallAdmitted { call: call(n, n * month_ms), idempotency: None }).unwrap();
+            seq += 1;
+            let end = Event::CallEnded {
+                id: CallId(n),
+                ended_at_ms: n * month_ms + 1,
+                outcome: "x".into(),
+                duration_s: 7,
+                characters: 1_500,
+                cost_cents: 45,
+            };
+            state.apply(seq, &end).unwrap();
+        }
+        let months = &state.usage["t"];
+        assert_eq!(months.len(), USAGE_MONTHS_RETAINED);
+        let newest = months.last_key_value().unwrap().1;
+        assert_eq!(newest["standard_voice"], UsageTotals { calls: 1, seconds: 7, characters: 1_500, cost_cents: 45 });
     }
 }

@@ -48,10 +48,10 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Rebuilds the durable state: the newest snapshot, then every event after it.
-pub fn recover(store: &dyn Store, platform_capacity_default: u32) -> Result<DurableState, StoreError> {
+pub fn recover(store: &dyn Store) -> Result<DurableState, StoreError> {
     let mut state = match store.latest_snapshot()? {
         Some((seq, bytes)) => codec::decode::<DurableState>(&bytes).map_err(|source| StoreError::Codec { seq, source })?,
-        None => DurableState::new(platform_capacity_default),
+        None => DurableState::new(),
     };
     store.scan_after(state.last_seq, &mut |seq, bytes| {
         let event: Event = codec::decode(bytes).map_err(|source| StoreError::Codec { seq, source })?;

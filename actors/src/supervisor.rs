@@ -26,8 +26,13 @@ use crate::tenant::TenantMsg;
 use std::collections::BTreeSet;
 use tokio::sync::oneshot;
 
+/// Global feature flags at once; past it a new flag is refused.
+pub const GLOBAL_FLAGS_MAX: usize = 256;
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CreateError {
+    #[error("at most {0} exist at once")]
+    TooMany(usize),
     #[error("already exists")]
     Exists,
     #[error("tenant {0} does not exist")]
@@ -45,6 +50,12 @@ pub enum SupervisorMsg {
     },
     CreateLine {
         record: LineRecord,
+        reply: RpcReplyPort<Result<(), CreateError>>,
+    },
+    /// Creates or changes a global feature flag.
+    SetFlag {
+        name: String,
+        enabled: bool,
         reply: RpcReplyPort<Result<(), CreateError>>,
     },
     /// The watchdog's tick: ask every live call whether it is stuck.
@@ -71,7 +82,7 @@ impl Actor for Supervisor {
     type State = SupervisorState;
     type Arguments = DurableState;
 
-    async fn pre_start(&self, myself: ActorRef<SupervisorMsg>, durable: DurableState) -> Result<SupervisorState, ActorProcessingErr> {
+    async fn pre_start(&self, myself: ActorRef<SupervisorMsg>, mut durable: DurableState) -> Result<SupervisorState, ActorProcessingErr> {
         let writer = JournalWriter {
             store: Arc::clone(&self.store),
             telemetry: Arc::clone(&self.context.telemetry),
@@ -80,6 +91,8 @@ impl Actor for Supervisor {
         };
         let (journal, _) = Actor::spawn_linked(None, writer, durable.clone(), myself.get_cell()).await?;
         self.context.directory.write().journal = Some(journal.clone());
+        self.create_configured_pools(&journal, &mut durable).await?;
+        *self.context.flags.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = durable.flags.clone();
         self.boot_children(&myself, &durable).await?;
         myself.send_interval(self.context.settings.sweep_interval, || SupervisorMsg::Sweep);
         Ok(SupervisorState { journal_id: journal.get_id(), journal, stopping: false })
@@ -97,6 +110,9 @@ impl Actor for Supervisor {
             }
             SupervisorMsg::CreateLine { record, reply } => {
                 let _ = reply.send(self.create_line(&myself, state, record).await);
+            }
+            SupervisorMsg::SetFlag { name, enabled, reply } => {
+                let _ = reply.send(self.set_flag(state, name, enabled).await);
             }
             SupervisorMsg::Sweep => {
                 let calls: Vec<ActorRef<CallMsg>> = self.context.directory.read().calls.values().map(|c| c.actor.clone()).collect();
@@ -152,11 +168,36 @@ fn release_all<M: ractor::Message>(actor: Option<&ActorRef<M>>, calls: Vec<CallI
 }
 
 impl Supervisor {
+    /// Pools in the config that the journal does not know yet are created, durably, before
+    /// anything runs. Journaled pools keep their journaled limits (changed live since).
+    async fn create_configured_pools(&self, journal: &ActorRef<JournalMsg>, durable: &mut DurableState) -> Result<(), ActorProcessingErr> {
+        for (name, spec) in self.context.settings.arbitration.pools.iter() {
+            if durable.pools.contains_key(name) {
+                continue;
+            }
+            let reserved = spec.reserved.iter().filter(|(_, n)| **n > 0).map(|(c, n)| (c.clone(), *n)).collect();
+            let event = Event::PoolConfigured { pool: name.clone(), capacity: spec.capacity, reserved };
+            let seq = crate::append(journal, event.clone(), Guard::default(), self.context.settings.journal_timeout).await?;
+            durable.apply(seq, &event)?;
+        }
+        Ok(())
+    }
+
+    async fn set_flag(&self, state: &SupervisorState, name: String, enabled: bool) -> Result<(), CreateError> {
+        let exists = self.context.flag(&name).is_some();
+        if !exists && self.context.flags.read().unwrap_or_else(|poisoned| poisoned.into_inner()).len() >= GLOBAL_FLAGS_MAX {
+            return Err(CreateError::TooMany(GLOBAL_FLAGS_MAX));
+        }
+        let event = Event::FlagSet { name: name.clone(), enabled };
+        crate::append(&state.journal, event, Guard::default(), self.context.settings.journal_timeout).await?;
+        self.context.flags.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(name, enabled);
+        Ok(())
+    }
+
     async fn boot_children(&self, myself: &ActorRef<SupervisorMsg>, durable: &DurableState) -> Result<(), ActorProcessingErr> {
         let context = &self.context;
         let cell = myself.get_cell();
-        let all_live = durable.live_calls.keys().copied().collect();
-        context.spawn_platform(cell.clone(), durable.platform_capacity, all_live, 0).await?;
+        context.spawn_platform(cell.clone(), durable.pools.clone(), durable.pool_held(), 0).await?;
         for tenant in durable.tenants.values() {
             context.spawn_tenant(cell.clone(), tenant.clone(), durable.tenant_active(&tenant.id), 0).await?;
         }
@@ -193,9 +234,10 @@ impl Supervisor {
                 let ended = self.ended_since(state, held).await?;
                 release_all(context.directory.read().lines.get(&id).map(|l| &l.slot.actor), ended, |call| LineMsg::Release { call });
             }
-            Handover::Platform(capacity, held) => {
-                context.spawn_platform(cell, capacity, held.clone(), generation).await?;
-                let ended = self.ended_since(state, held).await?;
+            Handover::Platform(pools, held) => {
+                let calls = held.keys().copied().collect();
+                context.spawn_platform(cell, pools, held, generation).await?;
+                let ended = self.ended_since(state, calls).await?;
                 release_all(context.directory.read().platform.as_ref().map(|p| &p.actor), ended, |call| PlatformMsg::Release { call });
             }
             Handover::Call(record) => context.spawn_call(cell, record).await?,

@@ -7,9 +7,10 @@
 //! reserved. If an actor crashed mid-way, the journal refuses the stale append and the
 //! admission is retried against the rebuilt actors (see `journal.rs`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef, RpcReplyPort};
@@ -18,19 +19,23 @@ use tokio::sync::{Semaphore, oneshot};
 use crate::call::{CallError, CallMsg};
 use crate::clock::Clock;
 use crate::context::{Context, Settings};
-use crate::core::call::CallCore;
+use crate::core::call::{CallCore, EndReport};
+use crate::core::features::{FeatureDecision, UsageAlert, can_use, usage_alert};
+use crate::core::pool::{PoolDenial, PoolView, Request};
 use crate::core::slots::Full;
 use crate::directory::{CallLookup, SharedDirectory};
-use crate::event::{Event, IdempotencyStamp};
+use crate::event::{Event, IdempotencyStamp, WaitOutcome};
 use crate::journal::{AppendError, Entity, Guard, JournalMsg};
-use crate::model::{CallId, CallRecord, Direction, EndedCall, LineRecord, TenantRecord, mask_phone};
+use crate::model::{
+    CallId, CallRecord, Direction, EndedCall, LineRecord, OUTCOME_PROVIDER_REJECTED, TenantRecord, Voice, mask_phone, month_of_ms,
+};
 use crate::phone_line::{LineMsg, LineView};
-use crate::platform::{PlatformMsg, PlatformView};
-use crate::state::{DurableState, IdempotencyRecord, StateDigest};
+use crate::platform::{PlatformMsg, PoolAnswer, PoolError, Route};
+use crate::state::{DurableState, IdempotencyRecord, PoolRecord, StateDigest, UsageTotals};
 use crate::store::Store;
 use crate::supervisor::{CreateError, Supervisor, SupervisorMsg};
 use crate::telemetry::{AdmissionOutcome, Telemetry};
-use crate::tenant::{TenantMsg, TenantPatch, TenantView};
+use crate::tenant::{FeatureQuery, TenantError, TenantMsg, TenantPatch, TenantView};
 
 /// Attempts at one admission when actors it reserved in were rebuilt under it.
 const ADMISSION_ATTEMPTS_MAX: u32 = 3;
@@ -42,6 +47,12 @@ pub enum DenialCode {
     TenantLimitReached,
     LineBusy,
     PlatformCapacityFull,
+    /// Slots are free, but only headroom reserved for higher classes.
+    PlatformCapacityFullForPlan,
+    /// The class's waiting queue is at its bound.
+    QueueFull,
+    /// The provider rate-limited the pool (503, not 429: it is the platform's trouble).
+    PlatformCapacityExceeded,
 }
 
 impl DenialCode {
@@ -50,17 +61,24 @@ impl DenialCode {
             DenialCode::TenantLimitReached => "TENANT_LIMIT_REACHED",
             DenialCode::LineBusy => "LINE_BUSY",
             DenialCode::PlatformCapacityFull => "PLATFORM_CAPACITY_FULL",
+            DenialCode::PlatformCapacityFullForPlan => "PLATFORM_CAPACITY_FULL_FOR_PLAN",
+            DenialCode::QueueFull => "QUEUE_FULL",
+            DenialCode::PlatformCapacityExceeded => "PLATFORM_CAPACITY_EXCEEDED",
         }
     }
 }
 
 /// Which limit bound, and how full it was.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Denial {
     pub code: DenialCode,
     pub current_active: u32,
     pub limit: u32,
     pub retry_after_s: u32,
+    /// The pool, for pool denials.
+    pub pool: Option<String>,
+    /// How long the request waited for a slot before this answer.
+    pub waited_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,10 +93,15 @@ pub struct AdmitRequest {
     pub to: Option<String>,
     pub from: Option<String>,
     pub idempotency: Option<IdempotencyStamp>,
+    pub voice: Voice,
+    /// A premium call may go to the standard pool when premium is not available.
+    pub fallback: bool,
+    /// How long the request may wait for a pool slot (0: fail fast). Capped by config.
+    pub wait_ms: u64,
 }
 
 impl AdmitRequest {
-    /// The plainest admission: an outbound call for `tenant_id`, no line, no key.
+    /// The plainest admission: an outbound call for `tenant_id`, no line, no key, no wait.
     pub fn outbound(tenant_id: impl Into<String>) -> AdmitRequest {
         AdmitRequest {
             tenant_id: tenant_id.into(),
@@ -89,6 +112,9 @@ impl AdmitRequest {
             to: None,
             from: None,
             idempotency: None,
+            voice: Voice::Standard,
+            fallback: true,
+            wait_ms: 0,
         }
     }
 }
@@ -110,6 +136,8 @@ pub enum AdmitError {
     LineNotOwned { line: String, owner: String },
     #[error("denied: {}", .0.code.as_str())]
     Denied(Denial),
+    #[error("premium voices are not available: {reason}")]
+    PremiumNotAvailable { reason: &'static str, requires_upgrade: bool },
     #[error("the idempotency key was used with a different request body")]
     IdempotencyMismatch,
     #[error("a request with this idempotency key is still being processed")]
@@ -143,9 +171,30 @@ pub enum CallState {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlatformSummary {
-    pub capacity: u32,
-    pub active: u32,
+    pub default_pool: String,
     pub sold_limits_total: u64,
+    pub pools: BTreeMap<String, PoolSummary>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolSummary {
+    pub view: PoolView,
+    pub reserved: BTreeMap<String, u32>,
+    /// Limits sold on this pool: every tenant on the default pool, tenants that may use premium
+    /// voices on the premium pool.
+    pub sold_limits: u64,
+    /// The journal's record: provider rejections and how waits ended.
+    pub record: PoolRecord,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TenantUpdateError {
+    #[error("not found")]
+    NotFound,
+    #[error("a tenant has at most {max} {what}")]
+    TooMany { what: &'static str, max: usize },
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub struct System {
@@ -161,6 +210,33 @@ pub struct System {
 enum Attempt {
     Retry,
     Fail(AdmitError),
+}
+
+/// One admission, across its attempts.
+struct Admission<'a> {
+    id: CallId,
+    request: &'a AdmitRequest,
+    force: bool,
+    started_ms: u64,
+    /// Until when it may wait for a pool slot (by the service clock).
+    deadline_ms: u64,
+}
+
+/// What the reservations granted.
+struct Granted {
+    plan: String,
+    class: String,
+    pool: String,
+    over_limit: bool,
+    waited_ms: u64,
+    fallback_reason: Option<&'static str>,
+}
+
+fn unanswered(error: AskError) -> Attempt {
+    match error {
+        AskError::Gone => Attempt::Retry,
+        AskError::Timeout => Attempt::Fail(AdmitError::Unavailable("an actor did not answer in time".into())),
+    }
 }
 
 /// Why an actor did not answer.
@@ -230,6 +306,7 @@ impl System {
             clock,
             telemetry,
             directory: SharedDirectory::default(),
+            flags: Default::default(),
             journal_alive: Arc::new(AtomicBool::new(true)),
         });
         let next_call_number = AtomicU64::new(durable.next_call_number);
@@ -265,21 +342,23 @@ impl System {
 
     /// Admits a call. The saga runs in its own task, so a caller that goes away (an HTTP client
     /// disconnecting drops the handler's future) cannot cut it short between a reservation and
-    /// its release, or between a durable append and the call's actor. Admissions in progress
-    /// are bounded; past the bound the answer is `Overloaded` at once.
+    /// its release, or between a durable append and the call's actor. Only a wait for a pool
+    /// slot notices the caller leaving: it leaves the queue. Admissions in progress are
+    /// bounded; past the bound the answer is `Overloaded` at once.
     pub async fn admit(self: &Arc<Self>, request: AdmitRequest) -> Result<Admitted, AdmitError> {
         let permit = Arc::clone(&self.admissions).try_acquire_owned().map_err(|_| AdmitError::Overloaded)?;
         let system = Arc::clone(self);
+        let (_caller_alive, caller_gone) = oneshot::channel::<()>();
         let admission = tokio::spawn(async move {
             let _permit = permit;
-            system.admit_to_completion(request).await
+            system.admit_to_completion(request, caller_gone).await
         });
         admission.await.unwrap_or_else(|failed| Err(AdmitError::Unavailable(format!("the admission failed: {failed}"))))
     }
 
-    async fn admit_to_completion(&self, request: AdmitRequest) -> Result<Admitted, AdmitError> {
+    async fn admit_to_completion(&self, request: AdmitRequest, caller_gone: oneshot::Receiver<()>) -> Result<Admitted, AdmitError> {
         let Some(stamp) = request.idempotency.clone() else {
-            return self.admit_new(request).await;
+            return self.admit_new(request, caller_gone).await;
         };
         let _claim = self.claim_key(&stamp.key)?;
         let now_ms = self.context.clock.now_ms();
@@ -297,7 +376,7 @@ impl System {
             }
             Some(_) => Err(AdmitError::IdempotencyMismatch),
             None if !has_room => Err(AdmitError::IdempotencyFull),
-            None => self.admit_new(request).await,
+            None => self.admit_new(request, caller_gone).await,
         }
     }
 
@@ -313,12 +392,15 @@ impl System {
         Ok(KeyClaim { system: self, key: key.to_owned() })
     }
 
-    async fn admit_new(&self, request: AdmitRequest) -> Result<Admitted, AdmitError> {
+    async fn admit_new(&self, request: AdmitRequest, mut caller_gone: oneshot::Receiver<()>) -> Result<Admitted, AdmitError> {
         self.check_references(&request)?;
         let force = request.direction == Direction::Inbound && request.already_connected;
         let id = CallId(self.next_call_number.fetch_add(1, Ordering::SeqCst));
+        let started_ms = self.context.clock.now_ms();
+        let wait_ms = request.wait_ms.min(self.context.settings.arbitration.wait_ms_max);
+        let admission = Admission { id, request: &request, force, started_ms, deadline_ms: started_ms.saturating_add(wait_ms) };
         for _ in 0..ADMISSION_ATTEMPTS_MAX {
-            match self.try_admit(id, &request, force).await {
+            match self.try_admit(&admission, &mut caller_gone).await {
                 Ok(call) => return Ok(self.admitted(call).await),
                 Err(Attempt::Retry) => tokio::task::yield_now().await,
                 Err(Attempt::Fail(error)) => {
@@ -350,7 +432,9 @@ impl System {
         Ok(())
     }
 
-    async fn try_admit(&self, id: CallId, request: &AdmitRequest, force: bool) -> Result<CallRecord, Attempt> {
+    async fn try_admit(&self, admission: &Admission<'_>, caller_gone: &mut oneshot::Receiver<()>) -> Result<CallRecord, Attempt> {
+        let request = admission.request;
+        let id = admission.id;
         let (tenant, line, platform, journal) = {
             let directory = self.context.directory.read();
             let tenant = directory.tenants.get(&request.tenant_id).cloned();
@@ -361,8 +445,9 @@ impl System {
             return Err(Attempt::Retry);
         }
         let mut reserved = Reserved::default();
-        let outcome = self.reserve_all(id, force, &tenant.actor, line.as_ref().map(|l| &l.actor), &platform.actor, &mut reserved).await;
-        let (plan, over_limit) = match outcome {
+        let outcome =
+            self.reserve_all(admission, &tenant.actor, line.as_ref().map(|l| &l.actor), &platform.actor, &mut reserved, caller_gone).await;
+        let granted = match outcome {
             Ok(granted) => granted,
             Err(attempt) => {
                 reserved.release(id);
@@ -378,8 +463,13 @@ impl System {
             provider_call_id: request.provider_call_id.clone(),
             to: request.to.clone(),
             from: request.from.clone(),
-            over_limit,
-            plan,
+            over_limit: granted.over_limit,
+            plan: granted.plan,
+            class: granted.class,
+            pool: granted.pool,
+            voice: request.voice,
+            fallback_reason: granted.fallback_reason.map(str::to_owned),
+            waited_ms: granted.waited_ms,
             started_at_ms: now_ms,
             last_activity_at_ms: now_ms,
         };
@@ -427,39 +517,162 @@ impl System {
         }
     }
 
-    /// Tenant, then line, then platform. Returns the tenant's plan and whether any limit was
-    /// exceeded by a forced (already connected inbound) admission.
+    fn deny(&self, code: DenialCode, full: Full) -> Attempt {
+        let retry_after_s = self.context.settings.retry_after_s;
+        let denial = Denial { code, current_active: full.current_active, limit: full.limit, retry_after_s, pool: None, waited_ms: 0 };
+        Attempt::Fail(AdmitError::Denied(denial))
+    }
+
+    /// Tenant, then line, then a pool slot. Returns what the call record needs from them.
     async fn reserve_all(
         &self,
-        call: CallId,
-        force: bool,
+        admission: &Admission<'_>,
         tenant: &ActorRef<TenantMsg>,
         line: Option<&ActorRef<LineMsg>>,
         platform: &ActorRef<PlatformMsg>,
         reserved: &mut Reserved,
-    ) -> Result<(String, bool), Attempt> {
+        caller_gone: &mut oneshot::Receiver<()>,
+    ) -> Result<Granted, Attempt> {
+        let (call, force) = (admission.id, admission.force);
         let timeout = self.timeout();
-        let retry_after_s = self.context.settings.retry_after_s;
-        let deny = |code: DenialCode, full: Full| {
-            Attempt::Fail(AdmitError::Denied(Denial { code, current_active: full.current_active, limit: full.limit, retry_after_s }))
-        };
-        let unanswered = |error: AskError| match error {
-            AskError::Gone => Attempt::Retry,
-            AskError::Timeout => Attempt::Fail(AdmitError::Unavailable("an actor did not answer in time".into())),
-        };
+        let arbitration = &self.context.settings.arbitration;
+        let feature = (admission.request.voice == Voice::Premium).then(|| FeatureQuery {
+            name: arbitration.premium_feature.clone(),
+            global: self.context.flag(&arbitration.premium_feature),
+            now_ms: admission.started_ms,
+        });
         reserved.tenant = Some(tenant.clone());
-        let tenant_grant = ask(tenant, |reply| TenantMsg::Reserve { call, force, reply }, timeout).await.map_err(unanswered)?;
-        let tenant_grant = tenant_grant.map_err(|full| deny(DenialCode::TenantLimitReached, full))?;
+        let tenant_grant = ask(tenant, |reply| TenantMsg::Reserve { call, force, feature, reply }, timeout).await.map_err(unanswered)?;
+        let tenant_grant = tenant_grant.map_err(|full| self.deny(DenialCode::TenantLimitReached, full))?;
         let mut over_limit = tenant_grant.over_limit;
         if let Some(line) = line {
             reserved.line = Some(line.clone());
             let granted = ask(line, |reply| LineMsg::Reserve { call, force, reply }, timeout).await.map_err(unanswered)?;
-            over_limit |= granted.map_err(|full| deny(DenialCode::LineBusy, full))?.over_limit;
+            over_limit |= granted.map_err(|full| self.deny(DenialCode::LineBusy, full))?.over_limit;
         }
+        let (route, fallback_reason) = self.route(admission.request, tenant_grant.feature)?;
+        let class = arbitration.classes.rank(&tenant_grant.class);
+        let pool_request = Request { call, tenant: admission.request.tenant_id.clone(), class, force, deadline_ms: admission.deadline_ms };
         reserved.platform = Some(platform.clone());
-        let granted = ask(platform, |reply| PlatformMsg::Reserve { call, force, reply }, timeout).await.map_err(unanswered)?;
-        over_limit |= granted.map_err(|full| deny(DenialCode::PlatformCapacityFull, full))?.over_limit;
-        Ok((tenant_grant.plan, over_limit))
+        let mut granted = self.reserve_pool(admission, platform, route, pool_request, &tenant_grant.class, caller_gone).await?;
+        granted.over_limit |= over_limit;
+        granted.fallback_reason = fallback_reason.or(granted.fallback_reason);
+        granted.plan = tenant_grant.plan;
+        granted.class = tenant_grant.class;
+        Ok(granted)
+    }
+
+    /// Which pool a request may use, and why a premium call was moved off premium.
+    fn route(&self, request: &AdmitRequest, feature: Option<FeatureDecision>) -> Result<(Route, Option<&'static str>), Attempt> {
+        let arbitration = &self.context.settings.arbitration;
+        let standard = Route::Pool(arbitration.default_pool.clone());
+        if request.voice == Voice::Standard {
+            return Ok((standard, None));
+        }
+        let decision = feature.expect("premium requests ask for the feature");
+        let refused = match (&arbitration.premium_pool, decision.allowed) {
+            (Some(premium), true) => {
+                let fallback = request.fallback.then(|| arbitration.default_pool.clone());
+                return Ok((Route::Premium { premium: premium.clone(), fallback }, None));
+            }
+            (None, _) => ("feature_not_available", false),
+            (Some(_), false) if decision.requires_upgrade => ("subscription_required", true),
+            (Some(_), false) => ("feature_not_available", false),
+        };
+        if request.fallback {
+            return Ok((standard, Some(refused.0)));
+        }
+        Err(Attempt::Fail(AdmitError::PremiumNotAvailable { reason: decision.reason, requires_upgrade: refused.1 }))
+    }
+
+    /// Asks the platform for a slot and, if the request may wait, waits for it until its
+    /// deadline or until its caller goes away, whichever comes first; then it leaves the queue
+    /// and the journal records how the wait ended.
+    async fn reserve_pool(
+        &self,
+        admission: &Admission<'_>,
+        platform: &ActorRef<PlatformMsg>,
+        route: Route,
+        request: Request,
+        class: &str,
+        caller_gone: &mut oneshot::Receiver<()>,
+    ) -> Result<Granted, Attempt> {
+        let waiting_pool = route.waiting_pool().to_owned();
+        let class_rank = request.class;
+        let (answer, mut answered) = oneshot::channel();
+        platform.cast(PlatformMsg::Request { route, request, answer }).map_err(|_| Attempt::Retry)?;
+        let now_ms = self.context.clock.now_ms();
+        let waits = admission.deadline_ms > now_ms;
+        let patience = Duration::from_millis(admission.deadline_ms.saturating_sub(now_ms));
+        let ended = tokio::select! {
+            biased;
+            answer = &mut answered => match answer {
+                Ok(answer) => return self.pool_answer(admission, answer, class).await,
+                Err(_) => return Err(Attempt::Retry),
+            },
+            _ = tokio::time::sleep(if waits { patience } else { self.timeout() }) => {
+                if waits { WaitOutcome::TimedOut } else {
+                    return Err(Attempt::Fail(AdmitError::Unavailable("the platform actor did not answer in time".into())));
+                }
+            }
+            _ = caller_gone, if waits => WaitOutcome::Cancelled,
+        };
+        // Whatever arrives from here on is refused by the closed channel (the platform then
+        // frees the slot); an answer sent before the close is still taken.
+        answered.close();
+        if let Ok(answer) = answered.try_recv() {
+            return self.pool_answer(admission, answer, class).await;
+        }
+        let timeout = self.timeout();
+        let call = admission.id;
+        let pool = waiting_pool.clone();
+        let denial =
+            ask(platform, |reply| PlatformMsg::Leave { call, pool, class: class_rank, reply }, timeout).await.map_err(unanswered)?;
+        let waited_ms = self.context.clock.now_ms().saturating_sub(admission.started_ms);
+        self.record_wait_end(&waiting_pool, class, &admission.request.tenant_id, waited_ms, ended).await;
+        Err(Attempt::Fail(AdmitError::Denied(self.pool_denial(waiting_pool, denial, waited_ms))))
+    }
+
+    async fn pool_answer(&self, admission: &Admission<'_>, answer: PoolAnswer, class: &str) -> Result<Granted, Attempt> {
+        match answer {
+            PoolAnswer::Granted { pool, over_limit, waited_ms, fallback_reason } => {
+                Ok(Granted { plan: String::new(), class: class.to_owned(), pool, over_limit, waited_ms, fallback_reason })
+            }
+            PoolAnswer::Denied { pool, denial, was_waiting } => {
+                let waited_ms = self.context.clock.now_ms().saturating_sub(admission.started_ms);
+                if was_waiting {
+                    self.record_wait_end(&pool, class, &admission.request.tenant_id, waited_ms, WaitOutcome::Cooldown).await;
+                }
+                Err(Attempt::Fail(AdmitError::Denied(self.pool_denial(pool, denial, waited_ms))))
+            }
+        }
+    }
+
+    /// Journals how a wait ended without a slot. The denial is answered either way: if the
+    /// record cannot be made durable, the journal is failing and says so on its own.
+    async fn record_wait_end(&self, pool: &str, class: &str, tenant_id: &str, waited_ms: u64, outcome: WaitOutcome) {
+        self.context.telemetry.wait_ended(class, outcome.as_str(), waited_ms as f64 / 1000.0);
+        let event =
+            Event::WaitAbandoned { pool: pool.to_owned(), class: class.to_owned(), tenant_id: tenant_id.to_owned(), waited_ms, outcome };
+        if let Err(error) = crate::append(&self.journal(), event, Guard::default(), self.context.settings.journal_timeout).await {
+            tracing::error!(%error, outcome = outcome.as_str(), "could not journal the end of a wait");
+        }
+    }
+
+    fn pool_denial(&self, pool: String, denial: PoolDenial, waited_ms: u64) -> Denial {
+        let retry_after_s = self.context.settings.retry_after_s;
+        let (code, current_active, limit, retry_after_s) = match denial {
+            PoolDenial::Full { current_active, limit } => (DenialCode::PlatformCapacityFull, current_active, limit, retry_after_s),
+            PoolDenial::FullForPlan { current_active, limit } => {
+                (DenialCode::PlatformCapacityFullForPlan, current_active, limit, retry_after_s)
+            }
+            PoolDenial::QueueFull { waiting, limit } => (DenialCode::QueueFull, waiting, limit, retry_after_s),
+            PoolDenial::Cooldown { until_ms } => {
+                let remaining_s = until_ms.saturating_sub(self.context.clock.now_ms()).div_ceil(1000);
+                (DenialCode::PlatformCapacityExceeded, 0, 0, u32::try_from(remaining_s).unwrap_or(u32::MAX).max(1))
+            }
+        };
+        Denial { code, current_active, limit, retry_after_s, pool: Some(pool), waited_ms }
     }
 
     /// The call is durable: give it its actor, count it, and raise the alert if it is over.
@@ -478,6 +691,12 @@ impl System {
         } else {
             telemetry.admission(AdmissionOutcome::Admitted, &call.plan);
         }
+        if call.waited_ms > 0 {
+            telemetry.wait_ended(&call.class, "granted", call.waited_ms as f64 / 1000.0);
+        }
+        if let Some(reason) = &call.fallback_reason {
+            telemetry.premium_fallback(reason);
+        }
         if let Err(error) = self.context.spawn_call(self.supervisor.get_cell(), call.clone()).await {
             // The call is durable; the next start gives it an actor. Until then it holds its slots.
             tracing::error!(call_id = %call.id, %error, "could not start the call actor");
@@ -487,18 +706,76 @@ impl System {
 
     // ---------------------------------------------------------------- calls
 
-    pub async fn end_call(&self, id: CallId, outcome: String, duration_s: Option<u64>) -> Result<EndedCall, SystemError> {
+    pub async fn end_call(&self, id: CallId, end: EndReport) -> Result<EndedCall, SystemError> {
         let lookup = self.context.directory.read().call(id);
-        match lookup {
-            CallLookup::Ended(ended) => Ok(*ended),
-            CallLookup::Unknown => Err(SystemError::NotFound),
+        let ended = match lookup {
+            CallLookup::Ended(ended) => return Ok(*ended),
+            CallLookup::Unknown => return Err(SystemError::NotFound),
             CallLookup::Live(actor) => {
-                match ask(&actor, |reply| CallMsg::End { outcome, duration_s, reply }, self.context.settings.journal_timeout).await {
-                    Ok(Ok(ended)) => Ok(ended),
-                    Ok(Err(error)) => Err(SystemError::Unavailable(error.to_string())),
-                    Err(_) => self.ended_meanwhile(id),
+                match ask(&actor, |reply| CallMsg::End { end, reply }, self.context.settings.journal_timeout).await {
+                    Ok(Ok(ended)) => ended,
+                    Ok(Err(error)) => return Err(SystemError::Unavailable(error.to_string())),
+                    Err(_) => return self.ended_meanwhile(id),
                 }
             }
+        };
+        if ended.characters > 0 {
+            self.check_usage_alert(&ended).await;
+        }
+        Ok(ended)
+    }
+
+    /// The provider answered 429 when the platform tried to place `id` (seed 000 §4.5): the
+    /// pool cools down (and may learn a lower capacity), then the call ends and frees its
+    /// slots. A repeat for a call that ended this way answers the same record.
+    pub async fn provider_rejected(&self, id: CallId, cooldown_ms: u64) -> Result<EndedCall, SystemError> {
+        let lookup = self.context.directory.read().call(id);
+        let actor = match lookup {
+            CallLookup::Ended(ended) if ended.outcome == OUTCOME_PROVIDER_REJECTED => return Ok(*ended),
+            CallLookup::Ended(ended) => return Err(SystemError::CallEnded(ended)),
+            CallLookup::Unknown => return Err(SystemError::NotFound),
+            CallLookup::Live(actor) => actor,
+        };
+        let core = ask(&actor, |reply| CallMsg::Get { reply }, self.timeout()).await.map_err(|_| self.restarting("call"))?;
+        let platform = self.context.directory.read().platform();
+        let (pool, journal_timeout) = (core.record.pool.clone(), self.context.settings.journal_timeout);
+        match ask(&platform.actor, |reply| PlatformMsg::ProviderRejected { pool, call: id, cooldown_ms, reply }, journal_timeout).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(SystemError::Unavailable(error.to_string())),
+            Err(_) => return Err(self.restarting("platform")),
+        }
+        tracing::warn!(alert = "PROVIDER_RATE_LIMITED", call_id = %id, pool = %core.record.pool, cooldown_ms, "provider refused a call; pool cooling down");
+        self.end_call(id, EndReport::outcome(OUTCOME_PROVIDER_REJECTED)).await
+    }
+
+    fn restarting(&self, what: &str) -> SystemError {
+        SystemError::Unavailable(format!("the {what} actor is restarting; retry"))
+    }
+
+    /// Logs (and counts) a usage alert when this call carried its tenant's monthly characters
+    /// on the premium pool across 80 %, 95 % or 100 % of the add-on's limit.
+    async fn check_usage_alert(&self, ended: &EndedCall) {
+        let arbitration = &self.context.settings.arbitration;
+        if arbitration.premium_pool.as_deref() != Some(ended.call.pool.as_str()) {
+            return;
+        }
+        let (tenant_id, feature, pool) = (ended.call.tenant_id.clone(), arbitration.premium_feature.clone(), ended.call.pool.clone());
+        let month = month_of_ms(ended.ended_at_ms);
+        let read = self
+            .inspect(move |durable| {
+                let limit = durable.tenants.get(&tenant_id)?.addons.get(&feature)?.monthly_character_limit?;
+                let used = durable.usage.get(&tenant_id)?.get(&month)?.get(&pool)?.characters;
+                Some((limit, used))
+            })
+            .await;
+        let Ok(Some((limit, used))) = read else {
+            return;
+        };
+        let before = usage_alert(used.saturating_sub(ended.characters), limit);
+        let after = usage_alert(used, limit);
+        if after != before && after != UsageAlert::Ok {
+            self.context.telemetry.usage_alert(after.as_str());
+            tracing::warn!(alert = "USAGE_ALERT", level = after.as_str(), tenant_id = %ended.call.tenant_id, used, limit, "monthly premium characters crossed a threshold");
         }
     }
 
@@ -573,49 +850,134 @@ impl System {
 
     pub async fn get_tenant(&self, id: &str) -> Result<TenantView, SystemError> {
         let tenant = self.context.directory.read().tenants.get(id).cloned().ok_or(SystemError::NotFound)?;
-        ask(&tenant.actor, |reply| TenantMsg::Get { reply }, self.timeout())
-            .await
-            .map_err(|_| SystemError::Unavailable("the tenant's actor is restarting; retry".into()))
+        ask(&tenant.actor, |reply| TenantMsg::Get { reply }, self.timeout()).await.map_err(|_| self.restarting("tenant"))
     }
 
-    pub async fn update_tenant(&self, id: &str, patch: TenantPatch) -> Result<TenantView, SystemError> {
-        let tenant = self.context.directory.read().tenants.get(id).cloned().ok_or(SystemError::NotFound)?;
+    /// Applies a PATCH, a flag override or an add-on change, durably.
+    pub async fn update_tenant(&self, id: &str, patch: TenantPatch) -> Result<TenantView, TenantUpdateError> {
+        let tenant = self.context.directory.read().tenants.get(id).cloned().ok_or(TenantUpdateError::NotFound)?;
         match ask(&tenant.actor, |reply| TenantMsg::Update { patch, reply }, self.context.settings.journal_timeout).await {
             Ok(Ok(view)) => Ok(view),
-            Ok(Err(error)) => Err(SystemError::Unavailable(error.to_string())),
-            Err(_) => Err(SystemError::Unavailable("the tenant's actor is restarting; retry".into())),
+            Ok(Err(TenantError::TooMany { what, max })) => Err(TenantUpdateError::TooMany { what, max }),
+            Ok(Err(TenantError::Journal(error))) => Err(TenantUpdateError::Unavailable(error.to_string())),
+            Err(_) => Err(TenantUpdateError::Unavailable("the tenant actor is restarting; retry".into())),
         }
+    }
+
+    /// Seed 004's `canUseFeature` for a tenant, by the service clock.
+    pub async fn feature(&self, tenant_id: &str, name: &str) -> Result<FeatureDecision, SystemError> {
+        let view = self.get_tenant(tenant_id).await?;
+        let record = &view.record;
+        Ok(can_use(self.context.flag(name), record.flags.get(name).copied(), record.addons.get(name), self.now_ms()))
+    }
+
+    /// Creates or changes a global feature flag.
+    pub async fn set_flag(&self, name: String, enabled: bool) -> Result<(), CreateError> {
+        match ask(&self.supervisor, |reply| SupervisorMsg::SetFlag { name, enabled, reply }, self.context.settings.journal_timeout).await {
+            Ok(result) => result,
+            Err(_) => Err(CreateError::Journal(AppendError::Unknown)),
+        }
+    }
+
+    /// Global flags, by name.
+    pub fn flags(&self) -> BTreeMap<String, bool> {
+        self.context.flags.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// A tenant's usage in one month (`yyyymm`), per pool, and its add-ons.
+    pub async fn usage(&self, tenant_id: &str, month: u32) -> Result<(BTreeMap<String, UsageTotals>, TenantRecord), SystemError> {
+        let view = self.get_tenant(tenant_id).await?;
+        let id = tenant_id.to_owned();
+        let totals = self
+            .inspect(move |durable| durable.usage.get(&id).and_then(|months| months.get(&month)).cloned().unwrap_or_default())
+            .await
+            .map_err(SystemError::Unavailable)?;
+        Ok((totals, view.record))
     }
 
     pub async fn get_line(&self, id: &str) -> Result<LineView, SystemError> {
         let line = self.context.directory.read().lines.get(id).cloned().ok_or(SystemError::NotFound)?;
-        ask(&line.slot.actor, |reply| LineMsg::Get { reply }, self.timeout())
-            .await
-            .map_err(|_| SystemError::Unavailable("the line's actor is restarting; retry".into()))
+        ask(&line.slot.actor, |reply| LineMsg::Get { reply }, self.timeout()).await.map_err(|_| self.restarting("line"))
     }
 
+    /// Every pool as the platform actor holds it, and what is sold on each.
     pub async fn platform(&self) -> Result<PlatformSummary, SystemError> {
         let platform = self.context.directory.read().platform();
-        let view = ask(&platform.actor, |reply| PlatformMsg::Get { reply }, self.timeout())
-            .await
-            .map_err(|_| SystemError::Unavailable("the platform actor is restarting; retry".into()))?;
+        let view =
+            ask(&platform.actor, |reply| PlatformMsg::Get { reply }, self.timeout()).await.map_err(|_| self.restarting("platform"))?;
         let plans = Arc::clone(&self.context.settings.plans);
-        let sold_limits_total = self
+        let arbitration = Arc::clone(&self.context.settings.arbitration);
+        let now_ms = self.now_ms();
+        let flag = self.context.flag(&arbitration.premium_feature);
+        let (sold_limits_total, sold_premium, stats) = self
             .inspect(move |durable| {
-                durable.tenants.values().map(|t| u64::from(plans.effective_limit(&t.plan, t.concurrent_limit_override))).sum()
+                let mut total = 0u64;
+                let mut premium = 0u64;
+                for tenant in durable.tenants.values() {
+                    let limit = u64::from(plans.effective_limit(&tenant.plan, tenant.concurrent_limit_override));
+                    total += limit;
+                    let feature = &arbitration.premium_feature;
+                    if can_use(flag, tenant.flags.get(feature).copied(), tenant.addons.get(feature), now_ms).allowed {
+                        premium += limit;
+                    }
+                }
+                (total, premium, durable.pools.iter().map(|(name, pool)| (name.clone(), pool.clone())).collect::<BTreeMap<_, _>>())
             })
             .await
             .map_err(SystemError::Unavailable)?;
-        Ok(PlatformSummary { capacity: view.capacity, active: view.active.len() as u32, sold_limits_total })
+        let arbitration = &self.context.settings.arbitration;
+        let sold = |pool: &str| {
+            if pool == arbitration.default_pool {
+                sold_limits_total
+            } else if arbitration.premium_pool.as_deref() == Some(pool) {
+                sold_premium
+            } else {
+                0
+            }
+        };
+        let pools = view
+            .pools
+            .into_iter()
+            .map(|(name, pool)| {
+                let summary = PoolSummary {
+                    sold_limits: sold(&name),
+                    reserved: view.reserved[&name].clone(),
+                    record: stats.get(&name).cloned().unwrap_or_default(),
+                    view: pool,
+                };
+                (name, summary)
+            })
+            .collect();
+        Ok(PlatformSummary { default_pool: arbitration.default_pool.clone(), sold_limits_total, pools })
     }
 
-    pub async fn set_platform_capacity(&self, capacity: u32) -> Result<PlatformView, SystemError> {
+    /// Changes a pool's capacity and/or reservations live (journaled first).
+    pub async fn configure_pool(
+        &self,
+        pool: &str,
+        capacity: Option<u32>,
+        reserved: Option<BTreeMap<String, u32>>,
+    ) -> Result<(), SystemError> {
         let platform = self.context.directory.read().platform();
-        match ask(&platform.actor, |reply| PlatformMsg::SetCapacity { capacity, reply }, self.context.settings.journal_timeout).await {
-            Ok(Ok(view)) => Ok(view),
+        let pool = pool.to_owned();
+        match ask(
+            &platform.actor,
+            |reply| PlatformMsg::Configure { pool, capacity, reserved, reply },
+            self.context.settings.journal_timeout,
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(PoolError::UnknownPool(_))) => Err(SystemError::NotFound),
             Ok(Err(error)) => Err(SystemError::Unavailable(error.to_string())),
-            Err(_) => Err(SystemError::Unavailable("the platform actor is restarting; retry".into())),
+            Err(_) => Err(self.restarting("platform")),
         }
+    }
+
+    /// The default pool's capacity (`PATCH /v1/platform`, kept from the single-pool days).
+    pub async fn set_platform_capacity(&self, capacity: u32) -> Result<(), SystemError> {
+        let pool = self.context.settings.arbitration.default_pool.clone();
+        self.configure_pool(&pool, Some(capacity), None).await
     }
 
     // ---------------------------------------------------------------- state, faults, shutdown
@@ -667,7 +1029,8 @@ impl System {
         }
         let platform = self.context.directory.read().platform();
         let view = ask(&platform.actor, |reply| PlatformMsg::Get { reply }, timeout).await.map_err(gone)?;
-        digest.platform = (view.capacity, view.active);
+        digest.pools = view.digest();
+        digest.flags = self.flags();
         Ok(digest)
     }
 

@@ -16,7 +16,16 @@ pub trait Telemetry: Send + Sync + 'static {
     fn active_calls(&self, plan: &str, delta: i64);
     fn stuck_call_reclaimed(&self);
     fn journal_flushed(&self, seconds: f64, events: usize);
-    fn platform(&self, capacity: u32, active: u32);
+    /// A pool's effective capacity, active calls and waiters.
+    fn pool(&self, pool: &str, capacity: u32, active: u32, waiting: u32);
+    /// The provider answered 429 for a call on `pool`.
+    fn provider_rate_limited(&self, pool: &str);
+    /// A wait for a pool slot ended (`granted`, `timed_out`, `cancelled` or `cooldown`).
+    fn wait_ended(&self, class: &str, outcome: &'static str, seconds: f64);
+    /// A premium call went to the standard pool.
+    fn premium_fallback(&self, reason: &str);
+    /// A tenant's monthly premium characters crossed an alert level.
+    fn usage_alert(&self, level: &'static str);
 }
 
 /// Discards everything (unit tests).
@@ -28,5 +37,9 @@ impl Telemetry for NoTelemetry {
     fn active_calls(&self, _: &str, _: i64) {}
     fn stuck_call_reclaimed(&self) {}
     fn journal_flushed(&self, _: f64, _: usize) {}
-    fn platform(&self, _: u32, _: u32) {}
+    fn pool(&self, _: &str, _: u32, _: u32, _: u32) {}
+    fn provider_rate_limited(&self, _: &str) {}
+    fn wait_ended(&self, _: &str, _: &'static str, _: f64) {}
+    fn premium_fallback(&self, _: &str) {}
+    fn usage_alert(&self, _: &'static str) {}
 }

@@ -9,22 +9,51 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use crate::context::Arbitration;
+use crate::core::features::{FeatureDecision, can_use};
 use crate::core::slots::{Full, SlotTable};
 use crate::event::Event;
 use crate::journal::{AppendError, Guard, JournalMsg, unknown_outcome};
-use crate::model::{CallId, PlanTable, TenantRecord};
+use crate::model::{Addon, CallId, PlanTable, TenantRecord};
 
-/// A PATCH: `None` leaves a field alone; `Some(None)` clears a nullable one.
+/// Feature-flag overrides one tenant may have; past it a new one is refused.
+pub const TENANT_FLAGS_MAX: usize = 64;
+/// Add-on types one tenant may have; past it a new one is refused.
+pub const TENANT_ADDONS_MAX: usize = 16;
+
+/// A change to a tenant: `None` leaves a field alone; `Some(None)` clears a nullable one.
 #[derive(Clone, Debug, Default)]
 pub struct TenantPatch {
     pub name: Option<Option<String>>,
     pub plan: Option<String>,
     pub concurrent_limit_override: Option<Option<u32>>,
+    /// Sets (`Some`) or removes (`None`) a flag override.
+    pub flag: Option<(String, Option<bool>)>,
+    pub addon: Option<(String, Addon)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TenantError {
+    #[error("a tenant has at most {max} {what}")]
+    TooMany { what: &'static str, max: usize },
+    #[error(transparent)]
+    Journal(#[from] AppendError),
+}
+
+/// Asks the tenant, with its reservation, whether it may use a feature.
+#[derive(Clone, Debug)]
+pub struct FeatureQuery {
+    pub name: String,
+    /// The global flag (`None`: no such flag).
+    pub global: Option<bool>,
+    pub now_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TenantView {
     pub record: TenantRecord,
+    /// The plan's priority class.
+    pub class: String,
     pub limit: u32,
     pub active: BTreeSet<CallId>,
 }
@@ -32,13 +61,16 @@ pub struct TenantView {
 #[derive(Clone, Debug)]
 pub struct TenantGrant {
     pub plan: String,
+    pub class: String,
     pub over_limit: bool,
+    pub feature: Option<FeatureDecision>,
 }
 
 pub enum TenantMsg {
     Reserve {
         call: CallId,
         force: bool,
+        feature: Option<FeatureQuery>,
         reply: RpcReplyPort<Result<TenantGrant, Full>>,
     },
     Release {
@@ -46,7 +78,7 @@ pub enum TenantMsg {
     },
     Update {
         patch: TenantPatch,
-        reply: RpcReplyPort<Result<TenantView, AppendError>>,
+        reply: RpcReplyPort<Result<TenantView, TenantError>>,
     },
     Get {
         reply: RpcReplyPort<TenantView>,
@@ -57,6 +89,7 @@ pub enum TenantMsg {
 
 pub struct TenantActor {
     pub plans: Arc<PlanTable>,
+    pub arbitration: Arc<Arbitration>,
     pub journal: ActorRef<JournalMsg>,
     pub generation: u32,
     pub journal_timeout: Duration,
@@ -72,8 +105,9 @@ impl TenantState {
         plans.effective_limit(&self.record.plan, self.record.concurrent_limit_override)
     }
 
-    fn view(&self, plans: &PlanTable) -> TenantView {
-        TenantView { record: self.record.clone(), limit: self.limit(plans), active: self.slots.held().collect() }
+    fn view(&self, plans: &PlanTable, arbitration: &Arbitration) -> TenantView {
+        let class = arbitration.classes.class_of_plan(&self.record.plan).to_owned();
+        TenantView { record: self.record.clone(), class, limit: self.limit(plans), active: self.slots.held().collect() }
     }
 }
 
@@ -88,10 +122,18 @@ impl Actor for TenantActor {
 
     async fn handle(&self, _: ActorRef<TenantMsg>, msg: TenantMsg, state: &mut TenantState) -> Result<(), ActorProcessingErr> {
         match msg {
-            TenantMsg::Reserve { call, force, reply } => {
+            TenantMsg::Reserve { call, force, feature, reply } => {
                 let limit = state.limit(&self.plans);
                 let result = state.slots.reserve(call, limit, force);
-                let grant = result.map(|g| TenantGrant { plan: state.record.plan.clone(), over_limit: g.over_limit });
+                let grant = result.map(|g| TenantGrant {
+                    plan: state.record.plan.clone(),
+                    class: self.arbitration.classes.class_of_plan(&state.record.plan).to_owned(),
+                    over_limit: g.over_limit,
+                    feature: feature.map(|query| {
+                        let record = &state.record;
+                        can_use(query.global, record.flags.get(&query.name).copied(), record.addons.get(&query.name), query.now_ms)
+                    }),
+                });
                 let _ = reply.send(grant);
             }
             TenantMsg::Release { call } => {
@@ -99,14 +141,14 @@ impl Actor for TenantActor {
             }
             TenantMsg::Update { patch, reply } => {
                 let result = self.update(state, patch).await;
-                let unknown = matches!(result, Err(AppendError::Unknown));
+                let unknown = matches!(result, Err(TenantError::Journal(AppendError::Unknown)));
                 let _ = reply.send(result);
                 if unknown {
                     return Err(unknown_outcome());
                 }
             }
             TenantMsg::Get { reply } => {
-                let _ = reply.send(state.view(&self.plans));
+                let _ = reply.send(state.view(&self.plans, &self.arbitration));
             }
             TenantMsg::Crash => panic!("injected tenant crash"),
         }
@@ -115,7 +157,7 @@ impl Actor for TenantActor {
 }
 
 impl TenantActor {
-    async fn update(&self, state: &mut TenantState, patch: TenantPatch) -> Result<TenantView, AppendError> {
+    async fn update(&self, state: &mut TenantState, patch: TenantPatch) -> Result<TenantView, TenantError> {
         let mut record = state.record.clone();
         if let Some(name) = patch.name {
             record.name = name;
@@ -126,10 +168,28 @@ impl TenantActor {
         if let Some(limit_override) = patch.concurrent_limit_override {
             record.concurrent_limit_override = limit_override;
         }
+        match patch.flag {
+            Some((name, Some(enabled))) => {
+                if !record.flags.contains_key(&name) && record.flags.len() >= TENANT_FLAGS_MAX {
+                    return Err(TenantError::TooMany { what: "flag overrides", max: TENANT_FLAGS_MAX });
+                }
+                record.flags.insert(name, enabled);
+            }
+            Some((name, None)) => {
+                record.flags.remove(&name);
+            }
+            None => {}
+        }
+        if let Some((addon_type, addon)) = patch.addon {
+            if !record.addons.contains_key(&addon_type) && record.addons.len() >= TENANT_ADDONS_MAX {
+                return Err(TenantError::TooMany { what: "add-ons", max: TENANT_ADDONS_MAX });
+            }
+            record.addons.insert(addon_type, addon);
+        }
         let guard = Guard { tenant: Some((record.id.clone(), self.generation)), ..Guard::default() };
         let event = Event::TenantUpdated(record.clone());
         crate::append(&self.journal, event, guard, self.journal_timeout).await?;
         state.record = record;
-        Ok(state.view(&self.plans))
+        Ok(state.view(&self.plans, &self.arbitration))
     }
 }

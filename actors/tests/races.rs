@@ -8,7 +8,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use switchboard_actors::clock::ManualClock;
-use switchboard_actors::context::Settings;
+use switchboard_actors::context::{Arbitration, Settings};
+use switchboard_actors::core::call::EndReport;
 use switchboard_actors::journal::Entity;
 use switchboard_actors::model::TenantRecord;
 use switchboard_actors::state::DurableState;
@@ -18,10 +19,10 @@ use switchboard_actors::telemetry::NoTelemetry;
 
 async fn start() -> Arc<System> {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-    let settings = Settings { platform_capacity_default: 1000, ..Settings::default() };
+    let settings = Settings { arbitration: Arc::new(Arbitration::single_pool(1000)), ..Settings::default() };
     let system =
-        System::start(settings, store, DurableState::new(1000), ManualClock::new(1_800_000_000_000), Arc::new(NoTelemetry)).await.unwrap();
-    let record = TenantRecord { id: "t".into(), name: None, plan: "PRO".into(), concurrent_limit_override: Some(1000), created_at_ms: 0 };
+        System::start(settings, store, DurableState::new(), ManualClock::new(1_800_000_000_000), Arc::new(NoTelemetry)).await.unwrap();
+    let record = TenantRecord::new("t", "PRO", Some(1000), 0);
     system.create_tenant(record).await.unwrap();
     Arc::new(system)
 }
@@ -80,7 +81,7 @@ async fn an_end_racing_the_rebuild_of_its_tenant_is_released_in_the_new_actor() 
         let ending = Arc::clone(&system);
         let ends = tokio::spawn(async move {
             for id in ids {
-                let _ = ending.end_call(id, "completed".into(), None).await;
+                let _ = ending.end_call(id, EndReport::outcome("completed")).await;
             }
         });
         let before = system.generation(&tenant);

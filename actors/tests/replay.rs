@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use switchboard_actors::clock::ManualClock;
-use switchboard_actors::context::Settings;
+use switchboard_actors::context::{Arbitration, Settings};
+use switchboard_actors::core::call::EndReport;
 use switchboard_actors::journal::Entity;
-use switchboard_actors::model::{CallId, Direction, LineRecord, TenantRecord};
+use switchboard_actors::model::{CallId, Direction, LineRecord, TenantRecord, Voice};
 use switchboard_actors::state::DurableState;
 use switchboard_actors::store::{MemoryStore, Store, recover};
 use switchboard_actors::system::{AdmitRequest, System};
@@ -85,12 +86,12 @@ async fn crash(system: &System, target: usize) {
 async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let clock = ManualClock::new(1_800_000_000_000);
     let store = Arc::new(MemoryStore::default());
-    let settings = Settings { snapshot_every_events: 10, platform_capacity_default: 3, ..Settings::default() };
+    let settings = Settings { snapshot_every_events: 10, arbitration: Arc::new(Arbitration::single_pool(3)), ..Settings::default() };
     let shared: Arc<dyn Store> = store.clone();
     let system =
-        System::start(settings, shared, DurableState::new(3), clock.clone(), Arc::new(NoTelemetry)).await.map(Arc::new).expect("start");
+        System::start(settings, shared, DurableState::new(), clock.clone(), Arc::new(NoTelemetry)).await.map(Arc::new).expect("start");
     for (id, plan) in TENANTS {
-        let record = TenantRecord { id: id.into(), name: None, plan: plan.into(), concurrent_limit_override: None, created_at_ms: 0 };
+        let record = TenantRecord::new(id, plan, None, 0);
         system.create_tenant(record).await.expect("tenant");
     }
     for (id, tenant, channels) in LINES {
@@ -116,6 +117,9 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     to: None,
                     from: None,
                     idempotency: None,
+                    voice: Voice::Standard,
+                    fallback: true,
+                    wait_ms: 0,
                 };
                 if let Ok(admitted) = system.admit(request).await {
                     live.push(admitted.call.id);
@@ -123,7 +127,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::End { pick } if !live.is_empty() => {
                 let id = live.swap_remove(pick % live.len());
-                system.end_call(id, "completed".into(), None).await.expect("end");
+                system.end_call(id, EndReport::outcome("completed")).await.expect("end");
             }
             Op::Heartbeat { pick } if !live.is_empty() => {
                 let _ = system.heartbeat(live[pick % live.len()]).await;
@@ -144,7 +148,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let live_state = system.live_digest().await.expect("live digest");
     let durable = system.inspect(|d| d.digest()).await.expect("durable digest");
     prop_assert_eq!(&live_state, &durable, "live actors differ from the journal writer");
-    let replayed = recover(&*store, 3).expect("replay").digest();
+    let replayed = recover(&*store).expect("replay").digest();
     prop_assert_eq!(&live_state, &replayed, "a fresh replay differs from the live state");
     system.shutdown().await.expect("shutdown");
     Ok(())

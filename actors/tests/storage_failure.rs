@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use switchboard_actors::clock::ManualClock;
 use switchboard_actors::context::Settings;
+use switchboard_actors::core::call::EndReport;
 use switchboard_actors::model::TenantRecord;
 use switchboard_actors::state::DurableState;
 use switchboard_actors::store::{MemoryStore, Store, StoreError, Visit, WriteBatch};
@@ -42,11 +43,11 @@ impl Store for FailingStore {
 async fn a_failed_write_acknowledges_nothing_and_turns_the_system_unhealthy() {
     let store = Arc::new(FailingStore::default());
     let shared: Arc<dyn Store> = store.clone();
-    let system = System::start(Settings::default(), shared, DurableState::new(5), ManualClock::new(0), Arc::new(NoTelemetry))
+    let system = System::start(Settings::default(), shared, DurableState::new(), ManualClock::new(0), Arc::new(NoTelemetry))
         .await
         .map(Arc::new)
         .unwrap();
-    let tenant = TenantRecord { id: "acme".into(), name: None, plan: "PRO".into(), concurrent_limit_override: None, created_at_ms: 0 };
+    let tenant = TenantRecord::new("acme", "PRO", None, 0);
     system.create_tenant(tenant).await.unwrap();
     let first = system.admit(AdmitRequest::outbound("acme")).await.unwrap();
     assert!(system.healthy());
@@ -59,7 +60,7 @@ async fn a_failed_write_acknowledges_nothing_and_turns_the_system_unhealthy() {
     // Even once the disk recovers, nothing more is accepted until a restart replays the truth.
     store.failing.store(false, Ordering::SeqCst);
     assert!(matches!(system.admit(AdmitRequest::outbound("acme")).await, Err(AdmitError::Unavailable(_))));
-    assert!(system.end_call(first.call.id, "completed".into(), None).await.is_err());
+    assert!(system.end_call(first.call.id, EndReport::outcome("completed")).await.is_err());
     assert_eq!(store.inner.event_count(), events_before, "nothing after the failure reached the store");
 }
 
@@ -96,14 +97,14 @@ async fn appends_with_unknown_outcomes_are_settled_from_the_journal() {
     let store = Arc::new(SlowStore::default());
     let shared: Arc<dyn Store> = store.clone();
     let settings = Settings { journal_timeout: std::time::Duration::from_millis(100), ..Settings::default() };
-    let system = Arc::new(System::start(settings, shared, DurableState::new(5), ManualClock::new(0), Arc::new(NoTelemetry)).await.unwrap());
-    let tenant = TenantRecord { id: "acme".into(), name: None, plan: "PRO".into(), concurrent_limit_override: None, created_at_ms: 0 };
+    let system = Arc::new(System::start(settings, shared, DurableState::new(), ManualClock::new(0), Arc::new(NoTelemetry)).await.unwrap());
+    let tenant = TenantRecord::new("acme", "PRO", None, 0);
     system.create_tenant(tenant).await.unwrap();
 
     store.delay_ms.store(150, Ordering::SeqCst);
     let admitted =
         system.admit(AdmitRequest::outbound("acme")).await.expect("the slow admission became durable and is reported as admitted");
-    let ended = system.end_call(admitted.call.id, "completed".into(), None).await;
+    let ended = system.end_call(admitted.call.id, EndReport::outcome("completed")).await;
     assert!(ended.is_err(), "the end's outcome was unknown when the caller was answered: {ended:?}");
     store.delay_ms.store(0, Ordering::SeqCst);
 

@@ -5,9 +5,10 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use switchboard_actors::core::call::EndReport;
 use switchboard_actors::event::{IdempotencyStamp, fnv1a64};
-use switchboard_actors::model::{CallId, CallRecord, Direction, EndedCall};
-use switchboard_actors::system::{AdmitError, AdmitRequest, CallState, SystemError};
+use switchboard_actors::model::{CallId, CallRecord, Direction, EndedCall, Voice};
+use switchboard_actors::system::{AdmitError, AdmitRequest, CallState, DenialCode, SystemError};
 
 use super::AppStateRef;
 use super::extract::{JsonBody, QueryParams};
@@ -21,6 +22,10 @@ const LIST_LIMIT_MAX: usize = 200;
 const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
 /// A reported call duration beyond this is a typo, not a call.
 const DURATION_S_MAX: u64 = 31 * 24 * 60 * 60;
+/// Characters reported for one call beyond this are a typo.
+const CHARACTERS_MAX: u64 = 1_000_000_000;
+/// A provider cooldown beyond an hour is a typo.
+const RETRY_AFTER_S_MAX: u64 = 3_600;
 
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +42,12 @@ pub struct CreateCall {
     to: Option<String>,
     #[serde(default)]
     from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    voice: Option<Voice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fallback: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    wait_ms: Option<u64>,
 }
 
 impl CreateCall {
@@ -68,6 +79,15 @@ pub struct EndCall {
     outcome: Option<String>,
     #[serde(default)]
     duration_s: Option<u64>,
+    #[serde(default)]
+    characters: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderRejected {
+    #[serde(default)]
+    retry_after_s: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,6 +111,12 @@ pub struct CallView<'a> {
     status: &'static str,
     over_limit: bool,
     plan: &'a str,
+    class: &'a str,
+    pool: &'a str,
+    voice: Voice,
+    fell_back: bool,
+    fallback_reason: Option<&'a str>,
+    waited_ms: u64,
     provider_call_id: Option<&'a str>,
     to: Option<&'a str>,
     from: Option<&'a str>,
@@ -99,6 +125,8 @@ pub struct CallView<'a> {
     ended_at: Option<String>,
     outcome: Option<&'a str>,
     duration_s: Option<u64>,
+    characters: Option<u64>,
+    cost_cents: Option<u64>,
 }
 
 pub fn call_view<'a>(call: &'a CallRecord, ended: Option<&'a EndedCall>) -> CallView<'a> {
@@ -111,6 +139,12 @@ pub fn call_view<'a>(call: &'a CallRecord, ended: Option<&'a EndedCall>) -> Call
         status: if ended.is_some() { "ended" } else { "active" },
         over_limit: call.over_limit,
         plan: &call.plan,
+        class: &call.class,
+        pool: &call.pool,
+        voice: call.voice,
+        fell_back: call.fallback_reason.is_some(),
+        fallback_reason: call.fallback_reason.as_deref(),
+        waited_ms: call.waited_ms,
         provider_call_id: call.provider_call_id.as_deref(),
         to: call.to.as_deref(),
         from: call.from.as_deref(),
@@ -119,6 +153,8 @@ pub fn call_view<'a>(call: &'a CallRecord, ended: Option<&'a EndedCall>) -> Call
         ended_at: ended.map(|e| rfc3339(e.ended_at_ms)),
         outcome: ended.map(|e| e.outcome.as_str()),
         duration_s: ended.map(|e| e.duration_s),
+        characters: ended.map(|e| e.characters),
+        cost_cents: ended.map(|e| e.cost_cents),
     }
 }
 
@@ -177,6 +213,9 @@ pub async fn create(
         to: body.to,
         from: body.from,
         idempotency,
+        voice: body.voice.unwrap_or(Voice::Standard),
+        fallback: body.fallback.unwrap_or(true),
+        wait_ms: body.wait_ms.unwrap_or(0),
     };
     let admitted = system.admit(request).await.map_err(admit_problem)?;
     let mut response = (StatusCode::CREATED, axum::Json(call_view(&admitted.call, None))).into_response();
@@ -201,11 +240,30 @@ fn admit_problem(error: AdmitError) -> Problem {
                 .with_field("line_id")
         }
         AdmitError::Denied(denial) => {
-            let detail = format!("{} active of a limit of {}", denial.current_active, denial.limit);
-            Problem::new(StatusCode::TOO_MANY_REQUESTS, denial.code.as_str(), detail)
+            let (status, detail) = match denial.code {
+                DenialCode::PlatformCapacityExceeded => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "the provider is rate-limiting this pool; try again in a moment".to_owned())
+                }
+                DenialCode::QueueFull => {
+                    (StatusCode::TOO_MANY_REQUESTS, format!("{} already waiting, the most this class may", denial.current_active))
+                }
+                _ => (StatusCode::TOO_MANY_REQUESTS, format!("{} active of a limit of {}", denial.current_active, denial.limit)),
+            };
+            let mut problem = Problem::new(status, denial.code.as_str(), detail)
                 .retry_after(denial.retry_after_s)
                 .with("current_active", denial.current_active)
                 .with("limit", denial.limit)
+                .with("waited_ms", denial.waited_ms);
+            if let Some(pool) = denial.pool {
+                problem = problem.with("pool", pool);
+            }
+            problem
+        }
+        AdmitError::PremiumNotAvailable { reason, requires_upgrade } => {
+            Problem::new(StatusCode::FORBIDDEN, "PREMIUM_NOT_AVAILABLE", format!("premium voices are not available: {reason}"))
+                .with_field("voice")
+                .with("reason", reason)
+                .with("requires_upgrade", requires_upgrade)
         }
         AdmitError::IdempotencyMismatch => Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -249,10 +307,34 @@ pub async fn end(
     if let Some(duration_s) = body.duration_s {
         validate::range("duration_s", duration_s, 0, DURATION_S_MAX)?;
     }
+    if let Some(characters) = body.characters {
+        validate::range("characters", characters, 0, CHARACTERS_MAX)?;
+    }
     let id = parse_call_id(&raw_id)?;
     let system = state.system()?;
-    let outcome = body.outcome.unwrap_or_else(|| "completed".to_owned());
-    let ended = system.end_call(id, outcome, body.duration_s).await.map_err(|e| system_problem(e, "call", &raw_id))?;
+    let end = EndReport {
+        outcome: body.outcome.unwrap_or_else(|| "completed".to_owned()),
+        duration_s: body.duration_s,
+        characters: body.characters,
+    };
+    let ended = system.end_call(id, end).await.map_err(|e| system_problem(e, "call", &raw_id))?;
+    Ok(axum::Json(call_view(&ended.call, Some(&ended))).into_response())
+}
+
+/// `POST /v1/calls/{id}/provider-rejected`: the provider answered 429 when the platform tried
+/// to place this admitted call. Ends it (outcome `provider_rejected`), cools its pool down.
+pub async fn provider_rejected(
+    State(state): State<AppStateRef>,
+    Path(raw_id): Path<String>,
+    JsonBody(body): JsonBody<ProviderRejected>,
+) -> Result<Response, Problem> {
+    if let Some(retry_after_s) = body.retry_after_s {
+        validate::range("retry_after_s", retry_after_s, 1, RETRY_AFTER_S_MAX)?;
+    }
+    let id = parse_call_id(&raw_id)?;
+    let system = state.system()?;
+    let cooldown_ms = body.retry_after_s.map_or(system.settings().arbitration.provider_cooldown_ms_default, |s| s * 1000);
+    let ended = system.provider_rejected(id, cooldown_ms).await.map_err(|e| system_problem(e, "call", &raw_id))?;
     Ok(axum::Json(call_view(&ended.call, Some(&ended))).into_response())
 }
 

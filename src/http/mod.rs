@@ -6,6 +6,7 @@
 
 pub mod calls;
 pub mod extract;
+pub mod features;
 pub mod platform;
 pub mod problem;
 pub mod tenants;
@@ -18,7 +19,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post, put};
 use serde_json::json;
 use switchboard_actors::system::System;
 use tokio::sync::Semaphore;
@@ -68,11 +69,19 @@ pub fn app(state: AppStateRef) -> Router {
         .route("/calls/{id}", get(calls::show))
         .route("/calls/{id}/end", post(calls::end))
         .route("/calls/{id}/heartbeat", post(calls::heartbeat))
+        .route("/calls/{id}/provider-rejected", post(calls::provider_rejected))
         .route("/tenants", post(tenants::create))
         .route("/tenants/{id}", get(tenants::show).patch(tenants::update))
+        .route("/tenants/{id}/flags/{name}", put(features::put_tenant_flag).delete(features::delete_tenant_flag))
+        .route("/tenants/{id}/addons/{addon_type}", put(features::put_addon))
+        .route("/tenants/{id}/features/{name}", get(features::feature))
+        .route("/tenants/{id}/usage", get(features::usage))
         .route("/lines", post(tenants::create_line))
         .route("/lines/{id}", get(tenants::show_line))
-        .route("/platform", get(platform::show).patch(platform::update));
+        .route("/flags", get(features::list_flags))
+        .route("/flags/{name}", put(features::put_flag))
+        .route("/platform", get(platform::show).patch(platform::update))
+        .route("/platform/pools/{name}", patch(platform::update_pool));
     Router::new()
         .nest("/v1", v1)
         .route("/metrics", get(metrics_text))

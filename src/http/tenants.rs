@@ -68,16 +68,21 @@ fn check_limit_override(limit: Option<u32>) -> Result<(), Problem> {
     }
 }
 
-fn tenant_json(view: &TenantView) -> Value {
+pub fn tenant_json(view: &TenantView) -> Value {
     let record = &view.record;
+    let addons: serde_json::Map<String, Value> =
+        record.addons.iter().map(|(addon_type, addon)| (addon_type.clone(), super::features::addon_json(addon_type, addon))).collect();
     json!({
         "object": "tenant",
         "id": record.id,
         "name": record.name,
         "plan": record.plan,
+        "class": view.class,
         "concurrent_limit_override": record.concurrent_limit_override,
         "concurrent_limit": view.limit,
         "active_calls": view.active.len(),
+        "flags": record.flags,
+        "addons": addons,
         "created_at": rfc3339(record.created_at_ms),
     })
 }
@@ -102,6 +107,9 @@ fn create_problem(error: CreateError, what: &str) -> Problem {
         CreateError::UnknownTenant(id) => {
             Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "UNKNOWN_TENANT", format!("no tenant with id {id}")).with_field("tenant_id")
         }
+        CreateError::TooMany(max) => {
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "LIMIT_EXCEEDED", format!("at most {max} exist at once")).with_field("id")
+        }
         CreateError::Journal(error) => Problem::unavailable(error.to_string()),
         CreateError::Spawn(why) => Problem::unavailable(why),
     }
@@ -116,13 +124,7 @@ pub async fn create(State(state): State<AppStateRef>, JsonBody(body): JsonBody<C
     check_limit_override(body.concurrent_limit_override)?;
     let system = state.system()?;
     let now_ms = system.now_ms();
-    let record = TenantRecord {
-        id: body.id.clone(),
-        name: body.name,
-        plan: body.plan,
-        concurrent_limit_override: body.concurrent_limit_override,
-        created_at_ms: now_ms,
-    };
+    let record = TenantRecord { name: body.name, ..TenantRecord::new(body.id.clone(), body.plan, body.concurrent_limit_override, now_ms) };
     system.create_tenant(record).await.map_err(|e| create_problem(e, "tenant"))?;
     let view = system.get_tenant(&body.id).await.map_err(|e| system_problem(e, "tenant", &body.id))?;
     Ok((StatusCode::CREATED, axum::Json(tenant_json(&view))).into_response())
@@ -145,8 +147,13 @@ pub async fn update(
         check_plan(&state, plan)?;
     }
     check_limit_override(body.concurrent_limit_override.flatten())?;
-    let patch = TenantPatch { name: body.name, plan: body.plan, concurrent_limit_override: body.concurrent_limit_override };
-    let view = state.system()?.update_tenant(&id, patch).await.map_err(|e| system_problem(e, "tenant", &id))?;
+    let patch = TenantPatch {
+        name: body.name,
+        plan: body.plan,
+        concurrent_limit_override: body.concurrent_limit_override,
+        ..TenantPatch::default()
+    };
+    let view = state.system()?.update_tenant(&id, patch).await.map_err(|e| super::features::update_problem(e, &id))?;
     Ok(axum::Json(tenant_json(&view)).into_response())
 }
 

@@ -37,6 +37,75 @@ pub fn range<T: PartialOrd + std::fmt::Display + Copy>(field: &str, value: T, lo
     Ok(())
 }
 
+/// Names in config-like namespaces (flags, add-on types, pools, classes): 1–64 of `a-z 0-9 _`.
+pub fn slug(field: &str, value: &str) -> Result<(), Problem> {
+    let valid = (1..=64).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if valid { Ok(()) } else { Err(Problem::invalid(field, "must be 1-64 characters of a-z, 0-9 and '_'")) }
+}
+
+/// Days since 1970-01-01 of a civil date (Howard Hinnant's days_from_civil).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses an RFC 3339 timestamp (`2026-12-01T00:00:00Z`, fractional seconds and offsets
+/// allowed) to milliseconds since the epoch. Before 1970 is refused.
+pub fn parse_rfc3339(field: &str, value: &str) -> Result<u64, Problem> {
+    let bad = || Problem::invalid(field, "must be an RFC 3339 timestamp such as 2026-12-01T00:00:00Z");
+    let b = value.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':' {
+        return Err(bad());
+    }
+    let num = |range: std::ops::Range<usize>| -> Result<i64, Problem> {
+        let text = value.get(range).ok_or_else(bad)?;
+        if !text.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(bad());
+        }
+        text.parse().map_err(|_| bad())
+    };
+    let (year, month, day, hour, minute, second) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        _ => return Err(bad()),
+    };
+    if !(1..=days_in_month).contains(&day) || hour > 23 || minute > 59 || second > 59 {
+        return Err(bad());
+    }
+    let mut rest = &value[19..];
+    let mut millis = 0i64;
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let padded = format!("{:0<3}", &fraction[..digits.min(3)]);
+        millis = padded.parse().map_err(|_| bad())?;
+        rest = &fraction[digits..];
+    }
+    let offset_minutes = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && matches!(rest.as_bytes()[0], b'+' | b'-') && rest.as_bytes()[3] == b':' => {
+            let sign = if rest.starts_with('-') { -1 } else { 1 };
+            let (h, m): (i64, i64) = (rest[1..3].parse().map_err(|_| bad())?, rest[4..6].parse().map_err(|_| bad())?);
+            if h > 23 || m > 59 {
+                return Err(bad());
+            }
+            sign * (h * 60 + m)
+        }
+        _ => return Err(bad()),
+    };
+    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second - offset_minutes * 60;
+    u64::try_from(seconds * 1000 + millis).map_err(|_| Problem::invalid(field, "must not be before 1970"))
+}
+
 /// RFC 3339 UTC with milliseconds, from milliseconds since the epoch.
 pub fn rfc3339(ms: u64) -> String {
     let days = (ms / 86_400_000) as i64;
@@ -65,6 +134,17 @@ mod tests {
         assert!(e164("f", "+919876543210").is_ok());
         for bad in ["14155550123", "+0123", "+1", "+1234567890123456", "+1 415", ""] {
             assert!(e164("f", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_parses_what_it_formats_and_offsets() {
+        for ms in [0, 951_782_400_000, 1_795_000_000_123] {
+            assert_eq!(parse_rfc3339("f", &rfc3339(ms)).unwrap(), ms);
+        }
+        assert_eq!(parse_rfc3339("f", "2026-11-18T12:06:40.5+01:00").unwrap(), 1_795_000_000_500);
+        for bad in ["2026-02-29T00:00:00Z", "2026-11-18 11:06:40Z", "2026-11-18T11:06:40", "1969-12-31T23:59:59Z", "2026-13-01T00:00:00Z"] {
+            assert!(parse_rfc3339("f", bad).is_err(), "{bad}");
         }
     }
 

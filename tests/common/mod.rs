@@ -12,6 +12,9 @@ use switchboard::config::Config;
 use switchboard::server::{Running, spawn};
 use switchboard_actors::system::System;
 
+/// Events a fresh journal gets at boot: one `PoolConfigured` per default pool.
+pub const BOOT_EVENTS: u64 = 2;
+
 pub const TOKEN: &str = "test-admin-token-0123456789";
 
 pub struct TestServer {
@@ -37,6 +40,14 @@ impl TestServer {
 
     pub async fn stop(self) {
         self.running.shutdown().await.expect("clean shutdown");
+    }
+}
+
+/// Pools as plain counters: no headroom reserved for higher classes (the foundation's tests
+/// count capacity; the arbitration tests use the default reservations).
+pub fn no_reservations(config: &mut Config) {
+    for pool in config.pools.values_mut() {
+        pool.reserved.clear();
     }
 }
 

@@ -28,6 +28,21 @@ impl Stuck {
     }
 }
 
+/// What an end webhook reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndReport {
+    pub outcome: String,
+    /// Measured from the call's start when absent.
+    pub duration_s: Option<u64>,
+    pub characters: Option<u64>,
+}
+
+impl EndReport {
+    pub fn outcome(outcome: &str) -> EndReport {
+        EndReport { outcome: outcome.to_owned(), duration_s: None, characters: None }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CallCore {
     pub record: CallRecord,
@@ -56,9 +71,16 @@ impl CallCore {
 
     /// The final record an end at `now_ms` would produce. Nothing changes until the caller has
     /// made it durable and calls `commit_end`.
-    pub fn end_record(&self, now_ms: u64, outcome: String, duration_s: Option<u64>) -> EndedCall {
+    pub fn end_record(&self, now_ms: u64, end: EndReport, cost_cents: u64) -> EndedCall {
         let elapsed_ms = now_ms.saturating_sub(self.record.started_at_ms);
-        EndedCall { call: self.record.clone(), ended_at_ms: now_ms, outcome, duration_s: duration_s.unwrap_or(elapsed_ms.div_ceil(1000)) }
+        EndedCall {
+            call: self.record.clone(),
+            ended_at_ms: now_ms,
+            outcome: end.outcome,
+            duration_s: end.duration_s.unwrap_or(elapsed_ms.div_ceil(1000)),
+            characters: end.characters.unwrap_or(0),
+            cost_cents,
+        }
     }
 
     pub fn commit_end(&mut self, ended: EndedCall) {
@@ -96,7 +118,7 @@ mod tests {
     #[test]
     fn end_record_rounds_duration_up_and_ended_calls_are_never_stuck() {
         let mut core = call(1_000);
-        let ended = core.end_record(2_001, "completed".into(), None);
+        let ended = core.end_record(2_001, EndReport::outcome("completed"), 0);
         assert_eq!(ended.duration_s, 2);
         core.commit_end(ended);
         assert_eq!(core.verdict(1_000_000, WATCHDOG), None);

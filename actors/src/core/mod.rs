@@ -4,4 +4,6 @@
 //! carry out what they return; the proptests drive them directly.
 
 pub mod call;
+pub mod features;
+pub mod pool;
 pub mod slots;
