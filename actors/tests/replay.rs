@@ -1,6 +1,7 @@
-//! Property: whatever happens — admissions, ends, heartbeats, limit and capacity changes,
-//! crashed actors, time passing — the live actors, the journal writer's durable state and a
-//! fresh replay of the stored journal are the same state. (Each limit holding at admission is
+//! Property: whatever happens — admissions (waiting or not, standard or premium voice), ends
+//! with usage, heartbeats, limit, capacity and reservation changes, provider rejections,
+//! flags and add-ons, crashed actors, time passing — the live actors, the journal writer's
+//! durable state and a fresh replay of the stored journal are the same state. (Each limit holding at admission is
 //! the slot table's own proptest and the HTTP concurrency tests.)
 //! Runs the production actors on a current-thread runtime with the in-memory store.
 
@@ -8,11 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
+use switchboard_actors::clock::Clock;
 use switchboard_actors::clock::ManualClock;
-use switchboard_actors::context::{Arbitration, Settings};
+use switchboard_actors::context::Settings;
 use switchboard_actors::core::call::EndReport;
 use switchboard_actors::journal::Entity;
-use switchboard_actors::model::{CallId, Direction, LineRecord, TenantRecord, Voice};
+use switchboard_actors::model::{Addon, AddonStatus, BillingStatus, CallId, Direction, LineRecord, TenantRecord, Voice};
 use switchboard_actors::state::DurableState;
 use switchboard_actors::store::{MemoryStore, Store, recover};
 use switchboard_actors::system::{AdmitRequest, System};
@@ -22,25 +24,75 @@ use switchboard_actors::tenant::TenantPatch;
 const TENANTS: [(&str, &str); 3] = [("t0", "PRO"), ("t1", "PAYG"), ("t2", "STARTER")];
 const LINES: [(&str, usize, u32); 2] = [("+14155550300", 0, 2), ("+14155550301", 1, 1)];
 
+const PREMIUM_FEATURE: &str = "premium_voices";
+
 #[derive(Clone, Debug)]
 enum Op {
-    Admit { tenant: usize, line: Option<usize>, inbound: bool, connected: bool },
-    End { pick: usize },
-    Heartbeat { pick: usize },
+    Admit {
+        tenant: usize,
+        line: Option<usize>,
+        inbound: bool,
+        connected: bool,
+        premium: bool,
+        fallback: bool,
+    },
+    /// An admission that may wait (real time, a few ms) runs in the background meanwhile.
+    AdmitWaiting {
+        tenant: usize,
+        wait_ms: u64,
+    },
+    End {
+        pick: usize,
+        characters: Option<u64>,
+    },
+    Heartbeat {
+        pick: usize,
+    },
+    ProviderRejected {
+        pick: usize,
+        cooldown_ms: u64,
+    },
     SetCapacity(u32),
-    SetLimit { tenant: usize, limit: Option<u32> },
-    Crash { target: usize },
-    Advance { ms: u64 },
+    SetPool {
+        premium: bool,
+        capacity: u32,
+        reserved_priority: u32,
+    },
+    SetLimit {
+        tenant: usize,
+        limit: Option<u32>,
+    },
+    SetFlag(bool),
+    SetTenantFlag {
+        tenant: usize,
+        enabled: Option<bool>,
+    },
+    SetAddon {
+        tenant: usize,
+        paid: bool,
+    },
+    Crash {
+        target: usize,
+    },
+    Advance {
+        ms: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (0..3usize, proptest::option::of(0..2usize), any::<bool>(), any::<bool>())
-            .prop_map(|(tenant, line, inbound, connected)| Op::Admit { tenant, line, inbound, connected }),
-        4 => any::<usize>().prop_map(|pick| Op::End { pick }),
+        6 => (0..3usize, proptest::option::of(0..2usize), any::<bool>(), any::<bool>(), proptest::bool::weighted(0.3), any::<bool>())
+            .prop_map(|(tenant, line, inbound, connected, premium, fallback)| Op::Admit { tenant, line, inbound, connected, premium, fallback }),
+        2 => (0..3usize, 1..30u64).prop_map(|(tenant, wait_ms)| Op::AdmitWaiting { tenant, wait_ms }),
+        4 => (any::<usize>(), proptest::option::of(0..5_000u64)).prop_map(|(pick, characters)| Op::End { pick, characters }),
         1 => any::<usize>().prop_map(|pick| Op::Heartbeat { pick }),
+        1 => (any::<usize>(), 1..3_000u64).prop_map(|(pick, cooldown_ms)| Op::ProviderRejected { pick, cooldown_ms }),
         1 => (1..6u32).prop_map(Op::SetCapacity),
+        1 => (any::<bool>(), 1..6u32, 0..4u32).prop_map(|(premium, capacity, reserved_priority)| Op::SetPool { premium, capacity, reserved_priority }),
         1 => (0..3usize, proptest::option::of(1..4u32)).prop_map(|(tenant, limit)| Op::SetLimit { tenant, limit }),
+        1 => any::<bool>().prop_map(Op::SetFlag),
+        1 => (0..3usize, proptest::option::of(any::<bool>())).prop_map(|(tenant, enabled)| Op::SetTenantFlag { tenant, enabled }),
+        1 => (0..3usize, any::<bool>()).prop_map(|(tenant, paid)| Op::SetAddon { tenant, paid }),
         1 => (0..5usize).prop_map(|target| Op::Crash { target }),
         1 => (1..5_000u64).prop_map(|ms| Op::Advance { ms }),
     ]
@@ -83,10 +135,87 @@ async fn crash(system: &System, target: usize) {
     rebuilt(system, &entity, before).await;
 }
 
+fn request(tenant: usize, line: Option<usize>, direction: Direction, connected: bool) -> AdmitRequest {
+    let (tenant, line_id) = match line {
+        Some(l) => (LINES[l].1, Some(LINES[l].0.to_owned())),
+        None => (tenant, None),
+    };
+    AdmitRequest {
+        line_id,
+        direction,
+        already_connected: direction == Direction::Inbound && connected,
+        ..AdmitRequest::outbound(TENANTS[tenant].0)
+    }
+}
+
+type Waiting = tokio::task::JoinSet<Result<switchboard_actors::system::Admitted, switchboard_actors::system::AdmitError>>;
+
+async fn apply(system: &Arc<System>, clock: &ManualClock, live: &mut Vec<CallId>, waiting: &mut Waiting, op: Op) {
+    match op {
+        Op::Admit { tenant, line, inbound, connected, premium, fallback } => {
+            let direction = if inbound { Direction::Inbound } else { Direction::Outbound };
+            let voice = if premium { Voice::Premium } else { Voice::Standard };
+            let request = AdmitRequest { voice, fallback, ..request(tenant, line, direction, connected) };
+            if let Ok(admitted) = system.admit(request).await {
+                live.push(admitted.call.id);
+            }
+        }
+        Op::AdmitWaiting { tenant, wait_ms } => {
+            let request = AdmitRequest { wait_ms, ..request(tenant, None, Direction::Outbound, false) };
+            let system = Arc::clone(system);
+            waiting.spawn(async move { system.admit(request).await });
+        }
+        Op::End { pick, characters } if !live.is_empty() => {
+            let id = live.swap_remove(pick % live.len());
+            let end = EndReport { characters, ..EndReport::outcome("completed") };
+            system.end_call(id, end).await.expect("end");
+        }
+        Op::Heartbeat { pick } if !live.is_empty() => {
+            let _ = system.heartbeat(live[pick % live.len()]).await;
+        }
+        Op::ProviderRejected { pick, cooldown_ms } if !live.is_empty() => {
+            let id = live.swap_remove(pick % live.len());
+            system.provider_rejected(id, cooldown_ms).await.expect("provider rejected");
+        }
+        Op::SetCapacity(capacity) => system.set_platform_capacity(capacity).await.expect("capacity"),
+        Op::SetPool { premium, capacity, reserved_priority } => {
+            let pool = if premium { "premium_voice" } else { "standard_voice" };
+            let reserved = [("priority".to_owned(), reserved_priority)].into_iter().collect();
+            system.configure_pool(pool, Some(capacity), Some(reserved)).await.expect("pool");
+        }
+        Op::SetLimit { tenant, limit } => {
+            let patch = TenantPatch { concurrent_limit_override: Some(limit), ..TenantPatch::default() };
+            system.update_tenant(TENANTS[tenant].0, patch).await.expect("patch");
+        }
+        Op::SetFlag(enabled) => system.set_flag(PREMIUM_FEATURE.into(), enabled).await.expect("flag"),
+        Op::SetTenantFlag { tenant, enabled } => {
+            let patch = TenantPatch { flag: Some((PREMIUM_FEATURE.into(), enabled)), ..TenantPatch::default() };
+            system.update_tenant(TENANTS[tenant].0, patch).await.expect("tenant flag");
+        }
+        Op::SetAddon { tenant, paid } => {
+            // A trial ends two seconds from now by the manual clock, so `Advance` crosses it.
+            let (billing_status, trial_ends_at_ms) =
+                if paid { (BillingStatus::Paid, None) } else { (BillingStatus::Trial, Some(clock.now_ms() + 2_000)) };
+            let addon = Addon {
+                status: AddonStatus::Active,
+                billing_status,
+                trial_ends_at_ms,
+                monthly_character_limit: Some(3_000),
+                updated_at_ms: clock.now_ms(),
+            };
+            let patch = TenantPatch { addon: Some((PREMIUM_FEATURE.into(), addon)), ..TenantPatch::default() };
+            system.update_tenant(TENANTS[tenant].0, patch).await.expect("addon");
+        }
+        Op::Crash { target } => crash(system, target).await,
+        Op::Advance { ms } => clock.advance_ms(ms),
+        Op::End { .. } | Op::Heartbeat { .. } | Op::ProviderRejected { .. } => {}
+    }
+}
+
 async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let clock = ManualClock::new(1_800_000_000_000);
     let store = Arc::new(MemoryStore::default());
-    let settings = Settings { snapshot_every_events: 10, arbitration: Arc::new(Arbitration::single_pool(3)), ..Settings::default() };
+    let settings = Settings { snapshot_every_events: 10, ..Settings::default() };
     let shared: Arc<dyn Store> = store.clone();
     let system =
         System::start(settings, shared, DurableState::new(), clock.clone(), Arc::new(NoTelemetry)).await.map(Arc::new).expect("start");
@@ -101,47 +230,18 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             .expect("line");
     }
     let mut live: Vec<CallId> = Vec::new();
+    let mut waiting = Waiting::new();
     for op in ops {
-        match op {
-            Op::Admit { tenant, line, inbound, connected } => {
-                let (tenant, line_id) = match line {
-                    Some(l) => (LINES[l].1, Some(LINES[l].0.to_owned())),
-                    None => (tenant, None),
-                };
-                let request = AdmitRequest {
-                    tenant_id: TENANTS[tenant].0.into(),
-                    line_id,
-                    direction: if inbound { Direction::Inbound } else { Direction::Outbound },
-                    already_connected: inbound && connected,
-                    provider_call_id: None,
-                    to: None,
-                    from: None,
-                    idempotency: None,
-                    voice: Voice::Standard,
-                    fallback: true,
-                    wait_ms: 0,
-                };
-                if let Ok(admitted) = system.admit(request).await {
-                    live.push(admitted.call.id);
-                }
+        while let Some(joined) = waiting.try_join_next() {
+            if let Ok(admitted) = joined.expect("waiting admission task") {
+                live.push(admitted.call.id);
             }
-            Op::End { pick } if !live.is_empty() => {
-                let id = live.swap_remove(pick % live.len());
-                system.end_call(id, EndReport::outcome("completed")).await.expect("end");
-            }
-            Op::Heartbeat { pick } if !live.is_empty() => {
-                let _ = system.heartbeat(live[pick % live.len()]).await;
-            }
-            Op::SetCapacity(capacity) => {
-                system.set_platform_capacity(capacity).await.expect("capacity");
-            }
-            Op::SetLimit { tenant, limit } => {
-                let patch = TenantPatch { concurrent_limit_override: Some(limit), ..TenantPatch::default() };
-                system.update_tenant(TENANTS[tenant].0, patch).await.expect("patch");
-            }
-            Op::Crash { target } => crash(&system, target).await,
-            Op::Advance { ms } => clock.advance_ms(ms),
-            Op::End { .. } | Op::Heartbeat { .. } => {}
+        }
+        apply(&system, &clock, &mut live, &mut waiting, op).await;
+    }
+    while let Some(joined) = waiting.join_next().await {
+        if let Ok(admitted) = joined.expect("waiting admission task") {
+            live.push(admitted.call.id);
         }
     }
     system.sync().await.expect("sync");
