@@ -23,7 +23,7 @@
 //!   by one slot every `probe_interval_ms` without rejections (additive increase,
 //!   multiplicative decrease).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -108,6 +108,8 @@ struct Waiter {
 struct ClassQueue {
     by_tenant: BTreeMap<TenantId, VecDeque<Waiter>>,
     rotation: VecDeque<TenantId>,
+    /// Every waiter by arrival, so "is anyone aged?" is a lookup, not a scan.
+    by_age: BTreeSet<(u64, CallId)>,
     len: usize,
 }
 
@@ -117,8 +119,14 @@ impl ClassQueue {
         if queue.is_empty() {
             self.rotation.push_back(tenant.clone());
         }
+        self.by_age.insert((waiter.enqueued_at_ms, waiter.call));
         queue.push_back(waiter);
         self.len += 1;
+    }
+
+    /// When the longest-waiting waiter arrived.
+    fn oldest_ms(&self) -> Option<u64> {
+        self.by_age.first().map(|(at, _)| *at)
     }
 
     /// The first tenant in turn order whose oldest waiter satisfies `pick`.
@@ -130,6 +138,7 @@ impl ClassQueue {
     fn pop(&mut self, tenant: &TenantId) -> Waiter {
         let queue = self.by_tenant.get_mut(tenant).expect("picked tenant has a queue");
         let waiter = queue.pop_front().expect("picked tenant has a waiter");
+        self.by_age.remove(&(waiter.enqueued_at_ms, waiter.call));
         self.len -= 1;
         let position = self.rotation.iter().position(|t| t == tenant).expect("tenant with waiters is in rotation");
         self.rotation.remove(position);
@@ -145,6 +154,7 @@ impl ClassQueue {
         let queue = self.by_tenant.get_mut(tenant)?;
         let index = queue.iter().position(|w| w.call == call)?;
         let waiter = queue.remove(index).expect("index is in range");
+        self.by_age.remove(&(waiter.enqueued_at_ms, waiter.call));
         self.len -= 1;
         if queue.is_empty() {
             self.by_tenant.remove(tenant);
@@ -184,6 +194,8 @@ pub struct PoolCore {
     queues: Vec<ClassQueue>,
     /// Where each waiter is queued.
     waiting: BTreeMap<CallId, (ClassRank, TenantId)>,
+    /// Every waiter by deadline, so expiry is a lookup, not a scan.
+    deadlines: BTreeSet<(u64, CallId)>,
 }
 
 impl PoolCore {
@@ -208,6 +220,7 @@ impl PoolCore {
             held,
             queues: vec![ClassQueue::default(); classes],
             waiting: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
         }
     }
 
@@ -295,6 +308,7 @@ impl PoolCore {
         // A deadline already past when the request arrives (it spent its wait getting here)
         // makes it fail fast, like a deadline of now.
         let waiter = Waiter { call: request.call, enqueued_at_ms: now_ms, deadline_ms: request.deadline_ms.max(now_ms) };
+        self.deadlines.insert((waiter.deadline_ms, waiter.call));
         self.queues[class].push(&request.tenant, waiter);
         self.waiting.insert(request.call, (class, request.tenant.clone()));
         let mut grants = self.pump(now_ms);
@@ -318,8 +332,10 @@ impl PoolCore {
     }
 
     fn remove_waiter(&mut self, call: CallId) {
-        if let Some((class, tenant)) = self.waiting.remove(&call) {
-            self.queues[class].remove(&tenant, call);
+        if let Some((class, tenant)) = self.waiting.remove(&call)
+            && let Some(waiter) = self.queues[class].remove(&tenant, call)
+        {
+            self.deadlines.remove(&(waiter.deadline_ms, call));
         }
     }
 
@@ -379,6 +395,7 @@ impl PoolCore {
         self.learned = learned;
         self.cooldown_until_ms = cooldown_until_ms;
         self.waiting.clear();
+        self.deadlines.clear();
         self.queues.iter_mut().flat_map(ClassQueue::drain).collect()
     }
 
@@ -388,43 +405,45 @@ impl PoolCore {
         if now_ms < self.cooldown_until_ms {
             return grants;
         }
-        self.drop_expired_heads(now_ms);
+        self.drop_expired(now_ms);
         while let Some((class, tenant)) = self.pick(now_ms) {
             if !self.fits(class, now_ms) {
                 break;
             }
             let waiter = self.queues[class].pop(&tenant);
             self.waiting.remove(&waiter.call);
+            self.deadlines.remove(&(waiter.deadline_ms, waiter.call));
             self.held.insert(waiter.call, class);
             grants.push(Grant { call: waiter.call, waited_ms: now_ms.saturating_sub(waiter.enqueued_at_ms) });
-            self.drop_expired_heads(now_ms);
         }
         grants
     }
 
     /// Waiters past their deadline are never served (their admissions answer the timeout). A
     /// fail-fast request's deadline is its own arrival time, so it is not past it yet.
-    fn drop_expired_heads(&mut self, now_ms: u64) {
-        for class in 0..self.classes() {
-            while let Some(tenant) = self.queues[class].next_tenant(|w| w.deadline_ms < now_ms).cloned() {
-                let waiter = self.queues[class].pop(&tenant);
-                self.waiting.remove(&waiter.call);
+    fn drop_expired(&mut self, now_ms: u64) {
+        while let Some(&(deadline_ms, call)) = self.deadlines.first() {
+            if deadline_ms >= now_ms {
+                break;
             }
+            self.remove_waiter(call);
         }
     }
 
     /// The waiter to serve next: aged ones first (higher class first), else the highest class.
     fn pick(&self, now_ms: u64) -> Option<(ClassRank, TenantId)> {
         let aging_ms = self.timing.aging_ms;
-        let aged = |w: &Waiter| now_ms.saturating_sub(w.enqueued_at_ms) >= aging_ms;
+        let aged = |enqueued_at_ms: u64| now_ms.saturating_sub(enqueued_at_ms) >= aging_ms;
         for class in (0..self.classes()).rev() {
-            if self.could_ever_fit(class)
-                && let Some(tenant) = self.queues[class].next_tenant(aged)
+            let queue = &self.queues[class];
+            if queue.oldest_ms().is_some_and(aged)
+                && self.could_ever_fit(class)
+                && let Some(tenant) = queue.next_tenant(|w| aged(w.enqueued_at_ms))
             {
                 return Some((class, tenant.clone()));
             }
         }
-        (0..self.classes()).rev().find_map(|class| self.queues[class].next_tenant(|_| true).map(|t| (class, t.clone())))
+        (0..self.classes()).rev().find_map(|class| self.queues[class].rotation.front().map(|t| (class, t.clone())))
     }
 
     pub fn view(&self, now_ms: u64) -> PoolView {
