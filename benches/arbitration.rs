@@ -71,7 +71,9 @@ fn core_bench() {
     let mut handoffs = 0u64;
     while handoffs < HANDOFFS {
         now_ms += 1;
-        let Some(call) = held.pop_front() else { panic!("no held call: core active {} waiters {} handoffs {handoffs} now {now_ms}", pool.active(), pool.waiters()) };
+        let Some(call) = held.pop_front() else {
+            panic!("no held call: core active {} waiters {} handoffs {handoffs} now {now_ms}", pool.active(), pool.waiters())
+        };
         let grants = pool.release(call, now_ms);
         held.extend(grants.iter().map(|g| g.call));
         handoffs += grants.len() as u64;

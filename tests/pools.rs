@@ -6,8 +6,8 @@
 //! provider 429 cools the pool down and teaches it a lower capacity that grows back, pool state
 //! survives a restart, and bad input changes nothing.
 //!
-//! The two `server_bug_*` tests at the end are ignored: they reproduce bugs in the
-//! provider-rejection path and fail until it is fixed (`cargo test --test pools -- --ignored`).
+//! The two provider-rejection race tests at the end are regressions: the rejection used to run
+//! in three separate steps (check, journal, end); it now runs inside the call's own actor.
 
 mod common;
 
@@ -893,16 +893,10 @@ async fn post_at_once(server: &TestServer, count: usize, path: &str, body: Value
     answers
 }
 
-/// SERVER BUG (reported; ignored so the suite stays green — run with `-- --ignored`).
-/// `POST /v1/calls/{id}/provider-rejected` checks that the call is live, journals the rejection
-/// in the platform actor, then ends the call: three separate steps. Repeats of the same report
-/// that arrive before the first one has ended the call (a webhook retried on a slow answer) each
-/// pass the check, so the one rejection is journaled and counted once per repeat
-/// (`provider_rejections`, `switchboard_provider_rate_limits_total`), and some repeats get a 503
-/// "the call actor is restarting" instead of the same record.
+/// Repeats of one report that arrive before the first has ended the call (a webhook retried on
+/// a slow answer) count one rejection and all answer the same record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "SERVER BUG: concurrent repeats of a provider rejection are counted once per repeat"]
-async fn server_bug_concurrent_repeats_of_a_provider_rejection_count_once() {
+async fn concurrent_repeats_of_a_provider_rejection_count_once() {
     let dir = temp_dir();
     let server = start_in(dir.path(), |_| {}).await;
     let mut client = server.client().await;
@@ -923,15 +917,11 @@ async fn server_bug_concurrent_repeats_of_a_provider_rejection_count_once() {
     server.stop().await;
 }
 
-/// SERVER BUG (reported; ignored so the suite stays green — run with `-- --ignored`).
-/// A provider rejection racing the call's normal end: the rejection is journaled (pool cooled
-/// down, counted), then the end wins in the call actor, and `provider-rejected` answers 200
-/// with the *completed* record. Either order is fine on its own (rejected first: 200
-/// `provider_rejected`, and the end answers that record; ended first: 409 `CALL_ENDED`, nothing
-/// counted), but not a 200 that says "completed" beside a counted rejection.
+/// A provider rejection racing the call's normal end is one or the other: rejected first (200
+/// `provider_rejected`, and the end answers that record) or ended first (409 `CALL_ENDED`,
+/// nothing counted), never a 200 that says "completed" beside a counted rejection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "SERVER BUG: provider-rejected racing an end answers 200 with outcome completed and still cools the pool"]
-async fn server_bug_a_provider_rejection_racing_the_end_is_one_or_the_other() {
+async fn a_provider_rejection_racing_the_end_is_one_or_the_other() {
     for round in 0..10 {
         let dir = temp_dir();
         let server = start_in(dir.path(), |_| {}).await;

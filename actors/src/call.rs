@@ -19,7 +19,8 @@ use crate::core::call::{CallCore, EndReport, Watchdog};
 use crate::directory::SharedDirectory;
 use crate::event::Event;
 use crate::journal::{AppendError, Guard, JournalMsg, unknown_outcome};
-use crate::model::{CallRecord, EndedCall, OUTCOME_RECLAIMED_STALE};
+use crate::model::{CallRecord, EndedCall, OUTCOME_PROVIDER_REJECTED, OUTCOME_RECLAIMED_STALE};
+use crate::platform::PlatformMsg;
 use crate::telemetry::Telemetry;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -28,6 +29,8 @@ pub enum CallError {
     Ended(Box<EndedCall>),
     #[error(transparent)]
     Journal(#[from] AppendError),
+    #[error("the platform could not record the rejection: {0}")]
+    Platform(String),
 }
 
 pub enum CallMsg {
@@ -40,6 +43,12 @@ pub enum CallMsg {
     End {
         end: EndReport,
         reply: RpcReplyPort<Result<EndedCall, AppendError>>,
+    },
+    /// The provider refused to place this call (429): the pool cools down, then the call ends
+    /// as `provider_rejected`. In this actor, so repeats and a racing end see one outcome.
+    ProviderRejected {
+        cooldown_ms: u64,
+        reply: RpcReplyPort<Result<EndedCall, CallError>>,
     },
     /// The watchdog's periodic question: are you stuck?
     Sweep,
@@ -89,6 +98,14 @@ impl Actor for CallActor {
                     return Err(unknown_outcome());
                 }
             }
+            CallMsg::ProviderRejected { cooldown_ms, reply } => {
+                let result = self.provider_rejected(&myself, core, cooldown_ms).await;
+                let unknown = matches!(result, Err(CallError::Journal(AppendError::Unknown)));
+                let _ = reply.send(result);
+                if unknown {
+                    return Err(unknown_outcome());
+                }
+            }
             CallMsg::Sweep => {
                 let now_ms = self.clock.now_ms();
                 if let Some(stuck) = core.verdict(now_ms, self.watchdog) {
@@ -127,6 +144,25 @@ impl CallActor {
         crate::append(&self.journal, event, Guard::default(), self.journal_timeout).await?;
         core.heartbeat(at_ms);
         Ok(core.record.clone())
+    }
+
+    /// The pool learns from the rejection while this call still holds its slot, then the call
+    /// ends. An ended call answers its final record (the caller tells the outcomes apart).
+    async fn provider_rejected(&self, myself: &ActorRef<CallMsg>, core: &mut CallCore, cooldown_ms: u64) -> Result<EndedCall, CallError> {
+        if let Some(ended) = &core.ended {
+            return Ok(ended.clone());
+        }
+        let platform = self.directory.read().platform();
+        let (pool, call) = (core.record.pool.clone(), core.record.id);
+        let timeout = Some(self.journal_timeout);
+        match platform.actor.call(|reply| PlatformMsg::ProviderRejected { pool, call, cooldown_ms, reply }, timeout).await {
+            Ok(ractor::rpc::CallResult::Success(Ok(()))) => {
+                tracing::warn!(alert = "PROVIDER_RATE_LIMITED", call_id = %call, pool = %core.record.pool, cooldown_ms, "provider refused a call; pool cooling down");
+            }
+            Ok(ractor::rpc::CallResult::Success(Err(error))) => return Err(CallError::Platform(error.to_string())),
+            _ => return Err(CallError::Platform("the platform actor did not answer; retry".into())),
+        }
+        Ok(self.end(myself, core, EndReport::outcome(OUTCOME_PROVIDER_REJECTED)).await?)
     }
 
     async fn end(&self, myself: &ActorRef<CallMsg>, core: &mut CallCore, end: EndReport) -> Result<EndedCall, AppendError> {

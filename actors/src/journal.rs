@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::codec;
+use crate::core::features::{UsageAlert, usage_alert};
 use crate::event::Event;
 use crate::model::{CallId, CallRecord, EndedCall, LineId, LineRecord, TenantId, TenantRecord};
 use crate::state::{DurableState, PoolRecord};
@@ -140,6 +141,8 @@ pub struct JournalWriter {
     pub snapshot_every_events: u64,
     /// Cleared on a failed write: the service reports unready and refuses changes.
     pub healthy: Arc<AtomicBool>,
+    /// `(premium pool, premium feature)`: whose ended calls count against the add-on's limit.
+    pub usage_alerts: Option<(String, String)>,
 }
 
 pub struct JournalState {
@@ -208,6 +211,18 @@ impl Actor for JournalWriter {
 }
 
 impl JournalWriter {
+    /// For an end on the premium pool of a tenant whose add-on has a monthly limit: the tenant,
+    /// the limit, its premium characters this month before the event, and the call's.
+    fn premium_characters_before(&self, durable: &DurableState, event: &Event) -> Option<(String, u64, u64, u64)> {
+        let Event::CallEnded { id, ended_at_ms, characters, .. } = event else { return None };
+        let (pool, feature) = self.usage_alerts.as_ref()?;
+        let call = durable.live_calls.get(id).filter(|c| &c.pool == pool && *characters > 0)?;
+        let limit = durable.tenants.get(&call.tenant_id)?.addons.get(feature)?.monthly_character_limit?;
+        let month = crate::model::month_of_ms(*ended_at_ms);
+        let before = durable.usage.get(&call.tenant_id).and_then(|m| m.get(&month)).and_then(|p| p.get(pool)).map_or(0, |t| t.characters);
+        Some((call.tenant_id.clone(), limit, before, *characters))
+    }
+
     /// Checks, sequences, encodes and applies one event. Refusals change nothing.
     fn accept(&self, state: &mut JournalState, event: &Event, guard: &Guard) -> Result<Vec<u8>, AppendError> {
         if let Some(why) = &state.failed {
@@ -239,7 +254,16 @@ impl JournalWriter {
         let seq = state.durable.last_seq + 1;
         // The state is checked before the event is accepted, so a contradiction here is a bug
         // in the caller: refuse the event rather than write something replay would reject.
+        let metered = self.premium_characters_before(&state.durable, event);
         state.durable.apply(seq, event).map_err(|e| AppendError::Failed(e.to_string()))?;
+        if let Some((tenant_id, limit, before, characters)) = metered {
+            // Events are applied one at a time, in journal order: each crossing is seen once.
+            let (from, to) = (usage_alert(before, limit), usage_alert(before + characters, limit));
+            if to != from && to != UsageAlert::Ok {
+                self.telemetry.usage_alert(to.as_str());
+                tracing::warn!(alert = "USAGE_ALERT", level = to.as_str(), tenant_id = %tenant_id, used = before + characters, limit, "monthly premium characters crossed a threshold");
+            }
+        }
         state.events_since_snapshot += 1;
         if state.events_since_snapshot >= self.snapshot_every_events {
             state.snapshot_due = true;
@@ -368,6 +392,7 @@ mod tests {
             telemetry: Arc::new(NoTelemetry),
             snapshot_every_events: u64::MAX,
             healthy: Arc::new(AtomicBool::new(true)),
+            usage_alerts: None,
         };
         let (journal, _) = Actor::spawn(None, writer, durable).await.unwrap();
         let timeout = Duration::from_secs(5);

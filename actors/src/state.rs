@@ -186,6 +186,10 @@ impl DurableState {
             }
             Event::PoolConfigured { pool, capacity, reserved } => {
                 let record = self.pools.entry(pool.clone()).or_default();
+                if record.capacity != *capacity {
+                    // A new capacity forgets a learned one (as `PoolCore::set_limits` does).
+                    record.learned = None;
+                }
                 record.capacity = *capacity;
                 record.reserved = reserved.clone();
             }

@@ -88,6 +88,10 @@ impl Actor for Supervisor {
             telemetry: Arc::clone(&self.context.telemetry),
             snapshot_every_events: self.context.settings.snapshot_every_events,
             healthy: Arc::clone(&self.context.journal_alive),
+            usage_alerts: {
+                let arbitration = &self.context.settings.arbitration;
+                arbitration.premium_pool.clone().map(|pool| (pool, arbitration.premium_feature.clone()))
+            },
         };
         let (journal, _) = Actor::spawn_linked(None, writer, durable.clone(), myself.get_cell()).await?;
         self.context.directory.write().journal = Some(journal.clone());

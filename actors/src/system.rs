@@ -20,15 +20,13 @@ use crate::call::{CallError, CallMsg};
 use crate::clock::Clock;
 use crate::context::{Context, Settings};
 use crate::core::call::{CallCore, EndReport};
-use crate::core::features::{FeatureDecision, UsageAlert, can_use, usage_alert};
+use crate::core::features::{FeatureDecision, can_use};
 use crate::core::pool::{PoolDenial, PoolView, Request};
 use crate::core::slots::Full;
 use crate::directory::{CallLookup, SharedDirectory};
 use crate::event::{Event, IdempotencyStamp, WaitOutcome};
 use crate::journal::{AppendError, Entity, Guard, JournalMsg};
-use crate::model::{
-    CallId, CallRecord, Direction, EndedCall, LineRecord, OUTCOME_PROVIDER_REJECTED, TenantRecord, Voice, mask_phone, month_of_ms,
-};
+use crate::model::{CallId, CallRecord, Direction, EndedCall, LineRecord, OUTCOME_PROVIDER_REJECTED, TenantRecord, Voice, mask_phone};
 use crate::phone_line::{LineMsg, LineView};
 use crate::platform::{PlatformMsg, PoolAnswer, PoolError, Route};
 use crate::state::{DurableState, IdempotencyRecord, PoolRecord, StateDigest, UsageTotals};
@@ -570,19 +568,20 @@ impl System {
             return Ok((standard, None));
         }
         let decision = feature.expect("premium requests ask for the feature");
-        let refused = match (&arbitration.premium_pool, decision.allowed) {
+        let (fallback_reason, reason, requires_upgrade) = match (&arbitration.premium_pool, decision.allowed) {
             (Some(premium), true) => {
                 let fallback = request.fallback.then(|| arbitration.default_pool.clone());
                 return Ok((Route::Premium { premium: premium.clone(), fallback }, None));
             }
-            (None, _) => ("feature_not_available", false),
-            (Some(_), false) if decision.requires_upgrade => ("subscription_required", true),
-            (Some(_), false) => ("feature_not_available", false),
+            // No premium pool: premium is never available, whatever the tenant's subscription.
+            (None, _) => ("feature_not_available", crate::core::features::REASON_NOT_AVAILABLE, false),
+            (Some(_), false) if decision.requires_upgrade => ("subscription_required", decision.reason, true),
+            (Some(_), false) => ("feature_not_available", decision.reason, false),
         };
         if request.fallback {
-            return Ok((standard, Some(refused.0)));
+            return Ok((standard, Some(fallback_reason)));
         }
-        Err(Attempt::Fail(AdmitError::PremiumNotAvailable { reason: decision.reason, requires_upgrade: refused.1 }))
+        Err(Attempt::Fail(AdmitError::PremiumNotAvailable { reason, requires_upgrade }))
     }
 
     /// Asks the platform for a slot and, if the request may wait, waits for it until its
@@ -719,64 +718,32 @@ impl System {
                 }
             }
         };
-        if ended.characters > 0 {
-            self.check_usage_alert(&ended).await;
-        }
         Ok(ended)
     }
 
     /// The provider answered 429 when the platform tried to place `id` (seed 000 §4.5): the
     /// pool cools down (and may learn a lower capacity), then the call ends and frees its
-    /// slots. A repeat for a call that ended this way answers the same record.
+    /// slots. All of it runs in the call's actor, so a repeat answers the same record and a
+    /// call that ended otherwise (a racing end webhook) is a `CallEnded` conflict.
     pub async fn provider_rejected(&self, id: CallId, cooldown_ms: u64) -> Result<EndedCall, SystemError> {
         let lookup = self.context.directory.read().call(id);
-        let actor = match lookup {
-            CallLookup::Ended(ended) if ended.outcome == OUTCOME_PROVIDER_REJECTED => return Ok(*ended),
-            CallLookup::Ended(ended) => return Err(SystemError::CallEnded(ended)),
+        let ended = match lookup {
+            CallLookup::Ended(ended) => *ended,
             CallLookup::Unknown => return Err(SystemError::NotFound),
-            CallLookup::Live(actor) => actor,
+            CallLookup::Live(actor) => {
+                let journal_timeout = self.context.settings.journal_timeout;
+                match ask(&actor, |reply| CallMsg::ProviderRejected { cooldown_ms, reply }, journal_timeout).await {
+                    Ok(Ok(ended)) => ended,
+                    Ok(Err(error)) => return Err(SystemError::Unavailable(error.to_string())),
+                    Err(_) => self.ended_meanwhile(id)?,
+                }
+            }
         };
-        let core = ask(&actor, |reply| CallMsg::Get { reply }, self.timeout()).await.map_err(|_| self.restarting("call"))?;
-        let platform = self.context.directory.read().platform();
-        let (pool, journal_timeout) = (core.record.pool.clone(), self.context.settings.journal_timeout);
-        match ask(&platform.actor, |reply| PlatformMsg::ProviderRejected { pool, call: id, cooldown_ms, reply }, journal_timeout).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => return Err(SystemError::Unavailable(error.to_string())),
-            Err(_) => return Err(self.restarting("platform")),
-        }
-        tracing::warn!(alert = "PROVIDER_RATE_LIMITED", call_id = %id, pool = %core.record.pool, cooldown_ms, "provider refused a call; pool cooling down");
-        self.end_call(id, EndReport::outcome(OUTCOME_PROVIDER_REJECTED)).await
+        if ended.outcome == OUTCOME_PROVIDER_REJECTED { Ok(ended) } else { Err(SystemError::CallEnded(Box::new(ended))) }
     }
 
     fn restarting(&self, what: &str) -> SystemError {
         SystemError::Unavailable(format!("the {what} actor is restarting; retry"))
-    }
-
-    /// Logs (and counts) a usage alert when this call carried its tenant's monthly characters
-    /// on the premium pool across 80 %, 95 % or 100 % of the add-on's limit.
-    async fn check_usage_alert(&self, ended: &EndedCall) {
-        let arbitration = &self.context.settings.arbitration;
-        if arbitration.premium_pool.as_deref() != Some(ended.call.pool.as_str()) {
-            return;
-        }
-        let (tenant_id, feature, pool) = (ended.call.tenant_id.clone(), arbitration.premium_feature.clone(), ended.call.pool.clone());
-        let month = month_of_ms(ended.ended_at_ms);
-        let read = self
-            .inspect(move |durable| {
-                let limit = durable.tenants.get(&tenant_id)?.addons.get(&feature)?.monthly_character_limit?;
-                let used = durable.usage.get(&tenant_id)?.get(&month)?.get(&pool)?.characters;
-                Some((limit, used))
-            })
-            .await;
-        let Ok(Some((limit, used))) = read else {
-            return;
-        };
-        let before = usage_alert(used.saturating_sub(ended.characters), limit);
-        let after = usage_alert(used, limit);
-        if after != before && after != UsageAlert::Ok {
-            self.context.telemetry.usage_alert(after.as_str());
-            tracing::warn!(alert = "USAGE_ALERT", level = after.as_str(), tenant_id = %ended.call.tenant_id, used, limit, "monthly premium characters crossed a threshold");
-        }
     }
 
     /// The call actor stopped while we asked it: it either ended (and is in the directory's
@@ -797,7 +764,7 @@ impl System {
             {
                 Ok(Ok(record)) => Ok(record),
                 Ok(Err(CallError::Ended(ended))) => Err(SystemError::CallEnded(ended)),
-                Ok(Err(CallError::Journal(error))) => Err(SystemError::Unavailable(error.to_string())),
+                Ok(Err(error @ (CallError::Journal(_) | CallError::Platform(_)))) => Err(SystemError::Unavailable(error.to_string())),
                 Err(_) => Err(self.ended_meanwhile(id).map_or_else(|e| e, |ended| SystemError::CallEnded(Box::new(ended)))),
             },
         }

@@ -186,6 +186,11 @@ impl TenantActor {
             }
             record.addons.insert(addon_type, addon);
         }
+        if record == state.record {
+            // Nothing changes (a repeated PUT, a DELETE of an override that is not there):
+            // nothing to journal.
+            return Ok(state.view(&self.plans, &self.arbitration));
+        }
         let guard = Guard { tenant: Some((record.id.clone(), self.generation)), ..Guard::default() };
         let event = Event::TenantUpdated(record.clone());
         crate::append(&self.journal, event, guard, self.journal_timeout).await?;

@@ -477,7 +477,13 @@ fn request(core: &mut PoolCore, model: &mut Model, class: usize, tenant: usize, 
             ensure!(!must_grant, "a lone fail-fast request of class {class} that fits ({} free) was denied: {denial:?}", model.free());
             model.grants(&grants)?;
             model.remove(call);
-            let expected = model.expected_denial(class);
+            // A request that would fit on its own was held back by waiters ahead of it (an aged
+            // one holding the door): no slot for its plan right now.
+            let expected = if !model.cooling() && model.free() > model.reserved_above(class) {
+                PoolDenial::FullForPlan { current_active: model.active(), limit: model.active() }
+            } else {
+                model.expected_denial(class)
+            };
             ensure!(denial == expected, "denial {denial:?}, expected {expected:?}");
         }
     }
@@ -538,6 +544,9 @@ fn apply(core: &mut PoolCore, model: &mut Model, op: &Op) -> Result<(), String> 
             expire(core, model)
         }
         Op::SetLimits { capacity, reserved } => {
+            if model.capacity != *capacity {
+                model.learned = None; // a new capacity forgets a learned one
+            }
             model.capacity = *capacity;
             model.reserved = *reserved;
             model.capacity_changed();

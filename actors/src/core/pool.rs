@@ -317,11 +317,17 @@ impl PoolCore {
             return (Decision::Granted { over_limit: false }, grants);
         }
         if waits {
-            (Decision::Queued, grants)
-        } else {
-            self.remove_waiter(request.call);
-            (Decision::Denied(self.denial(class, now_ms)), grants)
+            return (Decision::Queued, grants);
         }
+        self.remove_waiter(request.call);
+        let denial = if self.fits(class, now_ms) {
+            // It would fit on its own, but waiters ahead of it come first (an aged one holds
+            // the door): no slot for its plan right now.
+            PoolDenial::FullForPlan { current_active: self.active(), limit: self.active() }
+        } else {
+            self.denial(class, now_ms)
+        };
+        (Decision::Denied(denial), grants)
     }
 
     /// A waiter gave up (timed out, or its client went away). Returns why it had no slot.
@@ -347,8 +353,13 @@ impl PoolCore {
         self.pump(now_ms)
     }
 
+    /// New limits. A new capacity also forgets a learned one: the operator has just said what
+    /// the provider allows (an account upgrade must not creep back one slot a minute).
     pub fn set_limits(&mut self, mut limits: PoolLimits, now_ms: u64) -> Vec<Grant> {
         limits.reserved.resize(self.classes(), 0);
+        if limits.capacity != self.limits.capacity {
+            self.learned = None;
+        }
         self.limits = limits;
         self.pump(now_ms)
     }
@@ -518,9 +529,10 @@ mod tests {
         }
         assert_eq!(ask(&mut pool, 10, "payg", STANDARD, 0, 30_000), Decision::Queued);
         assert!(pool.release(CallId(1), 6_000).is_empty(), "3 free is not more than the 3 reserved");
+        // It would fit on its own, but the aged waiter comes first: no slot for its plan now.
         assert_eq!(
             ask(&mut pool, 11, "pro", PRIORITY, 6_000, 0),
-            Decision::Denied(PoolDenial::FullForPlan { current_active: 2, limit: 3 })
+            Decision::Denied(PoolDenial::FullForPlan { current_active: 2, limit: 2 })
         );
         let grants = pool.release(CallId(2), 6_001);
         assert_eq!(grants, vec![Grant { call: CallId(10), waited_ms: 6_001 }]);
