@@ -756,3 +756,29 @@ async fn without_a_premium_pool_a_refused_premium_call_says_feature_not_availabl
     );
     server.stop().await;
 }
+
+/// Every map a client can grow has a bound: one flag override past `TENANT_FLAGS_MAX` is a 422
+/// `LIMIT_EXCEEDED` that changes nothing, while changing an existing override still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_has_a_bounded_number_of_flag_overrides() {
+    let dir = temp_dir();
+    let server = start_in(dir.path(), |_| {}).await;
+    let mut client = server.client().await;
+    create_tenant(&mut client, "acme", "PRO", None).await;
+    let max = switchboard_actors::tenant::TENANT_FLAGS_MAX;
+    for n in 0..=max {
+        set_flag(&mut client, &format!("f{n}"), true).await;
+    }
+    for n in 0..max {
+        set_override(&mut client, "acme", &format!("f{n}"), false).await;
+    }
+    let before = last_seq(&server).await;
+    let refused = put(&mut client, &format!("/v1/tenants/acme/flags/f{max}"), &json!({"enabled": false})).await;
+    let body = assert_problem(&refused, 422, "LIMIT_EXCEEDED");
+    assert_eq!(body["field"], "name");
+    assert_eq!(last_seq(&server).await, before, "nothing was journaled");
+    assert_eq!(get_json(&mut client, "/v1/tenants/acme").await["flags"].as_object().map(|f| f.len()), Some(max));
+    set_override(&mut client, "acme", "f0", true).await;
+    assert_live_equals_durable(&server.system).await;
+    server.stop().await;
+}
