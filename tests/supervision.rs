@@ -148,7 +148,7 @@ async fn crashed_actors_are_rebuilt_during_concurrent_admissions_without_losing_
     assert_live_equals_durable(system).await;
     let live = system.live_digest().await.unwrap();
     for tenant in TENANTS {
-        let (_, active) = &live.tenants[tenant];
+        let (_, active, _) = &live.tenants[tenant];
         assert!(active.len() <= 4, "{tenant} over its limit: {}", active.len());
         let expected: std::collections::BTreeSet<CallId> =
             live.live_calls.values().filter(|c| c.tenant_id == tenant).map(|c| c.id).collect();
@@ -163,7 +163,7 @@ async fn crashed_actors_are_rebuilt_during_concurrent_admissions_without_losing_
     }
     let live = system.live_digest().await.unwrap();
     assert!(live.pools["standard_voice"].held.is_empty());
-    assert!(live.tenants.values().all(|(_, active)| active.is_empty()));
+    assert!(live.tenants.values().all(|(_, active, _)| active.is_empty()));
     assert!(live.lines.values().all(|(_, active)| active.is_empty()));
     assert_live_equals_durable(system).await;
     server.stop().await;

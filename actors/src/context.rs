@@ -148,6 +148,7 @@ impl Context {
         record: TenantRecord,
         held: BTreeSet<CallId>,
         generation: u32,
+        balance: u64,
     ) -> Result<(), SpawnErr> {
         let journal = self.directory.read().journal();
         let actor = TenantActor {
@@ -158,7 +159,7 @@ impl Context {
             journal_timeout: self.settings.journal_timeout,
         };
         let id = record.id.clone();
-        let (actor, _) = Actor::spawn_linked(None, actor, (record, held), supervisor).await?;
+        let (actor, _) = Actor::spawn_linked(None, actor, (record, held, balance), supervisor).await?;
         let mut directory = self.directory.write();
         directory.by_actor.insert(actor.get_id(), Entity::Tenant(id.clone()));
         directory.tenants.insert(id, Slot { actor, generation });

@@ -93,7 +93,7 @@ impl Directory {
     pub fn finish_call_and_release(&mut self, ended: EndedCall) {
         let call = ended.call.id;
         if let Some(tenant) = self.tenants.get(&ended.call.tenant_id) {
-            let _ = tenant.actor.cast(TenantMsg::Release { call });
+            let _ = tenant.actor.cast(TenantMsg::Release { call, charge_s: ended.duration_s });
         }
         if let Some(line) = ended.call.line_id.as_ref().and_then(|id| self.lines.get(id)) {
             let _ = line.slot.actor.cast(LineMsg::Release { call });

@@ -47,6 +47,13 @@ pub enum Event {
         waited_ms: u64,
         outcome: WaitOutcome,
     },
+    /// An administrator added (positive) or removed (negative) credits.
+    CreditsAdjusted {
+        tenant_id: TenantId,
+        amount: i64,
+        reason: String,
+        at_ms: u64,
+    },
     /// A global feature flag was created or changed.
     FlagSet {
         name: String,
@@ -103,6 +110,7 @@ impl Event {
             Event::PoolProviderRejected { .. } => "pool_provider_rejected",
             Event::WaitAbandoned { .. } => "wait_abandoned",
             Event::FlagSet { .. } => "flag_set",
+            Event::CreditsAdjusted { .. } => "credits_adjusted",
             Event::CallAdmitted { .. } => "call_admitted",
             Event::CallHeartbeat { .. } => "call_heartbeat",
             Event::CallEnded { .. } => "call_ended",

@@ -91,7 +91,8 @@ pub fn unknown_outcome() -> ActorProcessingErr {
 /// An entity's state as the journal knows it, with its new generation.
 #[derive(Clone, Debug)]
 pub enum Handover {
-    Tenant(TenantRecord, BTreeSet<CallId>),
+    /// Record, held slots, credit balance.
+    Tenant(TenantRecord, BTreeSet<CallId>, u64),
     Line(LineRecord, BTreeSet<CallId>),
     /// Every pool, and every live call's pool and class.
     Platform(BTreeMap<String, PoolRecord>, BTreeMap<CallId, (String, String)>),
@@ -341,7 +342,7 @@ impl JournalWriter {
 fn handover(durable: &DurableState, entity: &Entity) -> Handover {
     match entity {
         Entity::Tenant(id) => match durable.tenants.get(id) {
-            Some(tenant) => Handover::Tenant(tenant.clone(), durable.tenant_active(id)),
+            Some(tenant) => Handover::Tenant(tenant.clone(), durable.tenant_active(id), durable.balance(id)),
             None => Handover::Gone,
         },
         Entity::Line(id) => match durable.lines.get(id) {

@@ -145,6 +145,8 @@ pub struct TenantRecord {
     pub plan: String,
     pub concurrent_limit_override: Option<u32>,
     pub created_at_ms: u64,
+    /// Gated by credits: an outbound admission needs a balance above zero.
+    pub prepaid: bool,
     /// Feature-flag overrides: they beat the global flag.
     pub flags: BTreeMap<String, bool>,
     /// Add-ons by type.
@@ -160,10 +162,25 @@ impl TenantRecord {
             plan: plan.into(),
             concurrent_limit_override,
             created_at_ms,
+            prepaid: false,
             flags: BTreeMap::new(),
             addons: BTreeMap::new(),
         }
     }
+}
+
+/// One entry of a tenant's credit ledger (1 credit = 1 second of calling).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditTx {
+    /// Numbers a tenant's transactions from 1, in ledger order.
+    pub number: u64,
+    pub at_ms: u64,
+    /// Positive adds, negative removes.
+    pub amount: i64,
+    pub reason: String,
+    pub balance_after: u64,
+    /// The call whose end charged this, if it was a charge.
+    pub call_id: Option<CallId>,
 }
 
 /// Which voice a call asked for (seed 004): premium voices run on the premium pool.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::pool::Learned;
 use crate::event::{Event, IdempotencyStamp, WaitOutcome};
-use crate::model::{CallId, CallRecord, EndedCall, LineId, LineRecord, TenantId, TenantRecord, month_of_ms};
+use crate::model::{CallId, CallRecord, CreditTx, EndedCall, LineId, LineRecord, TenantId, TenantRecord, month_of_ms};
 
 /// Ended calls kept for `GET /v1/calls/{id}` and duplicate end webhooks. Past it the oldest
 /// (smallest id) is forgotten: a later duplicate end for it answers 404. They live in every
@@ -28,6 +28,56 @@ pub const IDEMPOTENCY_KEYS_MAX: usize = 100_000;
 /// Months of usage kept per tenant: the newest and the 24 before it. An older month is dropped
 /// when a newer one is recorded.
 pub const USAGE_MONTHS_RETAINED: usize = 25;
+
+/// Credit transactions kept per tenant for `GET /v1/tenants/{id}/credits`. Past it the oldest
+/// is folded into the ledger's opening balance, so the balance still equals the opening balance
+/// plus every kept transaction.
+pub const CREDIT_TRANSACTIONS_RETAINED: usize = 200;
+
+/// A tenant's credits: the balance and the newest transactions that led to it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ledger {
+    pub balance: u64,
+    /// The balance before the oldest kept transaction.
+    pub opening_balance: u64,
+    pub transactions: VecDeque<CreditTx>,
+    pub transactions_total: u64,
+}
+
+impl Ledger {
+    /// Applies `amount` (a removal never takes the balance below zero: it removes what is
+    /// there). Returns the amount really applied; nothing is recorded for zero.
+    pub fn post(&mut self, amount: i64, reason: &str, at_ms: u64, call_id: Option<CallId>) -> i64 {
+        let applied = if amount < 0 { -(amount.unsigned_abs().min(self.balance) as i64) } else { amount };
+        if applied == 0 {
+            return 0;
+        }
+        self.balance = self.balance.saturating_add_signed(applied);
+        self.transactions_total += 1;
+        let tx = CreditTx {
+            number: self.transactions_total,
+            at_ms,
+            amount: applied,
+            reason: reason.to_owned(),
+            balance_after: self.balance,
+            call_id,
+        };
+        self.transactions.push_back(tx);
+        while self.transactions.len() > CREDIT_TRANSACTIONS_RETAINED {
+            let oldest = self.transactions.pop_front().expect("non-empty");
+            self.opening_balance = oldest.balance_after;
+        }
+        applied
+    }
+
+    /// The ledger's own replay: the opening balance plus every kept transaction.
+    pub fn replayed_balance(&self) -> i128 {
+        i128::from(self.opening_balance) + self.transactions.iter().map(|tx| i128::from(tx.amount)).sum::<i128>()
+    }
+}
+
+/// The reason recorded when a call's end charges its duration.
+pub const CHARGE_REASON: &str = "call";
 
 /// A provider pool as the journal knows it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +193,7 @@ pub struct DurableState {
     /// Global feature flags (a missing flag is off).
     pub flags: BTreeMap<String, bool>,
     pub usage: BTreeMap<TenantId, TenantUsage>,
+    pub ledgers: BTreeMap<TenantId, Ledger>,
     pub live_calls: BTreeMap<CallId, CallRecord>,
     pub ended_calls: BTreeMap<CallId, EndedCall>,
     pub idempotency: IdempotencyTable,
@@ -211,6 +262,16 @@ impl DurableState {
             Event::FlagSet { name, enabled } => {
                 self.flags.insert(name.clone(), *enabled);
             }
+            Event::CreditsAdjusted { tenant_id, amount, reason, at_ms } => {
+                if !self.tenants.contains_key(tenant_id) {
+                    return Err(contradiction(format!("no tenant {tenant_id}")));
+                }
+                let ledger = self.ledgers.entry(tenant_id.clone()).or_default();
+                if *amount < 0 && amount.unsigned_abs() > ledger.balance {
+                    return Err(contradiction(format!("removes {} of a balance of {}", amount.unsigned_abs(), ledger.balance)));
+                }
+                ledger.post(*amount, reason, *at_ms, None);
+            }
             Event::CallAdmitted { call, idempotency } => self.admit(call, idempotency.as_ref()).map_err(contradiction)?,
             Event::CallHeartbeat { id, at_ms } => {
                 let call = self.live_calls.get_mut(id).ok_or_else(|| contradiction(format!("{id} not live")))?;
@@ -227,6 +288,7 @@ impl DurableState {
                     cost_cents: *cost_cents,
                 };
                 self.meter(&ended);
+                self.charge(&ended);
                 self.retain_ended(ended);
             }
         }
@@ -268,6 +330,18 @@ impl DurableState {
         }
     }
 
+    /// Every end is charged its duration, rounded up (1 credit = 1 second), down to zero at
+    /// most; only prepaid tenants are refused when they reach zero.
+    fn charge(&mut self, ended: &EndedCall) {
+        let amount = i64::try_from(ended.duration_s).unwrap_or(i64::MAX);
+        let ledger = self.ledgers.entry(ended.call.tenant_id.clone()).or_default();
+        ledger.post(-amount, CHARGE_REASON, ended.ended_at_ms, Some(ended.call.id));
+    }
+
+    pub fn balance(&self, tenant: &str) -> u64 {
+        self.ledgers.get(tenant).map_or(0, |l| l.balance)
+    }
+
     fn retain_ended(&mut self, ended: EndedCall) {
         self.ended_calls.insert(ended.call.id, ended);
         while self.ended_calls.len() > ENDED_CALLS_RETAINED_MAX {
@@ -306,7 +380,7 @@ impl DurableState {
             })
             .collect();
         StateDigest {
-            tenants: self.tenants.iter().map(|(id, t)| (id.clone(), (t.clone(), self.tenant_active(id)))).collect(),
+            tenants: self.tenants.iter().map(|(id, t)| (id.clone(), (t.clone(), self.tenant_active(id), self.balance(id)))).collect(),
             lines: self.lines.iter().map(|(id, l)| (id.clone(), (l.clone(), self.line_active(id)))).collect(),
             pools,
             flags: self.flags.clone(),
@@ -329,7 +403,8 @@ pub struct PoolDigest {
 /// Everything observable about the state, in a comparable form.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateDigest {
-    pub tenants: BTreeMap<TenantId, (TenantRecord, BTreeSet<CallId>)>,
+    /// Record, held slots, credit balance.
+    pub tenants: BTreeMap<TenantId, (TenantRecord, BTreeSet<CallId>, u64)>,
     pub lines: BTreeMap<LineId, (LineRecord, BTreeSet<CallId>)>,
     pub pools: BTreeMap<String, PoolDigest>,
     pub flags: BTreeMap<String, bool>,
@@ -417,6 +492,22 @@ mod tests {
         state.apply(seq, &Event::CallAdmitted { call: call(IDEMPOTENCY_KEYS_MAX as u64 + 1, later), idempotency: Some(stamp) }).unwrap();
         assert_eq!(state.idempotency.len(), 1, "every expired key is dropped, the new one kept");
         assert!(state.idempotency.get("fresh", later).is_some());
+    }
+
+    #[test]
+    fn a_ledger_never_goes_below_zero_and_its_kept_transactions_replay_to_its_balance() {
+        let mut ledger = Ledger::default();
+        assert_eq!(ledger.post(-5, "charge", 0, None), 0, "nothing to remove, nothing recorded");
+        assert!(ledger.transactions.is_empty());
+        for n in 0..(CREDIT_TRANSACTIONS_RETAINED as i64 + 50) {
+            ledger.post(if n % 3 == 0 { -7 } else { 10 }, "x", n as u64, None);
+        }
+        assert_eq!(ledger.transactions.len(), CREDIT_TRANSACTIONS_RETAINED);
+        assert_eq!(ledger.replayed_balance(), i128::from(ledger.balance));
+        let before = ledger.balance as i64;
+        assert_eq!(ledger.post(-before - 100, "all", 0, None), -before, "a removal past the balance removes what is there");
+        assert_eq!(ledger.balance, 0);
+        assert_eq!(ledger.replayed_balance(), 0);
     }
 
     #[test]

@@ -163,7 +163,7 @@ impl Actor for Supervisor {
     }
 }
 
-fn release_all<M: ractor::Message>(actor: Option<&ActorRef<M>>, calls: Vec<CallId>, release: impl Fn(CallId) -> M) {
+fn release_all<M: ractor::Message>(actor: Option<&ActorRef<M>>, calls: Vec<(CallId, u64)>, release: impl Fn((CallId, u64)) -> M) {
     if let Some(actor) = actor {
         for call in calls {
             let _ = actor.cast(release(call));
@@ -203,7 +203,7 @@ impl Supervisor {
         let cell = myself.get_cell();
         context.spawn_platform(cell.clone(), durable.pools.clone(), durable.pool_held(), 0).await?;
         for tenant in durable.tenants.values() {
-            context.spawn_tenant(cell.clone(), tenant.clone(), durable.tenant_active(&tenant.id), 0).await?;
+            context.spawn_tenant(cell.clone(), tenant.clone(), durable.tenant_active(&tenant.id), 0, durable.balance(&tenant.id)).await?;
         }
         for line in durable.lines.values() {
             context.spawn_line(cell.clone(), line.clone(), durable.line_active(&line.id), 0).await?;
@@ -226,23 +226,24 @@ impl Supervisor {
         let cell = myself.get_cell();
         let context = &self.context;
         match handover {
-            Handover::Tenant(record, held) => {
+            Handover::Tenant(record, held, balance) => {
                 let id = record.id.clone();
-                context.spawn_tenant(cell, record, held.clone(), generation).await?;
+                context.spawn_tenant(cell, record, held.clone(), generation, balance).await?;
                 let ended = self.ended_since(state, held).await?;
-                release_all(context.directory.read().tenants.get(&id).map(|t| &t.actor), ended, |call| TenantMsg::Release { call });
+                let release = |(call, charge_s)| TenantMsg::Release { call, charge_s };
+                release_all(context.directory.read().tenants.get(&id).map(|t| &t.actor), ended, release);
             }
             Handover::Line(record, held) => {
                 let id = record.id.clone();
                 context.spawn_line(cell, record, held.clone(), generation).await?;
                 let ended = self.ended_since(state, held).await?;
-                release_all(context.directory.read().lines.get(&id).map(|l| &l.slot.actor), ended, |call| LineMsg::Release { call });
+                release_all(context.directory.read().lines.get(&id).map(|l| &l.slot.actor), ended, |(call, _)| LineMsg::Release { call });
             }
             Handover::Platform(pools, held) => {
                 let calls = held.keys().copied().collect();
                 context.spawn_platform(cell, pools, held, generation).await?;
                 let ended = self.ended_since(state, calls).await?;
-                release_all(context.directory.read().platform.as_ref().map(|p| &p.actor), ended, |call| PlatformMsg::Release { call });
+                release_all(context.directory.read().platform.as_ref().map(|p| &p.actor), ended, |(call, _)| PlatformMsg::Release { call });
             }
             Handover::Call(record) => context.spawn_call(cell, record).await?,
             Handover::CallEnded(ended) => {
@@ -260,10 +261,17 @@ impl Supervisor {
     /// before the new one was published; the caller releases them in the new one. (An end
     /// whose release read the directory after the publication reached the new actor anyway:
     /// releasing twice changes nothing.)
-    async fn ended_since(&self, state: &SupervisorState, held: BTreeSet<CallId>) -> Result<Vec<CallId>, ActorProcessingErr> {
+    /// Each with its duration, which the tenant charges. (An ended call already forgotten by the
+    /// bounded ended-call ring would be charged nothing: it takes 20 000 ends during one rebuild.)
+    async fn ended_since(&self, state: &SupervisorState, held: BTreeSet<CallId>) -> Result<Vec<(CallId, u64)>, ActorProcessingErr> {
         let (sender, receiver) = oneshot::channel();
         let inspect: Inspector = Box::new(move |durable| {
-            let _ = sender.send(held.into_iter().filter(|id| !durable.live_calls.contains_key(id)).collect());
+            let ended = held
+                .into_iter()
+                .filter(|id| !durable.live_calls.contains_key(id))
+                .map(|id| (id, durable.ended_calls.get(&id).map_or(0, |e| e.duration_s)))
+                .collect();
+            let _ = sender.send(ended);
         });
         state.journal.cast(JournalMsg::Inspect(inspect))?;
         Ok(tokio::time::timeout(self.context.settings.journal_timeout, receiver).await??)
@@ -281,7 +289,7 @@ impl Supervisor {
         let event = Event::TenantCreated(record.clone());
         crate::append(&state.journal, event, Guard::default(), self.context.settings.journal_timeout).await?;
         let held = Default::default();
-        self.context.spawn_tenant(myself.get_cell(), record, held, 0).await.map_err(|e| CreateError::Spawn(e.to_string()))
+        self.context.spawn_tenant(myself.get_cell(), record, held, 0, 0).await.map_err(|e| CreateError::Spawn(e.to_string()))
     }
 
     async fn create_line(&self, myself: &ActorRef<SupervisorMsg>, state: &SupervisorState, record: LineRecord) -> Result<(), CreateError> {

@@ -29,11 +29,11 @@ use crate::journal::{AppendError, Entity, Guard, JournalMsg};
 use crate::model::{CallId, CallRecord, Direction, EndedCall, LineRecord, OUTCOME_PROVIDER_REJECTED, TenantRecord, Voice, mask_phone};
 use crate::phone_line::{LineMsg, LineView};
 use crate::platform::{PlatformMsg, PoolAnswer, PoolError, Route};
-use crate::state::{DurableState, IdempotencyRecord, PoolRecord, StateDigest, UsageTotals};
+use crate::state::{DurableState, IdempotencyRecord, Ledger, PoolRecord, StateDigest, UsageTotals};
 use crate::store::Store;
 use crate::supervisor::{CreateError, Supervisor, SupervisorMsg};
 use crate::telemetry::{AdmissionOutcome, Telemetry};
-use crate::tenant::{FeatureQuery, TenantError, TenantMsg, TenantPatch, TenantView};
+use crate::tenant::{FeatureQuery, TenantError, TenantMsg, TenantPatch, TenantRefusal, TenantView};
 
 /// Attempts at one admission when actors it reserved in were rebuilt under it.
 const ADMISSION_ATTEMPTS_MAX: u32 = 3;
@@ -134,6 +134,8 @@ pub enum AdmitError {
     LineNotOwned { line: String, owner: String },
     #[error("denied: {}", .0.code.as_str())]
     Denied(Denial),
+    #[error("a prepaid tenant has no credits left")]
+    InsufficientCredits,
     #[error("premium voices are not available: {reason}")]
     PremiumNotAvailable { reason: &'static str, requires_upgrade: bool },
     #[error("the idempotency key was used with a different request body")]
@@ -191,6 +193,8 @@ pub enum TenantUpdateError {
     NotFound,
     #[error("a tenant has at most {max} {what}")]
     TooMany { what: &'static str, max: usize },
+    #[error("the balance is {balance}; removing {amount} would take it below zero")]
+    InsufficientBalance { balance: u64, amount: u64 },
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
 }
@@ -267,7 +271,7 @@ struct Reserved {
 impl Reserved {
     fn release(&self, call: CallId) {
         if let Some(tenant) = &self.tenant {
-            let _ = tenant.cast(TenantMsg::Release { call });
+            let _ = tenant.cast(TenantMsg::Release { call, charge_s: 0 });
         }
         if let Some(line) = &self.line {
             let _ = line.cast(LineMsg::Release { call });
@@ -540,8 +544,13 @@ impl System {
             now_ms: admission.started_ms,
         });
         reserved.tenant = Some(tenant.clone());
-        let tenant_grant = ask(tenant, |reply| TenantMsg::Reserve { call, force, feature, reply }, timeout).await.map_err(unanswered)?;
-        let tenant_grant = tenant_grant.map_err(|full| self.deny(DenialCode::TenantLimitReached, full))?;
+        let outbound = admission.request.direction == Direction::Outbound;
+        let tenant_grant =
+            ask(tenant, |reply| TenantMsg::Reserve { call, force, outbound, feature, reply }, timeout).await.map_err(unanswered)?;
+        let tenant_grant = tenant_grant.map_err(|refusal| match refusal {
+            TenantRefusal::Full(full) => self.deny(DenialCode::TenantLimitReached, full),
+            TenantRefusal::NoCredits => Attempt::Fail(AdmitError::InsufficientCredits),
+        })?;
         let mut over_limit = tenant_grant.over_limit;
         if let Some(line) = line {
             reserved.line = Some(line.clone());
@@ -826,9 +835,35 @@ impl System {
         match ask(&tenant.actor, |reply| TenantMsg::Update { patch, reply }, self.context.settings.journal_timeout).await {
             Ok(Ok(view)) => Ok(view),
             Ok(Err(TenantError::TooMany { what, max })) => Err(TenantUpdateError::TooMany { what, max }),
+            Ok(Err(TenantError::InsufficientBalance { balance, amount })) => {
+                Err(TenantUpdateError::InsufficientBalance { balance, amount })
+            }
             Ok(Err(TenantError::Journal(error))) => Err(TenantUpdateError::Unavailable(error.to_string())),
             Err(_) => Err(TenantUpdateError::Unavailable("the tenant actor is restarting; retry".into())),
         }
+    }
+
+    /// Adds (positive) or removes (negative) credits, durably. Returns the new balance.
+    pub async fn credit(&self, tenant_id: &str, amount: i64, reason: String) -> Result<u64, TenantUpdateError> {
+        let tenant = self.context.directory.read().tenants.get(tenant_id).cloned().ok_or(TenantUpdateError::NotFound)?;
+        let at_ms = self.now_ms();
+        match ask(&tenant.actor, |reply| TenantMsg::Credit { amount, reason, at_ms, reply }, self.context.settings.journal_timeout).await {
+            Ok(Ok(balance)) => Ok(balance),
+            Ok(Err(TenantError::InsufficientBalance { balance, amount })) => {
+                Err(TenantUpdateError::InsufficientBalance { balance, amount })
+            }
+            Ok(Err(error)) => Err(TenantUpdateError::Unavailable(error.to_string())),
+            Err(_) => Err(TenantUpdateError::Unavailable("the tenant actor is restarting; retry".into())),
+        }
+    }
+
+    /// A tenant's ledger as journaled: balance, opening balance and the kept transactions.
+    pub async fn ledger(&self, tenant_id: &str) -> Result<Ledger, SystemError> {
+        if !self.context.directory.read().tenants.contains_key(tenant_id) {
+            return Err(SystemError::NotFound);
+        }
+        let id = tenant_id.to_owned();
+        self.inspect(move |durable| durable.ledgers.get(&id).cloned().unwrap_or_default()).await.map_err(SystemError::Unavailable)
     }
 
     /// Seed 004's `canUseFeature` for a tenant, by the service clock.
@@ -984,7 +1019,7 @@ impl System {
         let mut digest = StateDigest { ended_calls: ended, ..StateDigest::default() };
         for tenant in tenants {
             let view = ask(&tenant, |reply| TenantMsg::Get { reply }, timeout).await.map_err(gone)?;
-            digest.tenants.insert(view.record.id.clone(), (view.record, view.active));
+            digest.tenants.insert(view.record.id.clone(), (view.record, view.active, view.balance));
         }
         for line in lines {
             let view = ask(&line, |reply| LineMsg::Get { reply }, timeout).await.map_err(gone)?;

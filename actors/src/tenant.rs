@@ -27,13 +27,24 @@ pub struct TenantPatch {
     pub name: Option<Option<String>>,
     pub plan: Option<String>,
     pub concurrent_limit_override: Option<Option<u32>>,
+    pub prepaid: Option<bool>,
     /// Sets (`Some`) or removes (`None`) a flag override.
     pub flag: Option<(String, Option<bool>)>,
     pub addon: Option<(String, Addon)>,
 }
 
+/// Why a tenant refused a reservation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TenantRefusal {
+    Full(Full),
+    /// A prepaid tenant with no credits left asked for an outbound call.
+    NoCredits,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TenantError {
+    #[error("the balance is {balance}; removing {amount} would take it below zero")]
+    InsufficientBalance { balance: u64, amount: u64 },
     #[error("a tenant has at most {max} {what}")]
     TooMany { what: &'static str, max: usize },
     #[error(transparent)]
@@ -56,6 +67,7 @@ pub struct TenantView {
     pub class: String,
     pub limit: u32,
     pub active: BTreeSet<CallId>,
+    pub balance: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -70,11 +82,23 @@ pub enum TenantMsg {
     Reserve {
         call: CallId,
         force: bool,
+        /// Outbound calls of prepaid tenants need credits.
+        outbound: bool,
         feature: Option<FeatureQuery>,
-        reply: RpcReplyPort<Result<TenantGrant, Full>>,
+        reply: RpcReplyPort<Result<TenantGrant, TenantRefusal>>,
     },
+    /// A call ended (its duration is charged) or its admission failed (`charge_s` 0). Only a
+    /// call that still held its slot is charged, so a repeated release charges nothing.
     Release {
         call: CallId,
+        charge_s: u64,
+    },
+    /// An administrator adds or removes credits (journaled first).
+    Credit {
+        amount: i64,
+        reason: String,
+        at_ms: u64,
+        reply: RpcReplyPort<Result<u64, TenantError>>,
     },
     Update {
         patch: TenantPatch,
@@ -98,6 +122,7 @@ pub struct TenantActor {
 pub struct TenantState {
     record: TenantRecord,
     slots: SlotTable,
+    balance: u64,
 }
 
 impl TenantState {
@@ -107,24 +132,34 @@ impl TenantState {
 
     fn view(&self, plans: &PlanTable, arbitration: &Arbitration) -> TenantView {
         let class = arbitration.classes.class_of_plan(&self.record.plan).to_owned();
-        TenantView { record: self.record.clone(), class, limit: self.limit(plans), active: self.slots.held().collect() }
+        TenantView {
+            record: self.record.clone(),
+            class,
+            limit: self.limit(plans),
+            active: self.slots.held().collect(),
+            balance: self.balance,
+        }
     }
 }
 
 impl Actor for TenantActor {
     type Msg = TenantMsg;
     type State = TenantState;
-    type Arguments = (TenantRecord, BTreeSet<CallId>);
+    type Arguments = (TenantRecord, BTreeSet<CallId>, u64);
 
-    async fn pre_start(&self, _: ActorRef<TenantMsg>, (record, held): Self::Arguments) -> Result<TenantState, ActorProcessingErr> {
-        Ok(TenantState { record, slots: SlotTable::from_held(held) })
+    async fn pre_start(&self, _: ActorRef<TenantMsg>, (record, held, balance): Self::Arguments) -> Result<TenantState, ActorProcessingErr> {
+        Ok(TenantState { record, slots: SlotTable::from_held(held), balance })
     }
 
     async fn handle(&self, _: ActorRef<TenantMsg>, msg: TenantMsg, state: &mut TenantState) -> Result<(), ActorProcessingErr> {
         match msg {
-            TenantMsg::Reserve { call, force, feature, reply } => {
+            TenantMsg::Reserve { call, force, outbound, feature, reply } => {
+                if outbound && state.record.prepaid && state.balance == 0 && !state.slots.holds(call) {
+                    let _ = reply.send(Err(TenantRefusal::NoCredits));
+                    return Ok(());
+                }
                 let limit = state.limit(&self.plans);
-                let result = state.slots.reserve(call, limit, force);
+                let result = state.slots.reserve(call, limit, force).map_err(TenantRefusal::Full);
                 let grant = result.map(|g| TenantGrant {
                     plan: state.record.plan.clone(),
                     class: self.arbitration.classes.class_of_plan(&state.record.plan).to_owned(),
@@ -136,8 +171,18 @@ impl Actor for TenantActor {
                 });
                 let _ = reply.send(grant);
             }
-            TenantMsg::Release { call } => {
-                state.slots.release(call);
+            TenantMsg::Release { call, charge_s } => {
+                if state.slots.release(call) {
+                    state.balance = state.balance.saturating_sub(charge_s);
+                }
+            }
+            TenantMsg::Credit { amount, reason, at_ms, reply } => {
+                let result = self.credit(state, amount, reason, at_ms).await;
+                let unknown = matches!(result, Err(TenantError::Journal(AppendError::Unknown)));
+                let _ = reply.send(result);
+                if unknown {
+                    return Err(unknown_outcome());
+                }
             }
             TenantMsg::Update { patch, reply } => {
                 let result = self.update(state, patch).await;
@@ -157,6 +202,17 @@ impl Actor for TenantActor {
 }
 
 impl TenantActor {
+    async fn credit(&self, state: &mut TenantState, amount: i64, reason: String, at_ms: u64) -> Result<u64, TenantError> {
+        if amount < 0 && amount.unsigned_abs() > state.balance {
+            return Err(TenantError::InsufficientBalance { balance: state.balance, amount: amount.unsigned_abs() });
+        }
+        let guard = Guard { tenant: Some((state.record.id.clone(), self.generation)), ..Guard::default() };
+        let event = Event::CreditsAdjusted { tenant_id: state.record.id.clone(), amount, reason, at_ms };
+        crate::append(&self.journal, event, guard, self.journal_timeout).await?;
+        state.balance = state.balance.saturating_add_signed(amount);
+        Ok(state.balance)
+    }
+
     async fn update(&self, state: &mut TenantState, patch: TenantPatch) -> Result<TenantView, TenantError> {
         let mut record = state.record.clone();
         if let Some(name) = patch.name {
@@ -167,6 +223,9 @@ impl TenantActor {
         }
         if let Some(limit_override) = patch.concurrent_limit_override {
             record.concurrent_limit_override = limit_override;
+        }
+        if let Some(prepaid) = patch.prepaid {
+            record.prepaid = prepaid;
         }
         match patch.flag {
             Some((name, Some(enabled))) => {

@@ -71,6 +71,14 @@ enum Op {
         tenant: usize,
         paid: bool,
     },
+    Credit {
+        tenant: usize,
+        amount: i64,
+    },
+    SetPrepaid {
+        tenant: usize,
+        prepaid: bool,
+    },
     Crash {
         target: usize,
     },
@@ -93,6 +101,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<bool>().prop_map(Op::SetFlag),
         1 => (0..3usize, proptest::option::of(any::<bool>())).prop_map(|(tenant, enabled)| Op::SetTenantFlag { tenant, enabled }),
         1 => (0..3usize, any::<bool>()).prop_map(|(tenant, paid)| Op::SetAddon { tenant, paid }),
+        2 => (0..3usize, -30..60i64).prop_map(|(tenant, amount)| Op::Credit { tenant, amount }),
+        1 => (0..3usize, any::<bool>()).prop_map(|(tenant, prepaid)| Op::SetPrepaid { tenant, prepaid }),
         1 => (0..5usize).prop_map(|target| Op::Crash { target }),
         1 => (1..5_000u64).prop_map(|ms| Op::Advance { ms }),
     ]
@@ -206,6 +216,14 @@ async fn apply(system: &Arc<System>, clock: &ManualClock, live: &mut Vec<CallId>
             let patch = TenantPatch { addon: Some((PREMIUM_FEATURE.into(), addon)), ..TenantPatch::default() };
             system.update_tenant(TENANTS[tenant].0, patch).await.expect("addon");
         }
+        Op::Credit { tenant, amount } => {
+            // A removal past the balance is refused and changes nothing; anything else lands.
+            let _ = system.credit(TENANTS[tenant].0, amount, "test".into()).await;
+        }
+        Op::SetPrepaid { tenant, prepaid } => {
+            let patch = TenantPatch { prepaid: Some(prepaid), ..TenantPatch::default() };
+            system.update_tenant(TENANTS[tenant].0, patch).await.expect("prepaid");
+        }
         Op::Crash { target } => crash(system, target).await,
         Op::Advance { ms } => clock.advance_ms(ms),
         Op::End { .. } | Op::Heartbeat { .. } | Op::ProviderRejected { .. } => {}
@@ -248,8 +266,12 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let live_state = system.live_digest().await.expect("live digest");
     let durable = system.inspect(|d| d.digest()).await.expect("durable digest");
     prop_assert_eq!(&live_state, &durable, "live actors differ from the journal writer");
-    let replayed = recover(&*store).expect("replay").digest();
+    let replayed_state = recover(&*store).expect("replay");
+    let replayed = replayed_state.digest();
     prop_assert_eq!(&live_state, &replayed, "a fresh replay differs from the live state");
+    for (tenant, ledger) in &replayed_state.ledgers {
+        prop_assert_eq!(ledger.replayed_balance(), i128::from(ledger.balance), "{}'s balance differs from its ledger", tenant);
+    }
     system.shutdown().await.expect("shutdown");
     Ok(())
 }

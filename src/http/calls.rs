@@ -259,6 +259,13 @@ fn admit_problem(error: AdmitError) -> Problem {
             }
             problem
         }
+        AdmitError::InsufficientCredits => Problem::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "INSUFFICIENT_CREDITS",
+            "this prepaid tenant has no credits left; add credits with POST /v1/tenants/{id}/credits",
+        )
+        .with("current_active", 0)
+        .with("limit", 0),
         AdmitError::PremiumNotAvailable { reason, requires_upgrade } => {
             Problem::new(StatusCode::FORBIDDEN, "PREMIUM_NOT_AVAILABLE", format!("premium voices are not available: {reason}"))
                 .with_field("voice")

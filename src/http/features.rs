@@ -52,6 +52,13 @@ pub fn update_problem(error: TenantUpdateError, id: &str) -> Problem {
             Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "LIMIT_EXCEEDED", format!("a tenant has at most {max} {what}"))
                 .with_field("name")
         }
+        TenantUpdateError::InsufficientBalance { balance, amount } => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INSUFFICIENT_BALANCE",
+            format!("the balance is {balance}; removing {amount} would take it below zero"),
+        )
+        .with_field("amount")
+        .with("balance", balance),
         TenantUpdateError::Unavailable(why) => Problem::unavailable(why),
     }
 }

@@ -5,6 +5,7 @@
 //! `/v1` with 503 until the journal has been replayed and the actors are up.
 
 pub mod calls;
+pub mod credits;
 pub mod extract;
 pub mod features;
 pub mod platform;
@@ -76,6 +77,7 @@ pub fn app(state: AppStateRef) -> Router {
         .route("/tenants/{id}/addons/{addon_type}", put(features::put_addon))
         .route("/tenants/{id}/features/{name}", get(features::feature))
         .route("/tenants/{id}/usage", get(features::usage))
+        .route("/tenants/{id}/credits", get(credits::show).post(credits::adjust))
         .route("/lines", post(tenants::create_line))
         .route("/lines/{id}", get(tenants::show_line))
         .route("/flags", get(features::list_flags))

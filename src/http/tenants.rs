@@ -31,6 +31,8 @@ pub struct CreateTenant {
     plan: String,
     #[serde(default)]
     concurrent_limit_override: Option<u32>,
+    #[serde(default)]
+    prepaid: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -42,6 +44,8 @@ pub struct UpdateTenant {
     plan: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
     concurrent_limit_override: Option<Option<u32>>,
+    #[serde(default)]
+    prepaid: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +85,8 @@ pub fn tenant_json(view: &TenantView) -> Value {
         "concurrent_limit_override": record.concurrent_limit_override,
         "concurrent_limit": view.limit,
         "active_calls": view.active.len(),
+        "prepaid": record.prepaid,
+        "credits": view.balance,
         "flags": record.flags,
         "addons": addons,
         "created_at": rfc3339(record.created_at_ms),
@@ -124,7 +130,11 @@ pub async fn create(State(state): State<AppStateRef>, JsonBody(body): JsonBody<C
     check_limit_override(body.concurrent_limit_override)?;
     let system = state.system()?;
     let now_ms = system.now_ms();
-    let record = TenantRecord { name: body.name, ..TenantRecord::new(body.id.clone(), body.plan, body.concurrent_limit_override, now_ms) };
+    let record = TenantRecord {
+        name: body.name,
+        prepaid: body.prepaid,
+        ..TenantRecord::new(body.id.clone(), body.plan, body.concurrent_limit_override, now_ms)
+    };
     system.create_tenant(record).await.map_err(|e| create_problem(e, "tenant"))?;
     let view = system.get_tenant(&body.id).await.map_err(|e| system_problem(e, "tenant", &body.id))?;
     Ok((StatusCode::CREATED, axum::Json(tenant_json(&view))).into_response())
@@ -151,6 +161,7 @@ pub async fn update(
         name: body.name,
         plan: body.plan,
         concurrent_limit_override: body.concurrent_limit_override,
+        prepaid: body.prepaid,
         ..TenantPatch::default()
     };
     let view = state.system()?.update_tenant(&id, patch).await.map_err(|e| super::features::update_problem(e, &id))?;
