@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use switchboard_actors::context::{Arbitration, PoolSpec, Settings};
+use switchboard_actors::context::{Arbitration, CallbackSettings, PoolSpec, Settings};
 use switchboard_actors::core::call::Watchdog;
 use switchboard_actors::core::pool::PoolTiming;
 use switchboard_actors::model::{ClassTable, PlanTable};
@@ -44,6 +44,32 @@ pub struct Config {
     pub calls: CallsConfig,
     pub journal: JournalConfig,
     pub http: HttpConfig,
+    pub callbacks: CallbacksConfig,
+    pub dialer: DialerConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallbacksConfig {
+    /// Open missed-call entries per line; past it a missed call is refused with an alert.
+    pub queue_per_line_max: usize,
+    /// A prepaid tenant's credits must exceed this for a callback to be placed (seed 002: 100).
+    pub min_credits: u64,
+    /// Every queue looks for work this often, in case an event was missed.
+    pub backup_scan_interval_ms: u64,
+    /// Callback dispatches in progress at once.
+    pub dispatch_concurrency_max: usize,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DialerConfig {
+    /// The platform endpoint that places calls (`SWITCHBOARD_DIALER_URL` wins). Without one,
+    /// missed calls are queued but not called back.
+    pub url: Option<String>,
+    /// Sent as `Authorization: Bearer` to the dialer, if set.
+    pub token: Option<String>,
+    pub timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -139,6 +165,8 @@ impl Default for Config {
             calls: CallsConfig::default(),
             journal: JournalConfig::default(),
             http: HttpConfig::default(),
+            callbacks: CallbacksConfig::default(),
+            dialer: DialerConfig { timeout_ms: 5_000, ..DialerConfig::default() },
         }
     }
 }
@@ -147,6 +175,18 @@ impl Default for PlansConfig {
     fn default() -> Self {
         let table = PlanTable::default();
         PlansConfig { limits: table.limits, fallback_limit: table.fallback_limit, classes: ClassTable::default().plan_classes }
+    }
+}
+
+impl Default for CallbacksConfig {
+    fn default() -> Self {
+        let defaults = CallbackSettings::default();
+        CallbacksConfig {
+            queue_per_line_max: defaults.queue_per_line_max,
+            min_credits: defaults.min_credits,
+            backup_scan_interval_ms: defaults.backup_scan_interval.as_millis() as u64,
+            dispatch_concurrency_max: defaults.dispatch_concurrency_max,
+        }
     }
 }
 
@@ -258,6 +298,15 @@ impl Config {
         in_range("journal.append_timeout_ms", self.journal.append_timeout_ms, 100, 600_000)?;
         in_range("http.in_flight_max", self.http.in_flight_max as u64, 1, 1_000_000)?;
         in_range("http.actor_call_timeout_ms", self.http.actor_call_timeout_ms, 10, 600_000)?;
+        in_range("callbacks.queue_per_line_max", self.callbacks.queue_per_line_max as u64, 1, 1_000_000)?;
+        in_range("callbacks.min_credits", self.callbacks.min_credits, 0, 1_000_000_000)?;
+        in_range("callbacks.backup_scan_interval_ms", self.callbacks.backup_scan_interval_ms, 10, 24 * 60 * 60 * 1000)?;
+        in_range("callbacks.dispatch_concurrency_max", self.callbacks.dispatch_concurrency_max as u64, 1, 10_000)?;
+        in_range("dialer.timeout_ms", self.dialer.timeout_ms, 10, 600_000)?;
+        if let Some(url) = &self.dialer.url {
+            crate::dialer::HttpDialer::new(url, None, Duration::from_millis(self.dialer.timeout_ms))
+                .map_err(|e| invalid("dialer.url", e.to_string()))?;
+        }
         if self.admin_token.as_ref().is_some_and(|t| t.chars().count() < crate::token::TOKEN_CHARS_MIN) {
             return Err(invalid("admin_token", format!("must be at least {} characters", crate::token::TOKEN_CHARS_MIN)));
         }
@@ -354,6 +403,12 @@ impl Config {
         Settings {
             plans: Arc::new(PlanTable { limits: self.plans.limits.clone(), fallback_limit: self.plans.fallback_limit }),
             arbitration: Arc::new(self.arbitration()),
+            callbacks: CallbackSettings {
+                queue_per_line_max: self.callbacks.queue_per_line_max,
+                min_credits: self.callbacks.min_credits,
+                backup_scan_interval: Duration::from_millis(self.callbacks.backup_scan_interval_ms),
+                dispatch_concurrency_max: self.callbacks.dispatch_concurrency_max,
+            },
             watchdog: Watchdog { max_duration_ms: self.calls.max_duration_ms, stale_after_ms: self.calls.stale_after_ms },
             sweep_interval: Duration::from_millis(self.calls.watchdog_interval_ms),
             actor_call_timeout: Duration::from_millis(self.http.actor_call_timeout_ms),

@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod config;
+pub mod dialer;
 pub mod http;
 pub mod journal;
 pub mod loadgen;

@@ -82,6 +82,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    if let Ok(url) = std::env::var("SWITCHBOARD_DIALER_URL") {
+        config.dialer.url = Some(url);
+    }
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let env_token = std::env::var("SWITCHBOARD_ADMIN_TOKEN").ok();
     switchboard::server::run(config, listener, env_token, switchboard::server::shutdown_signal()).await

@@ -53,6 +53,8 @@ pub struct Metrics {
     wait_seconds: Family<WaitLabels, Histogram>,
     premium_fallbacks: Family<ReasonLabels, Counter>,
     usage_alerts: Family<LevelLabels, Counter>,
+    callback_events: Family<ReasonLabels, Counter>,
+    callback_dispatch_seconds: Histogram,
     journal_flush_seconds: Histogram,
     journal_batch_events: Histogram,
     stuck_calls_reclaimed: Counter,
@@ -72,6 +74,8 @@ impl Default for Metrics {
             wait_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16))),
             premium_fallbacks: Family::default(),
             usage_alerts: Family::default(),
+            callback_events: Family::default(),
+            callback_dispatch_seconds: Histogram::new(exponential_buckets(0.000_25, 2.0, 16)),
             journal_flush_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             journal_batch_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             stuck_calls_reclaimed: Counter::default(),
@@ -103,6 +107,12 @@ impl Metrics {
             "switchboard_premium_fallbacks",
             "Premium-voice calls placed on the standard pool, by reason",
             self.premium_fallbacks.clone(),
+        );
+        r.register("switchboard_callback_events", "Missed calls and callback status changes, by event", self.callback_events.clone());
+        r.register(
+            "switchboard_callback_dispatch_seconds",
+            "From a channel freeing (or another trigger) to the callback's dial request",
+            self.callback_dispatch_seconds.clone(),
         );
         r.register(
             "switchboard_usage_alerts",
@@ -178,5 +188,13 @@ impl Telemetry for Metrics {
 
     fn usage_alert(&self, level: &'static str) {
         self.usage_alerts.get_or_create(&LevelLabels { level }).inc();
+    }
+
+    fn callback_event(&self, event: &'static str) {
+        self.callback_events.get_or_create(&ReasonLabels { reason: event.to_owned() }).inc();
+    }
+
+    fn callback_dispatched(&self, seconds: f64) {
+        self.callback_dispatch_seconds.observe(seconds);
     }
 }

@@ -138,8 +138,16 @@ async fn boot(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Syst
     );
     let store: Arc<dyn Store> = Arc::new(store);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let system = System::start(config.settings(), store, durable, clock, metrics).await.context("starting the actors")?;
-    Ok(Arc::new(system))
+    let system = Arc::new(System::start(config.settings(), store, durable, clock, metrics).await.context("starting the actors")?);
+    match &config.dialer.url {
+        Some(url) => {
+            let timeout = std::time::Duration::from_millis(config.dialer.timeout_ms);
+            let dialer = crate::dialer::HttpDialer::new(url, config.dialer.token.clone(), timeout).context("dialer.url")?;
+            system.start_dispatcher(Arc::new(dialer)).await;
+        }
+        None => tracing::warn!("no dialer configured (dialer.url or SWITCHBOARD_DIALER_URL): missed calls are queued, not called back"),
+    }
+    Ok(system)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

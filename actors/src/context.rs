@@ -9,12 +9,14 @@ use std::time::Duration;
 use ractor::{Actor, ActorCell, SpawnErr};
 
 use crate::call::CallActor;
+use crate::callback_queue::{CallbackQueueActor, Dispatch};
 use crate::clock::Clock;
 use crate::core::call::Watchdog;
 use crate::core::pool::PoolTiming;
 use crate::directory::{LineSlot, SharedDirectory, Slot};
 use crate::journal::Entity;
 use crate::model::{CallId, CallRecord, ClassTable, LineRecord, PlanTable, TenantRecord};
+use crate::model::{CallbackEntry, CallbackId};
 use crate::phone_line::LineActor;
 use crate::platform::PlatformActor;
 use crate::state::PoolRecord;
@@ -86,11 +88,39 @@ impl Arbitration {
     }
 }
 
+/// Missed-call callbacks (seed 002).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallbackSettings {
+    /// Open entries per line; past it a missed call is refused with an alert.
+    pub queue_per_line_max: usize,
+    /// A prepaid tenant's balance must exceed this for a callback to be placed.
+    pub min_credits: u64,
+    /// The backup scan: every queue looks for work this often, in case an event was missed.
+    pub backup_scan_interval: Duration,
+    /// Dispatches (credit check, admission, dial) in progress at once across all lines.
+    pub dispatch_concurrency_max: usize,
+}
+
+impl Default for CallbackSettings {
+    fn default() -> Self {
+        CallbackSettings {
+            queue_per_line_max: 1_000,
+            min_credits: 100,
+            backup_scan_interval: Duration::from_secs(60),
+            dispatch_concurrency_max: 64,
+        }
+    }
+}
+
+/// Every tenant's credit balance as the journal writer last applied it.
+pub type SharedBalances = Arc<std::sync::RwLock<BTreeMap<crate::model::TenantId, u64>>>;
+
 /// Settings the actors run with (the HTTP crate maps its TOML config onto these).
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub plans: Arc<PlanTable>,
     pub arbitration: Arc<Arbitration>,
+    pub callbacks: CallbackSettings,
     pub watchdog: Watchdog,
     /// How often the watchdog sweeps live calls.
     pub sweep_interval: Duration,
@@ -113,6 +143,7 @@ impl Default for Settings {
         Settings {
             plans: Arc::new(PlanTable::default()),
             arbitration: Arc::new(Arbitration::default()),
+            callbacks: CallbackSettings::default(),
             watchdog: Watchdog { max_duration_ms: 2 * 60 * 60 * 1000, stale_after_ms: 30 * 60 * 1000 },
             sweep_interval: Duration::from_secs(60),
             actor_call_timeout: Duration::from_secs(5),
@@ -135,6 +166,14 @@ pub struct Context {
     /// False once the journal cannot write (a failed write, or the writer died): nothing can
     /// be made durable any more. Shared with the journal writer, which clears it.
     pub journal_alive: Arc<AtomicBool>,
+    /// Credit balances in journal order (written by the journal writer only).
+    pub balances: SharedBalances,
+    /// Callback ids, unique across lines (seeded from the journal at start).
+    pub next_callback_number: Arc<std::sync::atomic::AtomicU64>,
+    /// Where callback queues hand entries to call back; set when the dispatcher starts.
+    pub dispatcher: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<Dispatch>>>,
+    /// Dispatches handed to the dispatcher and not yet done.
+    pub dispatches_in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Context {
@@ -148,7 +187,6 @@ impl Context {
         record: TenantRecord,
         held: BTreeSet<CallId>,
         generation: u32,
-        balance: u64,
     ) -> Result<(), SpawnErr> {
         let journal = self.directory.read().journal();
         let actor = TenantActor {
@@ -157,9 +195,10 @@ impl Context {
             journal,
             generation,
             journal_timeout: self.settings.journal_timeout,
+            balances: Arc::clone(&self.balances),
         };
         let id = record.id.clone();
-        let (actor, _) = Actor::spawn_linked(None, actor, (record, held, balance), supervisor).await?;
+        let (actor, _) = Actor::spawn_linked(None, actor, (record, held), supervisor).await?;
         let mut directory = self.directory.write();
         directory.by_actor.insert(actor.get_id(), Entity::Tenant(id.clone()));
         directory.tenants.insert(id, Slot { actor, generation });
@@ -173,15 +212,48 @@ impl Context {
         held: BTreeSet<CallId>,
         generation: u32,
     ) -> Result<(), SpawnErr> {
-        let (id, tenant_id) = (record.id.clone(), record.tenant_id.clone());
-        let (actor, _) = Actor::spawn_linked(None, LineActor, (record, held), supervisor).await?;
+        let (id, tenant_id, on_busy) = (record.id.clone(), record.tenant_id.clone(), record.on_busy);
+        let line = LineActor { directory: self.directory.clone() };
+        let (actor, _) = Actor::spawn_linked(None, line, (record, held), supervisor).await?;
         let mut directory = self.directory.write();
         directory.by_actor.insert(actor.get_id(), Entity::Line(id.clone()));
-        directory.lines.insert(id, LineSlot { slot: Slot { actor, generation }, tenant_id });
+        directory.lines.insert(id, LineSlot { slot: Slot { actor, generation }, tenant_id, on_busy });
+        Ok(())
+    }
+
+    /// A line's callback queue, holding its open entries as journaled.
+    pub async fn spawn_callback_queue(
+        &self,
+        supervisor: ActorCell,
+        line: &LineRecord,
+        entries: BTreeMap<CallbackId, CallbackEntry>,
+    ) -> Result<(), SpawnErr> {
+        let actor = CallbackQueueActor {
+            line_id: line.id.clone(),
+            tenant_id: line.tenant_id.clone(),
+            agent_id: line.agent_id.clone(),
+            journal: self.directory.read().journal(),
+            journal_timeout: self.settings.journal_timeout,
+            clock: Arc::clone(&self.clock),
+            telemetry: Arc::clone(&self.telemetry),
+            directory: self.directory.clone(),
+            next_callback_number: Arc::clone(&self.next_callback_number),
+            open_max: self.settings.callbacks.queue_per_line_max,
+            dispatcher: Arc::clone(&self.dispatcher),
+            dispatches_in_flight: Arc::clone(&self.dispatches_in_flight),
+        };
+        let (actor, _) = Actor::spawn_linked(None, actor, entries, supervisor).await?;
+        let mut directory = self.directory.write();
+        directory.by_actor.insert(actor.get_id(), Entity::CallbackQueue(line.id.clone()));
+        directory.callback_queues.insert(line.id.clone(), actor);
         Ok(())
     }
 
     /// A global flag's value (`None`: no such flag).
+    pub fn balance(&self, tenant: &str) -> u64 {
+        self.balances.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(tenant).copied().unwrap_or(0)
+    }
+
     pub fn flag(&self, name: &str) -> Option<bool> {
         self.flags.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(name).copied()
     }

@@ -11,6 +11,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use ractor::{ActorId, ActorRef};
 
 use crate::call::CallMsg;
+use crate::callback_queue::CallbackQueueMsg;
 use crate::journal::{Entity, JournalMsg};
 use crate::model::{CallId, CallRecord, EndedCall, LineId, TenantId};
 use crate::phone_line::LineMsg;
@@ -34,6 +35,7 @@ impl<M> Clone for Slot<M> {
 pub struct LineSlot {
     pub slot: Slot<LineMsg>,
     pub tenant_id: TenantId,
+    pub on_busy: crate::model::OnBusy,
 }
 
 pub struct LiveCall {
@@ -54,6 +56,7 @@ pub struct Directory {
     pub platform: Option<Slot<PlatformMsg>>,
     pub tenants: BTreeMap<TenantId, Slot<TenantMsg>>,
     pub lines: BTreeMap<LineId, LineSlot>,
+    pub callback_queues: BTreeMap<LineId, ActorRef<CallbackQueueMsg>>,
     pub calls: BTreeMap<CallId, LiveCall>,
     /// Recently ended calls, bounded like the durable state's (`ENDED_CALLS_RETAINED_MAX`).
     pub ended: BTreeMap<CallId, EndedCall>,
@@ -93,13 +96,18 @@ impl Directory {
     pub fn finish_call_and_release(&mut self, ended: EndedCall) {
         let call = ended.call.id;
         if let Some(tenant) = self.tenants.get(&ended.call.tenant_id) {
-            let _ = tenant.actor.cast(TenantMsg::Release { call, charge_s: ended.duration_s });
+            let _ = tenant.actor.cast(TenantMsg::Release { call });
         }
         if let Some(line) = ended.call.line_id.as_ref().and_then(|id| self.lines.get(id)) {
-            let _ = line.slot.actor.cast(LineMsg::Release { call });
+            let _ = line.slot.actor.cast(LineMsg::Release { call, ended: true });
         }
         if let Some(platform) = &self.platform {
             let _ = platform.actor.cast(PlatformMsg::Release { call });
+        }
+        if let (Some(id), Some(line)) = (ended.call.callback_id, ended.call.line_id.as_ref())
+            && let Some(queue) = self.callback_queues.get(line)
+        {
+            let _ = queue.cast(CallbackQueueMsg::CallEnded { id, call, outcome: ended.outcome.clone() });
         }
         self.finish_call(ended);
     }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use crate::core::pool::Learned;
-use crate::model::{CallId, CallRecord, LineRecord, TenantId, TenantRecord};
+use crate::model::{CallId, CallRecord, CallbackEntry, CallbackId, CallbackStatus, LineRecord, TenantId, TenantRecord};
 
 /// Ties an admission to its `Idempotency-Key`, so a retry after a restart replays the response.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +52,22 @@ pub enum Event {
         tenant_id: TenantId,
         amount: i64,
         reason: String,
+        at_ms: u64,
+    },
+    /// A missed call opened a callback entry.
+    MissedCallRecorded(CallbackEntry),
+    /// The same caller missed the line again while their entry was open.
+    MissedCallRepeated {
+        id: CallbackId,
+        at_ms: u64,
+    },
+    /// A callback entry moved on (dispatch, dial, the callback call's end, retry, cancel).
+    CallbackUpdated {
+        id: CallbackId,
+        status: CallbackStatus,
+        call_id: Option<CallId>,
+        dialed: bool,
+        failure_reason: Option<String>,
         at_ms: u64,
     },
     /// A global feature flag was created or changed.
@@ -111,6 +127,9 @@ impl Event {
             Event::WaitAbandoned { .. } => "wait_abandoned",
             Event::FlagSet { .. } => "flag_set",
             Event::CreditsAdjusted { .. } => "credits_adjusted",
+            Event::MissedCallRecorded(_) => "missed_call_recorded",
+            Event::MissedCallRepeated { .. } => "missed_call_repeated",
+            Event::CallbackUpdated { .. } => "callback_updated",
             Event::CallAdmitted { .. } => "call_admitted",
             Event::CallHeartbeat { .. } => "call_heartbeat",
             Event::CallEnded { .. } => "call_ended",

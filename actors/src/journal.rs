@@ -45,6 +45,7 @@ pub enum Entity {
     Line(LineId),
     Platform,
     Call(CallId),
+    CallbackQueue(LineId),
 }
 
 /// For logs: a line's id is a phone number, so it is masked.
@@ -55,6 +56,7 @@ impl std::fmt::Display for Entity {
             Entity::Line(id) => write!(f, "line {}", crate::model::mask_phone(id)),
             Entity::Platform => write!(f, "platform"),
             Entity::Call(id) => write!(f, "{id}"),
+            Entity::CallbackQueue(id) => write!(f, "callback queue of line {}", crate::model::mask_phone(id)),
         }
     }
 }
@@ -79,6 +81,8 @@ pub enum AppendError {
     Unknown,
     #[error("no room for another idempotency key")]
     IdempotencyFull,
+    #[error("the balance is {balance}: a removal may not take it below zero")]
+    InsufficientBalance { balance: u64 },
 }
 
 /// An actor whose own append timed out cannot know its state any more: it answers, then
@@ -91,8 +95,7 @@ pub fn unknown_outcome() -> ActorProcessingErr {
 /// An entity's state as the journal knows it, with its new generation.
 #[derive(Clone, Debug)]
 pub enum Handover {
-    /// Record, held slots, credit balance.
-    Tenant(TenantRecord, BTreeSet<CallId>, u64),
+    Tenant(TenantRecord, BTreeSet<CallId>),
     Line(LineRecord, BTreeSet<CallId>),
     /// Every pool, and every live call's pool and class.
     Platform(BTreeMap<String, PoolRecord>, BTreeMap<CallId, (String, String)>),
@@ -100,6 +103,8 @@ pub enum Handover {
     /// The call's end is durable but its actor died before finishing it: the supervisor
     /// completes the end (moves it to ended calls, frees its slots).
     CallEnded(EndedCall),
+    /// A line's open callback entries.
+    CallbackQueue(LineRecord, BTreeMap<crate::model::CallbackId, crate::model::CallbackEntry>),
     /// The entity no longer exists.
     Gone,
 }
@@ -144,6 +149,9 @@ pub struct JournalWriter {
     pub healthy: Arc<AtomicBool>,
     /// `(premium pool, premium feature)`: whose ended calls count against the add-on's limit.
     pub usage_alerts: Option<(String, String)>,
+    /// Every tenant's credit balance, published in journal order (the only order: a charge
+    /// stops at zero, so adding and charging do not commute).
+    pub balances: crate::context::SharedBalances,
 }
 
 pub struct JournalState {
@@ -255,8 +263,23 @@ impl JournalWriter {
         let seq = state.durable.last_seq + 1;
         // The state is checked before the event is accepted, so a contradiction here is a bug
         // in the caller: refuse the event rather than write something replay would reject.
+        if let Event::CreditsAdjusted { tenant_id, amount, .. } = event {
+            let balance = state.durable.balance(tenant_id);
+            if *amount < 0 && amount.unsigned_abs() > balance {
+                return Err(AppendError::InsufficientBalance { balance });
+            }
+        }
         let metered = self.premium_characters_before(&state.durable, event);
+        let charged = match event {
+            Event::CreditsAdjusted { tenant_id, .. } => Some(tenant_id.clone()),
+            Event::CallEnded { id, .. } => state.durable.live_calls.get(id).map(|c| c.tenant_id.clone()),
+            _ => None,
+        };
         state.durable.apply(seq, event).map_err(|e| AppendError::Failed(e.to_string()))?;
+        if let Some(tenant) = charged {
+            let balance = state.durable.balance(&tenant);
+            self.balances.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(tenant, balance);
+        }
         if let Some((tenant_id, limit, before, characters)) = metered {
             // Events are applied one at a time, in journal order: each crossing is seen once.
             let (from, to) = (usage_alert(before, limit), usage_alert(before + characters, limit));
@@ -342,7 +365,7 @@ impl JournalWriter {
 fn handover(durable: &DurableState, entity: &Entity) -> Handover {
     match entity {
         Entity::Tenant(id) => match durable.tenants.get(id) {
-            Some(tenant) => Handover::Tenant(tenant.clone(), durable.tenant_active(id), durable.balance(id)),
+            Some(tenant) => Handover::Tenant(tenant.clone(), durable.tenant_active(id)),
             None => Handover::Gone,
         },
         Entity::Line(id) => match durable.lines.get(id) {
@@ -350,6 +373,10 @@ fn handover(durable: &DurableState, entity: &Entity) -> Handover {
             None => Handover::Gone,
         },
         Entity::Platform => Handover::Platform(durable.pools.clone(), durable.pool_held()),
+        Entity::CallbackQueue(id) => match durable.lines.get(id) {
+            Some(line) => Handover::CallbackQueue(line.clone(), durable.line_callbacks(id)),
+            None => Handover::Gone,
+        },
         Entity::Call(id) => match (durable.live_calls.get(id), durable.ended_calls.get(id)) {
             (Some(call), _) => Handover::Call(call.clone()),
             (None, Some(ended)) => Handover::CallEnded(ended.clone()),
@@ -394,6 +421,7 @@ mod tests {
             snapshot_every_events: u64::MAX,
             healthy: Arc::new(AtomicBool::new(true)),
             usage_alerts: None,
+            balances: Default::default(),
         };
         let (journal, _) = Actor::spawn(None, writer, durable).await.unwrap();
         let timeout = Duration::from_secs(5);

@@ -6,7 +6,9 @@
 //! - `event`, `codec`, `state`, `store`: the journal's events, their one encoding, the fold
 //!   that replays them, and where their bytes go.
 //! - `journal`: the journal-writer actor (sequencing, group commit, generations).
-//! - `tenant`, `phone_line`, `platform`, `call`: one actor per entity.
+//! - `tenant`, `phone_line`, `platform`, `call`, `callback_queue`: one actor per entity (a
+//!   callback queue per line).
+//! - `dialer`: the trait the callback dispatcher places calls through.
 //! - `supervisor`: boots and rebuilds the actors; `directory`: where each actor is.
 //! - `context`: settings and spawn functions the actors share.
 //! - `system`: the facade the HTTP layer (and later the simulator) drives: the admission path.
@@ -16,10 +18,12 @@
 //! injected clock and tokio time, no ractor registry lookups, no ActorIds in outputs.
 
 pub mod call;
+pub mod callback_queue;
 pub mod clock;
 pub mod codec;
 pub mod context;
 pub mod core;
+pub mod dialer;
 pub mod directory;
 pub mod event;
 pub mod journal;

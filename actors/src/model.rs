@@ -174,6 +174,8 @@ impl TenantRecord {
 pub struct CreditTx {
     /// Numbers a tenant's transactions from 1, in ledger order.
     pub number: u64,
+    /// The journal event that made it.
+    pub seq: u64,
     pub at_ms: u64,
     /// Positive adds, negative removes.
     pub amount: i64,
@@ -191,12 +193,140 @@ pub enum Voice {
     Premium,
 }
 
+/// What a line does with an inbound call when it is full (seed 002).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBusy {
+    /// Inbound calls already connected are force-admitted and tracked over the limit.
+    #[default]
+    Track,
+    /// The line answers before connecting: a full line turns the caller away busy and records a
+    /// missed call, which the line's callback queue calls back when a channel frees.
+    Callback,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineRecord {
     pub id: LineId,
     pub tenant_id: TenantId,
     pub channels: u32,
     pub created_at_ms: u64,
+    pub on_busy: OnBusy,
+    /// The AI agent that answers this line (and calls back its missed callers).
+    pub agent_id: Option<String>,
+}
+
+impl LineRecord {
+    pub fn new(id: impl Into<String>, tenant_id: impl Into<String>, channels: u32, created_at_ms: u64) -> Self {
+        LineRecord { id: id.into(), tenant_id: tenant_id.into(), channels, created_at_ms, on_busy: OnBusy::Track, agent_id: None }
+    }
+}
+
+/// A missed call's queue entry id, numbered by the journal like calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CallbackId(pub u64);
+
+impl CallbackId {
+    const PREFIX: &'static str = "cb_";
+}
+
+impl fmt::Display for CallbackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{:012}", Self::PREFIX, self.0)
+    }
+}
+
+impl FromStr for CallbackId {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let digits = s.strip_prefix(Self::PREFIX).ok_or(())?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(());
+        }
+        digits.parse().map(CallbackId).map_err(|_| ())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissedReason {
+    Busy,
+    NoAnswer,
+    NetworkError,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallbackPriority {
+    High,
+    Low,
+}
+
+/// Seed 002's statuses. `Completed`, `Failed` and `Cancelled` are final (a failed entry goes
+/// back to pending only by an explicit retry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallbackStatus {
+    Pending,
+    Processing,
+    Completed,
+    Failed,
+    InsufficientCredits,
+    #[serde(rename = "on-hold")]
+    OnHold,
+    Cancelled,
+}
+
+impl CallbackStatus {
+    pub const ALL: [CallbackStatus; 7] = [
+        CallbackStatus::Pending,
+        CallbackStatus::Processing,
+        CallbackStatus::Completed,
+        CallbackStatus::Failed,
+        CallbackStatus::InsufficientCredits,
+        CallbackStatus::OnHold,
+        CallbackStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallbackStatus::Pending => "pending",
+            CallbackStatus::Processing => "processing",
+            CallbackStatus::Completed => "completed",
+            CallbackStatus::Failed => "failed",
+            CallbackStatus::InsufficientCredits => "insufficient_credits",
+            CallbackStatus::OnHold => "on-hold",
+            CallbackStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Still in its line's queue (counts against the queue's bound).
+    pub fn is_open(self) -> bool {
+        !matches!(self, CallbackStatus::Completed | CallbackStatus::Failed | CallbackStatus::Cancelled)
+    }
+}
+
+/// A missed call waiting to be called back, or what became of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallbackEntry {
+    pub id: CallbackId,
+    pub line_id: LineId,
+    pub tenant_id: TenantId,
+    /// Who missed us: the number to call back.
+    pub caller: String,
+    pub reason: MissedReason,
+    pub priority: CallbackPriority,
+    pub status: CallbackStatus,
+    pub missed_at_ms: u64,
+    pub last_missed_at_ms: u64,
+    /// How often this caller missed us while the entry was open.
+    pub missed_count: u32,
+    /// The callback's own call, once admitted.
+    pub call_id: Option<CallId>,
+    /// The dialer accepted the dial request (the call is placed; its end settles the entry).
+    pub dialed: bool,
+    pub failure_reason: Option<String>,
+    pub updated_at_ms: u64,
 }
 
 /// A call as admitted. Everything but `last_activity_at_ms` is fixed at admission.
@@ -225,6 +355,8 @@ pub struct CallRecord {
     pub started_at_ms: u64,
     /// Last heartbeat or status seen; the watchdog measures staleness from here.
     pub last_activity_at_ms: u64,
+    /// Set when this call is an automatic callback of a missed call.
+    pub callback_id: Option<CallbackId>,
 }
 
 /// A call's final record. Ending is idempotent: a duplicate end returns this unchanged.
@@ -278,6 +410,7 @@ pub(crate) fn test_call(n: u64, at_ms: u64) -> CallRecord {
         waited_ms: 0,
         started_at_ms: at_ms,
         last_activity_at_ms: at_ms,
+        callback_id: None,
     }
 }
 

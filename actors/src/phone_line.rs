@@ -22,8 +22,11 @@ pub enum LineMsg {
         force: bool,
         reply: RpcReplyPort<Result<Granted, Full>>,
     },
+    /// `ended`: the call ended (its channel frees for a callback); otherwise an admission gave
+    /// back what it reserved, which must not wake the callback queue (it would retry at once).
     Release {
         call: CallId,
+        ended: bool,
     },
     Get {
         reply: RpcReplyPort<LineView>,
@@ -32,7 +35,10 @@ pub enum LineMsg {
     Crash,
 }
 
-pub struct LineActor;
+pub struct LineActor {
+    /// To tell the line's callback queue when a channel frees.
+    pub directory: crate::directory::SharedDirectory,
+}
 
 pub struct LineState {
     record: LineRecord,
@@ -53,8 +59,13 @@ impl Actor for LineActor {
             LineMsg::Reserve { call, force, reply } => {
                 let _ = reply.send(state.slots.reserve(call, state.record.channels, force));
             }
-            LineMsg::Release { call } => {
-                state.slots.release(call);
+            LineMsg::Release { call, ended } => {
+                if state.slots.release(call)
+                    && ended
+                    && let Some(queue) = self.directory.read().callback_queues.get(&state.record.id)
+                {
+                    let _ = queue.cast(crate::callback_queue::CallbackQueueMsg::ChannelFreed);
+                }
             }
             LineMsg::Get { reply } => {
                 let _ = reply.send(LineView { record: state.record.clone(), active: state.slots.held().collect() });

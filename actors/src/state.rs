@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::pool::Learned;
 use crate::event::{Event, IdempotencyStamp, WaitOutcome};
-use crate::model::{CallId, CallRecord, CreditTx, EndedCall, LineId, LineRecord, TenantId, TenantRecord, month_of_ms};
+use crate::model::{
+    CallId, CallRecord, CallbackEntry, CallbackId, CreditTx, EndedCall, LineId, LineRecord, TenantId, TenantRecord, month_of_ms,
+};
 
 /// Ended calls kept for `GET /v1/calls/{id}` and duplicate end webhooks. Past it the oldest
 /// (smallest id) is forgotten: a later duplicate end for it answers 404. They live in every
@@ -47,7 +49,7 @@ pub struct Ledger {
 impl Ledger {
     /// Applies `amount` (a removal never takes the balance below zero: it removes what is
     /// there). Returns the amount really applied; nothing is recorded for zero.
-    pub fn post(&mut self, amount: i64, reason: &str, at_ms: u64, call_id: Option<CallId>) -> i64 {
+    pub fn post(&mut self, seq: u64, amount: i64, reason: &str, at_ms: u64, call_id: Option<CallId>) -> i64 {
         let applied = if amount < 0 { -(amount.unsigned_abs().min(self.balance) as i64) } else { amount };
         if applied == 0 {
             return 0;
@@ -56,6 +58,7 @@ impl Ledger {
         self.transactions_total += 1;
         let tx = CreditTx {
             number: self.transactions_total,
+            seq,
             at_ms,
             amount: applied,
             reason: reason.to_owned(),
@@ -75,6 +78,10 @@ impl Ledger {
         i128::from(self.opening_balance) + self.transactions.iter().map(|tx| i128::from(tx.amount)).sum::<i128>()
     }
 }
+
+/// Closed callback entries (completed, failed, cancelled) kept for the API. Past it the oldest
+/// closed entry is forgotten; open entries are bounded per line by their queue.
+pub const CALLBACKS_CLOSED_RETAINED_MAX: usize = 10_000;
 
 /// The reason recorded when a call's end charges its duration.
 pub const CHARGE_REASON: &str = "call";
@@ -194,6 +201,10 @@ pub struct DurableState {
     pub flags: BTreeMap<String, bool>,
     pub usage: BTreeMap<TenantId, TenantUsage>,
     pub ledgers: BTreeMap<TenantId, Ledger>,
+    pub callbacks: BTreeMap<CallbackId, CallbackEntry>,
+    /// Closed entries in the order they closed, for the retention bound.
+    pub callbacks_closed: VecDeque<CallbackId>,
+    pub next_callback_number: u64,
     pub live_calls: BTreeMap<CallId, CallRecord>,
     pub ended_calls: BTreeMap<CallId, EndedCall>,
     pub idempotency: IdempotencyTable,
@@ -205,7 +216,7 @@ pub struct DurableState {
 impl DurableState {
     /// An empty journal's state. Pools come from config as `PoolConfigured` events at boot.
     pub fn new() -> Self {
-        DurableState { next_call_number: 1, ..Default::default() }
+        DurableState { next_call_number: 1, next_callback_number: 1, ..Default::default() }
     }
 
     /// Applies event `seq`. Seqs must be contiguous; an event that contradicts the state (a
@@ -262,6 +273,34 @@ impl DurableState {
             Event::FlagSet { name, enabled } => {
                 self.flags.insert(name.clone(), *enabled);
             }
+            Event::MissedCallRecorded(entry) => {
+                if !self.lines.contains_key(&entry.line_id) {
+                    return Err(contradiction(format!("no line {}", entry.line_id)));
+                }
+                if self.callbacks.contains_key(&entry.id) {
+                    return Err(contradiction(format!("{} exists", entry.id)));
+                }
+                self.next_callback_number = self.next_callback_number.max(entry.id.0 + 1);
+                self.callbacks.insert(entry.id, entry.clone());
+            }
+            Event::MissedCallRepeated { id, at_ms } => {
+                let entry = self.callbacks.get_mut(id).ok_or_else(|| contradiction(format!("no {id}")))?;
+                entry.missed_count += 1;
+                entry.last_missed_at_ms = *at_ms;
+                entry.updated_at_ms = *at_ms;
+            }
+            Event::CallbackUpdated { id, status, call_id, dialed, failure_reason, at_ms } => {
+                let entry = self.callbacks.get_mut(id).ok_or_else(|| contradiction(format!("no {id}")))?;
+                let was_open = entry.status.is_open();
+                entry.status = *status;
+                entry.call_id = *call_id;
+                entry.dialed = *dialed;
+                entry.failure_reason = failure_reason.clone();
+                entry.updated_at_ms = *at_ms;
+                if was_open && !status.is_open() {
+                    self.close_callback(*id);
+                }
+            }
             Event::CreditsAdjusted { tenant_id, amount, reason, at_ms } => {
                 if !self.tenants.contains_key(tenant_id) {
                     return Err(contradiction(format!("no tenant {tenant_id}")));
@@ -270,7 +309,7 @@ impl DurableState {
                 if *amount < 0 && amount.unsigned_abs() > ledger.balance {
                     return Err(contradiction(format!("removes {} of a balance of {}", amount.unsigned_abs(), ledger.balance)));
                 }
-                ledger.post(*amount, reason, *at_ms, None);
+                ledger.post(seq, *amount, reason, *at_ms, None);
             }
             Event::CallAdmitted { call, idempotency } => self.admit(call, idempotency.as_ref()).map_err(contradiction)?,
             Event::CallHeartbeat { id, at_ms } => {
@@ -288,7 +327,7 @@ impl DurableState {
                     cost_cents: *cost_cents,
                 };
                 self.meter(&ended);
-                self.charge(&ended);
+                self.charge(seq, &ended);
                 self.retain_ended(ended);
             }
         }
@@ -332,10 +371,27 @@ impl DurableState {
 
     /// Every end is charged its duration, rounded up (1 credit = 1 second), down to zero at
     /// most; only prepaid tenants are refused when they reach zero.
-    fn charge(&mut self, ended: &EndedCall) {
+    fn charge(&mut self, seq: u64, ended: &EndedCall) {
         let amount = i64::try_from(ended.duration_s).unwrap_or(i64::MAX);
         let ledger = self.ledgers.entry(ended.call.tenant_id.clone()).or_default();
-        ledger.post(-amount, CHARGE_REASON, ended.ended_at_ms, Some(ended.call.id));
+        ledger.post(seq, -amount, CHARGE_REASON, ended.ended_at_ms, Some(ended.call.id));
+    }
+
+    /// Keeps closed entries within `CALLBACKS_CLOSED_RETAINED_MAX`. (A closed entry that is
+    /// retried reopens; its stale place in the order is skipped when it comes up.)
+    fn close_callback(&mut self, id: CallbackId) {
+        self.callbacks_closed.push_back(id);
+        while self.callbacks_closed.len() > CALLBACKS_CLOSED_RETAINED_MAX {
+            let oldest = self.callbacks_closed.pop_front().expect("non-empty");
+            if self.callbacks.get(&oldest).is_some_and(|e| !e.status.is_open()) {
+                self.callbacks.remove(&oldest);
+            }
+        }
+    }
+
+    /// A line's open callback entries (its queue actor's state).
+    pub fn line_callbacks(&self, line: &str) -> BTreeMap<CallbackId, CallbackEntry> {
+        self.callbacks.values().filter(|e| e.line_id == line && e.status.is_open()).map(|e| (e.id, e.clone())).collect()
     }
 
     pub fn balance(&self, tenant: &str) -> u64 {
@@ -382,6 +438,7 @@ impl DurableState {
         StateDigest {
             tenants: self.tenants.iter().map(|(id, t)| (id.clone(), (t.clone(), self.tenant_active(id), self.balance(id)))).collect(),
             lines: self.lines.iter().map(|(id, l)| (id.clone(), (l.clone(), self.line_active(id)))).collect(),
+            callbacks: self.lines.keys().map(|id| (id.clone(), self.line_callbacks(id))).collect(),
             pools,
             flags: self.flags.clone(),
             live_calls: self.live_calls.clone(),
@@ -406,6 +463,8 @@ pub struct StateDigest {
     /// Record, held slots, credit balance.
     pub tenants: BTreeMap<TenantId, (TenantRecord, BTreeSet<CallId>, u64)>,
     pub lines: BTreeMap<LineId, (LineRecord, BTreeSet<CallId>)>,
+    /// Each line's open callback entries.
+    pub callbacks: BTreeMap<LineId, BTreeMap<CallbackId, CallbackEntry>>,
     pub pools: BTreeMap<String, PoolDigest>,
     pub flags: BTreeMap<String, bool>,
     pub live_calls: BTreeMap<CallId, CallRecord>,
@@ -497,15 +556,15 @@ mod tests {
     #[test]
     fn a_ledger_never_goes_below_zero_and_its_kept_transactions_replay_to_its_balance() {
         let mut ledger = Ledger::default();
-        assert_eq!(ledger.post(-5, "charge", 0, None), 0, "nothing to remove, nothing recorded");
+        assert_eq!(ledger.post(1, -5, "charge", 0, None), 0, "nothing to remove, nothing recorded");
         assert!(ledger.transactions.is_empty());
         for n in 0..(CREDIT_TRANSACTIONS_RETAINED as i64 + 50) {
-            ledger.post(if n % 3 == 0 { -7 } else { 10 }, "x", n as u64, None);
+            ledger.post(n as u64, if n % 3 == 0 { -7 } else { 10 }, "x", n as u64, None);
         }
         assert_eq!(ledger.transactions.len(), CREDIT_TRANSACTIONS_RETAINED);
         assert_eq!(ledger.replayed_balance(), i128::from(ledger.balance));
         let before = ledger.balance as i64;
-        assert_eq!(ledger.post(-before - 100, "all", 0, None), -before, "a removal past the balance removes what is there");
+        assert_eq!(ledger.post(9_999, -before - 100, "all", 0, None), -before, "a removal past the balance removes what is there");
         assert_eq!(ledger.balance, 0);
         assert_eq!(ledger.replayed_balance(), 0);
     }

@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::call::CallMsg;
+use crate::callback_queue::CallbackQueueMsg;
 use crate::context::Context;
 use crate::event::Event;
 use crate::journal::{AppendError, Entity, Guard, Handover, Inspector, JournalMsg, JournalWriter};
@@ -60,6 +61,8 @@ pub enum SupervisorMsg {
     },
     /// The watchdog's tick: ask every live call whether it is stuck.
     Sweep,
+    /// The callbacks' backup scan: every queue looks for work it may have missed.
+    CallbackScan,
     /// Shutting down: children that stop from now on are not rebuilt.
     Stopping {
         reply: RpcReplyPort<()>,
@@ -88,6 +91,7 @@ impl Actor for Supervisor {
             telemetry: Arc::clone(&self.context.telemetry),
             snapshot_every_events: self.context.settings.snapshot_every_events,
             healthy: Arc::clone(&self.context.journal_alive),
+            balances: Arc::clone(&self.context.balances),
             usage_alerts: {
                 let arbitration = &self.context.settings.arbitration;
                 arbitration.premium_pool.clone().map(|pool| (pool, arbitration.premium_feature.clone()))
@@ -99,6 +103,7 @@ impl Actor for Supervisor {
         *self.context.flags.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = durable.flags.clone();
         self.boot_children(&myself, &durable).await?;
         myself.send_interval(self.context.settings.sweep_interval, || SupervisorMsg::Sweep);
+        myself.send_interval(self.context.settings.callbacks.backup_scan_interval, || SupervisorMsg::CallbackScan);
         Ok(SupervisorState { journal_id: journal.get_id(), journal, stopping: false })
     }
 
@@ -122,6 +127,12 @@ impl Actor for Supervisor {
                 let calls: Vec<ActorRef<CallMsg>> = self.context.directory.read().calls.values().map(|c| c.actor.clone()).collect();
                 for call in calls {
                     let _ = call.cast(CallMsg::Sweep);
+                }
+            }
+            SupervisorMsg::CallbackScan => {
+                let queues: Vec<_> = self.context.directory.read().callback_queues.values().cloned().collect();
+                for queue in queues {
+                    let _ = queue.cast(CallbackQueueMsg::Kick);
                 }
             }
             SupervisorMsg::Stopping { reply } => {
@@ -163,7 +174,7 @@ impl Actor for Supervisor {
     }
 }
 
-fn release_all<M: ractor::Message>(actor: Option<&ActorRef<M>>, calls: Vec<(CallId, u64)>, release: impl Fn((CallId, u64)) -> M) {
+fn release_all<M: ractor::Message>(actor: Option<&ActorRef<M>>, calls: Vec<CallId>, release: impl Fn(CallId) -> M) {
     if let Some(actor) = actor {
         for call in calls {
             let _ = actor.cast(release(call));
@@ -203,10 +214,11 @@ impl Supervisor {
         let cell = myself.get_cell();
         context.spawn_platform(cell.clone(), durable.pools.clone(), durable.pool_held(), 0).await?;
         for tenant in durable.tenants.values() {
-            context.spawn_tenant(cell.clone(), tenant.clone(), durable.tenant_active(&tenant.id), 0, durable.balance(&tenant.id)).await?;
+            context.spawn_tenant(cell.clone(), tenant.clone(), durable.tenant_active(&tenant.id), 0).await?;
         }
         for line in durable.lines.values() {
             context.spawn_line(cell.clone(), line.clone(), durable.line_active(&line.id), 0).await?;
+            context.spawn_callback_queue(cell.clone(), line, durable.line_callbacks(&line.id)).await?;
         }
         for call in durable.live_calls.values() {
             context.spawn_call(cell.clone(), call.clone()).await?;
@@ -226,25 +238,28 @@ impl Supervisor {
         let cell = myself.get_cell();
         let context = &self.context;
         match handover {
-            Handover::Tenant(record, held, balance) => {
+            Handover::Tenant(record, held) => {
                 let id = record.id.clone();
-                context.spawn_tenant(cell, record, held.clone(), generation, balance).await?;
+                context.spawn_tenant(cell, record, held.clone(), generation).await?;
                 let ended = self.ended_since(state, held).await?;
-                let release = |(call, charge_s)| TenantMsg::Release { call, charge_s };
-                release_all(context.directory.read().tenants.get(&id).map(|t| &t.actor), ended, release);
+                release_all(context.directory.read().tenants.get(&id).map(|t| &t.actor), ended, |call| TenantMsg::Release { call });
             }
             Handover::Line(record, held) => {
                 let id = record.id.clone();
                 context.spawn_line(cell, record, held.clone(), generation).await?;
                 let ended = self.ended_since(state, held).await?;
-                release_all(context.directory.read().lines.get(&id).map(|l| &l.slot.actor), ended, |(call, _)| LineMsg::Release { call });
+                release_all(context.directory.read().lines.get(&id).map(|l| &l.slot.actor), ended, |call| LineMsg::Release {
+                    call,
+                    ended: true,
+                });
             }
             Handover::Platform(pools, held) => {
                 let calls = held.keys().copied().collect();
                 context.spawn_platform(cell, pools, held, generation).await?;
                 let ended = self.ended_since(state, calls).await?;
-                release_all(context.directory.read().platform.as_ref().map(|p| &p.actor), ended, |(call, _)| PlatformMsg::Release { call });
+                release_all(context.directory.read().platform.as_ref().map(|p| &p.actor), ended, |call| PlatformMsg::Release { call });
             }
+            Handover::CallbackQueue(line, entries) => context.spawn_callback_queue(cell, &line, entries).await?,
             Handover::Call(record) => context.spawn_call(cell, record).await?,
             Handover::CallEnded(ended) => {
                 tracing::warn!(call_id = %ended.call.id, "finishing the end of a call whose actor died mid-end");
@@ -261,17 +276,10 @@ impl Supervisor {
     /// before the new one was published; the caller releases them in the new one. (An end
     /// whose release read the directory after the publication reached the new actor anyway:
     /// releasing twice changes nothing.)
-    /// Each with its duration, which the tenant charges. (An ended call already forgotten by the
-    /// bounded ended-call ring would be charged nothing: it takes 20 000 ends during one rebuild.)
-    async fn ended_since(&self, state: &SupervisorState, held: BTreeSet<CallId>) -> Result<Vec<(CallId, u64)>, ActorProcessingErr> {
+    async fn ended_since(&self, state: &SupervisorState, held: BTreeSet<CallId>) -> Result<Vec<CallId>, ActorProcessingErr> {
         let (sender, receiver) = oneshot::channel();
         let inspect: Inspector = Box::new(move |durable| {
-            let ended = held
-                .into_iter()
-                .filter(|id| !durable.live_calls.contains_key(id))
-                .map(|id| (id, durable.ended_calls.get(&id).map_or(0, |e| e.duration_s)))
-                .collect();
-            let _ = sender.send(ended);
+            let _ = sender.send(held.into_iter().filter(|id| !durable.live_calls.contains_key(id)).collect());
         });
         state.journal.cast(JournalMsg::Inspect(inspect))?;
         Ok(tokio::time::timeout(self.context.settings.journal_timeout, receiver).await??)
@@ -289,7 +297,7 @@ impl Supervisor {
         let event = Event::TenantCreated(record.clone());
         crate::append(&state.journal, event, Guard::default(), self.context.settings.journal_timeout).await?;
         let held = Default::default();
-        self.context.spawn_tenant(myself.get_cell(), record, held, 0, 0).await.map_err(|e| CreateError::Spawn(e.to_string()))
+        self.context.spawn_tenant(myself.get_cell(), record, held, 0).await.map_err(|e| CreateError::Spawn(e.to_string()))
     }
 
     async fn create_line(&self, myself: &ActorRef<SupervisorMsg>, state: &SupervisorState, record: LineRecord) -> Result<(), CreateError> {
@@ -305,6 +313,10 @@ impl Supervisor {
         let event = Event::LineCreated(record.clone());
         crate::append(&state.journal, event, Guard::default(), self.context.settings.journal_timeout).await?;
         let held = Default::default();
+        self.context
+            .spawn_callback_queue(myself.get_cell(), &record, Default::default())
+            .await
+            .map_err(|e| CreateError::Spawn(e.to_string()))?;
         self.context.spawn_line(myself.get_cell(), record, held, 0).await.map_err(|e| CreateError::Spawn(e.to_string()))
     }
 }

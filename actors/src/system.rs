@@ -17,6 +17,7 @@ use ractor::{Actor, ActorRef, RpcReplyPort};
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::call::{CallError, CallMsg};
+use crate::callback_queue::CallbackQueueMsg;
 use crate::clock::Clock;
 use crate::context::{Context, Settings};
 use crate::core::call::{CallCore, EndReport};
@@ -26,7 +27,9 @@ use crate::core::slots::Full;
 use crate::directory::{CallLookup, SharedDirectory};
 use crate::event::{Event, IdempotencyStamp, WaitOutcome};
 use crate::journal::{AppendError, Entity, Guard, JournalMsg};
-use crate::model::{CallId, CallRecord, Direction, EndedCall, LineRecord, OUTCOME_PROVIDER_REJECTED, TenantRecord, Voice, mask_phone};
+use crate::model::{
+    CallId, CallRecord, CallbackId, Direction, EndedCall, LineRecord, OUTCOME_PROVIDER_REJECTED, TenantRecord, Voice, mask_phone,
+};
 use crate::phone_line::{LineMsg, LineView};
 use crate::platform::{PlatformMsg, PoolAnswer, PoolError, Route};
 use crate::state::{DurableState, IdempotencyRecord, Ledger, PoolRecord, StateDigest, UsageTotals};
@@ -34,6 +37,10 @@ use crate::store::Store;
 use crate::supervisor::{CreateError, Supervisor, SupervisorMsg};
 use crate::telemetry::{AdmissionOutcome, Telemetry};
 use crate::tenant::{FeatureQuery, TenantError, TenantMsg, TenantPatch, TenantRefusal, TenantView};
+
+mod callbacks;
+
+pub use callbacks::{CallbackApiError, CallbackFilter, CallbackPage, MissedError};
 
 /// Attempts at one admission when actors it reserved in were rebuilt under it.
 const ADMISSION_ATTEMPTS_MAX: u32 = 3;
@@ -96,6 +103,8 @@ pub struct AdmitRequest {
     pub fallback: bool,
     /// How long the request may wait for a pool slot (0: fail fast). Capped by config.
     pub wait_ms: u64,
+    /// Set by the callback dispatcher: this call calls back a missed call.
+    pub callback_id: Option<CallbackId>,
 }
 
 impl AdmitRequest {
@@ -113,6 +122,7 @@ impl AdmitRequest {
             voice: Voice::Standard,
             fallback: true,
             wait_ms: 0,
+            callback_id: None,
         }
     }
 }
@@ -271,10 +281,10 @@ struct Reserved {
 impl Reserved {
     fn release(&self, call: CallId) {
         if let Some(tenant) = &self.tenant {
-            let _ = tenant.cast(TenantMsg::Release { call, charge_s: 0 });
+            let _ = tenant.cast(TenantMsg::Release { call });
         }
         if let Some(line) = &self.line {
-            let _ = line.cast(LineMsg::Release { call });
+            let _ = line.cast(LineMsg::Release { call, ended: false });
         }
         if let Some(platform) = &self.platform {
             let _ = platform.cast(PlatformMsg::Release { call });
@@ -309,6 +319,10 @@ impl System {
             telemetry,
             directory: SharedDirectory::default(),
             flags: Default::default(),
+            balances: Arc::new(std::sync::RwLock::new(durable.ledgers.iter().map(|(t, l)| (t.clone(), l.balance)).collect())),
+            next_callback_number: Arc::new(AtomicU64::new(durable.next_callback_number)),
+            dispatcher: Default::default(),
+            dispatches_in_flight: Default::default(),
             journal_alive: Arc::new(AtomicBool::new(true)),
         });
         let next_call_number = AtomicU64::new(durable.next_call_number);
@@ -356,6 +370,12 @@ impl System {
             system.admit_to_completion(request, caller_gone).await
         });
         admission.await.unwrap_or_else(|failed| Err(AdmitError::Unavailable(format!("the admission failed: {failed}"))))
+    }
+
+    /// The dispatcher's admissions: already in a task of their own, with no caller to lose.
+    async fn admit_internal(&self, request: AdmitRequest) -> Result<Admitted, AdmitError> {
+        let (_caller_alive, caller_gone) = oneshot::channel::<()>();
+        self.admit_to_completion(request, caller_gone).await
     }
 
     async fn admit_to_completion(&self, request: AdmitRequest, caller_gone: oneshot::Receiver<()>) -> Result<Admitted, AdmitError> {
@@ -474,6 +494,7 @@ impl System {
             waited_ms: granted.waited_ms,
             started_at_ms: now_ms,
             last_activity_at_ms: now_ms,
+            callback_id: request.callback_id,
         };
         let guard = Guard {
             tenant: Some((request.tenant_id.clone(), tenant.generation)),
@@ -843,12 +864,18 @@ impl System {
         }
     }
 
-    /// Adds (positive) or removes (negative) credits, durably. Returns the new balance.
+    /// Adds (positive) or removes (negative) credits, durably. Returns the journal sequence
+    /// number of the adjustment (its transaction carries it).
     pub async fn credit(&self, tenant_id: &str, amount: i64, reason: String) -> Result<u64, TenantUpdateError> {
         let tenant = self.context.directory.read().tenants.get(tenant_id).cloned().ok_or(TenantUpdateError::NotFound)?;
         let at_ms = self.now_ms();
         match ask(&tenant.actor, |reply| TenantMsg::Credit { amount, reason, at_ms, reply }, self.context.settings.journal_timeout).await {
-            Ok(Ok(balance)) => Ok(balance),
+            Ok(Ok(seq)) => {
+                if amount > 0 {
+                    self.credits_added(tenant_id, self.context.balance(tenant_id));
+                }
+                Ok(seq)
+            }
             Ok(Err(TenantError::InsufficientBalance { balance, amount })) => {
                 Err(TenantUpdateError::InsufficientBalance { balance, amount })
             }
@@ -1033,6 +1060,7 @@ impl System {
         let view = ask(&platform.actor, |reply| PlatformMsg::Get { reply }, timeout).await.map_err(gone)?;
         digest.pools = view.digest();
         digest.flags = self.flags();
+        digest.callbacks = self.live_callbacks().await?;
         Ok(digest)
     }
 
@@ -1044,6 +1072,7 @@ impl System {
             Entity::Line(id) => directory.lines.get(id).is_some_and(|l| l.slot.actor.cast(LineMsg::Crash).is_ok()),
             Entity::Platform => directory.platform.as_ref().is_some_and(|p| p.actor.cast(PlatformMsg::Crash).is_ok()),
             Entity::Call(id) => directory.calls.get(id).is_some_and(|c| c.actor.cast(CallMsg::Crash).is_ok()),
+            Entity::CallbackQueue(id) => directory.callback_queues.get(id).is_some_and(|q| q.cast(CallbackQueueMsg::Crash).is_ok()),
         }
     }
 
@@ -1059,7 +1088,7 @@ impl System {
             Entity::Tenant(id) => directory.tenants.get(id).map(|t| t.generation),
             Entity::Line(id) => directory.lines.get(id).map(|l| l.slot.generation),
             Entity::Platform => directory.platform.as_ref().map(|p| p.generation),
-            Entity::Call(_) => None,
+            Entity::Call(_) | Entity::CallbackQueue(_) => None,
         }
     }
 

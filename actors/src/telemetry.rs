@@ -26,6 +26,10 @@ pub trait Telemetry: Send + Sync + 'static {
     fn premium_fallback(&self, reason: &str);
     /// A tenant's monthly premium characters crossed an alert level.
     fn usage_alert(&self, level: &'static str);
+    /// A callback entry event: `missed`, `missed_again`, `queue_full`, or the status it moved to.
+    fn callback_event(&self, event: &'static str);
+    /// From a channel freeing (or another trigger) to the callback's dial request.
+    fn callback_dispatched(&self, seconds: f64);
 }
 
 /// Discards everything (unit tests).
@@ -42,4 +46,6 @@ impl Telemetry for NoTelemetry {
     fn wait_ended(&self, _: &str, _: &'static str, _: f64) {}
     fn premium_fallback(&self, _: &str) {}
     fn usage_alert(&self, _: &'static str) {}
+    fn callback_event(&self, _: &'static str) {}
+    fn callback_dispatched(&self, _: f64) {}
 }

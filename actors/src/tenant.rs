@@ -87,13 +87,11 @@ pub enum TenantMsg {
         feature: Option<FeatureQuery>,
         reply: RpcReplyPort<Result<TenantGrant, TenantRefusal>>,
     },
-    /// A call ended (its duration is charged) or its admission failed (`charge_s` 0). Only a
-    /// call that still held its slot is charged, so a repeated release charges nothing.
     Release {
         call: CallId,
-        charge_s: u64,
     },
-    /// An administrator adds or removes credits (journaled first).
+    /// An administrator adds or removes credits (journaled first). Answers the journal event's
+    /// sequence number.
     Credit {
         amount: i64,
         reason: String,
@@ -117,12 +115,14 @@ pub struct TenantActor {
     pub journal: ActorRef<JournalMsg>,
     pub generation: u32,
     pub journal_timeout: Duration,
+    /// Credit balances in journal order: the journal writer applies charges and adjustments,
+    /// this actor only reads them (a charge stops at zero, so only one order is right).
+    pub balances: crate::context::SharedBalances,
 }
 
 pub struct TenantState {
     record: TenantRecord,
     slots: SlotTable,
-    balance: u64,
 }
 
 impl TenantState {
@@ -130,31 +130,25 @@ impl TenantState {
         plans.effective_limit(&self.record.plan, self.record.concurrent_limit_override)
     }
 
-    fn view(&self, plans: &PlanTable, arbitration: &Arbitration) -> TenantView {
+    fn view(&self, plans: &PlanTable, arbitration: &Arbitration, balance: u64) -> TenantView {
         let class = arbitration.classes.class_of_plan(&self.record.plan).to_owned();
-        TenantView {
-            record: self.record.clone(),
-            class,
-            limit: self.limit(plans),
-            active: self.slots.held().collect(),
-            balance: self.balance,
-        }
+        TenantView { record: self.record.clone(), class, limit: self.limit(plans), active: self.slots.held().collect(), balance }
     }
 }
 
 impl Actor for TenantActor {
     type Msg = TenantMsg;
     type State = TenantState;
-    type Arguments = (TenantRecord, BTreeSet<CallId>, u64);
+    type Arguments = (TenantRecord, BTreeSet<CallId>);
 
-    async fn pre_start(&self, _: ActorRef<TenantMsg>, (record, held, balance): Self::Arguments) -> Result<TenantState, ActorProcessingErr> {
-        Ok(TenantState { record, slots: SlotTable::from_held(held), balance })
+    async fn pre_start(&self, _: ActorRef<TenantMsg>, (record, held): Self::Arguments) -> Result<TenantState, ActorProcessingErr> {
+        Ok(TenantState { record, slots: SlotTable::from_held(held) })
     }
 
     async fn handle(&self, _: ActorRef<TenantMsg>, msg: TenantMsg, state: &mut TenantState) -> Result<(), ActorProcessingErr> {
         match msg {
             TenantMsg::Reserve { call, force, outbound, feature, reply } => {
-                if outbound && state.record.prepaid && state.balance == 0 && !state.slots.holds(call) {
+                if outbound && state.record.prepaid && !state.slots.holds(call) && self.balance(&state.record.id) == 0 {
                     let _ = reply.send(Err(TenantRefusal::NoCredits));
                     return Ok(());
                 }
@@ -171,10 +165,8 @@ impl Actor for TenantActor {
                 });
                 let _ = reply.send(grant);
             }
-            TenantMsg::Release { call, charge_s } => {
-                if state.slots.release(call) {
-                    state.balance = state.balance.saturating_sub(charge_s);
-                }
+            TenantMsg::Release { call } => {
+                state.slots.release(call);
             }
             TenantMsg::Credit { amount, reason, at_ms, reply } => {
                 let result = self.credit(state, amount, reason, at_ms).await;
@@ -193,7 +185,7 @@ impl Actor for TenantActor {
                 }
             }
             TenantMsg::Get { reply } => {
-                let _ = reply.send(state.view(&self.plans, &self.arbitration));
+                let _ = reply.send(state.view(&self.plans, &self.arbitration, self.balance(&state.record.id)));
             }
             TenantMsg::Crash => panic!("injected tenant crash"),
         }
@@ -202,15 +194,22 @@ impl Actor for TenantActor {
 }
 
 impl TenantActor {
+    fn balance(&self, tenant: &str) -> u64 {
+        self.balances.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(tenant).copied().unwrap_or(0)
+    }
+
+    /// The journal checks a removal against the balance in its own order (a charge may land
+    /// just before it) and refuses one that would go below zero.
     async fn credit(&self, state: &mut TenantState, amount: i64, reason: String, at_ms: u64) -> Result<u64, TenantError> {
-        if amount < 0 && amount.unsigned_abs() > state.balance {
-            return Err(TenantError::InsufficientBalance { balance: state.balance, amount: amount.unsigned_abs() });
-        }
         let guard = Guard { tenant: Some((state.record.id.clone(), self.generation)), ..Guard::default() };
         let event = Event::CreditsAdjusted { tenant_id: state.record.id.clone(), amount, reason, at_ms };
-        crate::append(&self.journal, event, guard, self.journal_timeout).await?;
-        state.balance = state.balance.saturating_add_signed(amount);
-        Ok(state.balance)
+        match crate::append(&self.journal, event, guard, self.journal_timeout).await {
+            Ok(seq) => Ok(seq),
+            Err(AppendError::InsufficientBalance { balance }) => {
+                Err(TenantError::InsufficientBalance { balance, amount: amount.unsigned_abs() })
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
     async fn update(&self, state: &mut TenantState, patch: TenantPatch) -> Result<TenantView, TenantError> {
@@ -248,12 +247,12 @@ impl TenantActor {
         if record == state.record {
             // Nothing changes (a repeated PUT, a DELETE of an override that is not there):
             // nothing to journal.
-            return Ok(state.view(&self.plans, &self.arbitration));
+            return Ok(state.view(&self.plans, &self.arbitration, self.balance(&state.record.id)));
         }
         let guard = Guard { tenant: Some((record.id.clone(), self.generation)), ..Guard::default() };
         let event = Event::TenantUpdated(record.clone());
         crate::append(&self.journal, event, guard, self.journal_timeout).await?;
         state.record = record;
-        Ok(state.view(&self.plans, &self.arbitration))
+        Ok(state.view(&self.plans, &self.arbitration, self.balance(&state.record.id)))
     }
 }

@@ -13,10 +13,14 @@ use switchboard_actors::clock::Clock;
 use switchboard_actors::clock::ManualClock;
 use switchboard_actors::context::Settings;
 use switchboard_actors::core::call::EndReport;
+use switchboard_actors::dialer::{DialFuture, DialOutcome, DialRequest, Dialer};
 use switchboard_actors::journal::Entity;
-use switchboard_actors::model::{Addon, AddonStatus, BillingStatus, CallId, Direction, LineRecord, TenantRecord, Voice};
+use switchboard_actors::model::{
+    Addon, AddonStatus, BillingStatus, CallId, Direction, LineRecord, MissedReason, OnBusy, TenantRecord, Voice,
+};
 use switchboard_actors::state::DurableState;
 use switchboard_actors::store::{MemoryStore, Store, recover};
+use switchboard_actors::system::CallbackFilter;
 use switchboard_actors::system::{AdmitRequest, System};
 use switchboard_actors::telemetry::NoTelemetry;
 use switchboard_actors::tenant::TenantPatch;
@@ -25,6 +29,23 @@ const TENANTS: [(&str, &str); 3] = [("t0", "PRO"), ("t1", "PAYG"), ("t2", "START
 const LINES: [(&str, usize, u32); 2] = [("+14155550300", 0, 2), ("+14155550301", 1, 1)];
 
 const PREMIUM_FEATURE: &str = "premium_voices";
+const CALLERS: [&str; 4] = ["+14155550900", "+14155550901", "+14155550902", "+14155550903"];
+
+/// Accepts, fails and rate-limits dial requests in turn.
+struct CyclingDialer(std::sync::atomic::AtomicU64);
+
+impl Dialer for CyclingDialer {
+    fn dial(&self, _: DialRequest) -> DialFuture<'_> {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            match n % 3 {
+                0 => DialOutcome::Accepted,
+                1 => DialOutcome::Failed("test".into()),
+                _ => DialOutcome::RateLimited { retry_after_s: Some(1) },
+            }
+        })
+    }
+}
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -75,6 +96,16 @@ enum Op {
         tenant: usize,
         amount: i64,
     },
+    Missed {
+        line: usize,
+        caller: usize,
+    },
+    CancelCallback {
+        pick: usize,
+    },
+    RetryCallback {
+        pick: usize,
+    },
     SetPrepaid {
         tenant: usize,
         prepaid: bool,
@@ -102,6 +133,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..3usize, proptest::option::of(any::<bool>())).prop_map(|(tenant, enabled)| Op::SetTenantFlag { tenant, enabled }),
         1 => (0..3usize, any::<bool>()).prop_map(|(tenant, paid)| Op::SetAddon { tenant, paid }),
         2 => (0..3usize, -30..60i64).prop_map(|(tenant, amount)| Op::Credit { tenant, amount }),
+        2 => (0..2usize, 0..4usize).prop_map(|(line, caller)| Op::Missed { line, caller }),
+        1 => any::<usize>().prop_map(|pick| Op::CancelCallback { pick }),
+        1 => any::<usize>().prop_map(|pick| Op::RetryCallback { pick }),
         1 => (0..3usize, any::<bool>()).prop_map(|(tenant, prepaid)| Op::SetPrepaid { tenant, prepaid }),
         1 => (0..5usize).prop_map(|target| Op::Crash { target }),
         1 => (1..5_000u64).prop_map(|ms| Op::Advance { ms }),
@@ -165,9 +199,13 @@ async fn apply(system: &Arc<System>, clock: &ManualClock, live: &mut Vec<CallId>
         Op::Admit { tenant, line, inbound, connected, premium, fallback } => {
             let direction = if inbound { Direction::Inbound } else { Direction::Outbound };
             let voice = if premium { Voice::Premium } else { Voice::Standard };
-            let request = AdmitRequest { voice, fallback, ..request(tenant, line, direction, connected) };
-            if let Ok(admitted) = system.admit(request).await {
-                live.push(admitted.call.id);
+            let request =
+                AdmitRequest { voice, fallback, from: Some(CALLERS[tenant].into()), ..request(tenant, line, direction, connected) };
+            match system.admit(request.clone()).await {
+                Ok(admitted) => live.push(admitted.call.id),
+                Err(error) => {
+                    let _ = system.turn_away_busy(&request, &error).await;
+                }
             }
         }
         Op::AdmitWaiting { tenant, wait_ms } => {
@@ -216,6 +254,19 @@ async fn apply(system: &Arc<System>, clock: &ManualClock, live: &mut Vec<CallId>
             let patch = TenantPatch { addon: Some((PREMIUM_FEATURE.into(), addon)), ..TenantPatch::default() };
             system.update_tenant(TENANTS[tenant].0, patch).await.expect("addon");
         }
+        Op::Missed { line, caller } => {
+            let _ = system.record_missed(LINES[line].0, CALLERS[caller].into(), MissedReason::Busy).await;
+        }
+        Op::CancelCallback { pick } | Op::RetryCallback { pick } => {
+            let page = system.list_callbacks(CallbackFilter::default(), 0, 200).await.expect("callbacks");
+            if let Some(entry) = page.entries.get(pick % page.entries.len().max(1)) {
+                if matches!(op, Op::CancelCallback { .. }) {
+                    let _ = system.cancel_callback(entry.id).await;
+                } else {
+                    let _ = system.retry_callback(entry.id).await;
+                }
+            }
+        }
         Op::Credit { tenant, amount } => {
             // A removal past the balance is refused and changes nothing; anything else lands.
             let _ = system.credit(TENANTS[tenant].0, amount, "test".into()).await;
@@ -243,10 +294,15 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     }
     for (id, tenant, channels) in LINES {
         system
-            .create_line(LineRecord { id: id.into(), tenant_id: TENANTS[tenant].0.into(), channels, created_at_ms: 0 })
+            // Line 0 turns callers away busy and calls them back; line 1 tracks.
+            .create_line(LineRecord {
+                on_busy: if tenant == 0 { OnBusy::Callback } else { OnBusy::Track },
+                ..LineRecord::new(id, TENANTS[tenant].0, channels, 0)
+            })
             .await
             .expect("line");
     }
+    system.start_dispatcher(Arc::new(CyclingDialer(Default::default()))).await;
     let mut live: Vec<CallId> = Vec::new();
     let mut waiting = Waiting::new();
     for op in ops {
@@ -261,6 +317,17 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         if let Ok(admitted) = joined.expect("waiting admission task") {
             live.push(admitted.call.id);
         }
+    }
+    for _ in 0..5_000 {
+        if system.callbacks_settled() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    if !system.callbacks_settled() {
+        let page = system.list_callbacks(CallbackFilter::default(), 0, 200).await.expect("callbacks");
+        let statuses: Vec<_> = page.entries.iter().map(|e| (e.id, e.status, e.call_id, e.dialed)).collect();
+        panic!("callback dispatches did not settle: {statuses:?}");
     }
     system.sync().await.expect("sync");
     let live_state = system.live_digest().await.expect("live digest");

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use switchboard_actors::core::call::EndReport;
 use switchboard_actors::event::{IdempotencyStamp, fnv1a64};
-use switchboard_actors::model::{CallId, CallRecord, Direction, EndedCall, Voice};
+use switchboard_actors::model::{CallId, CallRecord, Direction, EndedCall, OnBusy, Voice};
 use switchboard_actors::system::{AdmitError, AdmitRequest, CallState, DenialCode, SystemError};
 
 use super::AppStateRef;
@@ -216,8 +216,27 @@ pub async fn create(
         voice: body.voice.unwrap_or(Voice::Standard),
         fallback: body.fallback.unwrap_or(true),
         wait_ms: body.wait_ms.unwrap_or(0),
+        callback_id: None,
     };
-    let admitted = system.admit(request).await.map_err(admit_problem)?;
+    // A line that answers before connecting turns a caller it cannot take away busy.
+    let answers_first = request.direction == Direction::Inbound
+        && !request.already_connected
+        && request.line_id.as_deref().and_then(|l| system.line_on_busy(l)) == Some(OnBusy::Callback);
+    if answers_first && request.from.is_none() {
+        return Err(Problem::invalid("from", "this line calls missed callers back, so an inbound call needs the caller's number"));
+    }
+    let kept = answers_first.then(|| request.clone());
+    let admitted = match system.admit(request).await {
+        Ok(admitted) => admitted,
+        Err(error) => {
+            if let Some(request) = &kept
+                && let Some(missed) = system.turn_away_busy(request, &error).await
+            {
+                return super::callbacks::rejected_busy(missed);
+            }
+            return Err(admit_problem(error));
+        }
+    };
     let mut response = (StatusCode::CREATED, axum::Json(call_view(&admitted.call, None))).into_response();
     let location = HeaderValue::from_str(&format!("/v1/calls/{}", admitted.call.id)).expect("call ids are ASCII");
     response.headers_mut().insert(header::LOCATION, location);

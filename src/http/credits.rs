@@ -59,11 +59,12 @@ pub async fn adjust(
     validate::range("amount", body.amount, -AMOUNT_MAX, AMOUNT_MAX)?;
     validate::text("reason", &body.reason, 200)?;
     let system = state.system()?;
-    let balance = system.credit(&id, body.amount, body.reason).await.map_err(|e| update_problem(e, &id))?;
+    let seq = system.credit(&id, body.amount, body.reason).await.map_err(|e| update_problem(e, &id))?;
     let ledger = system.ledger(&id).await.map_err(|e| system_problem(e, "tenant", &id))?;
-    let transaction = ledger.transactions.back().map(tx_json);
-    Ok((StatusCode::CREATED, axum::Json(json!({"object": "credits", "tenant_id": id, "balance": balance, "transaction": transaction})))
-        .into_response())
+    let transaction = ledger.transactions.iter().rev().find(|tx| tx.seq == seq);
+    let balance_after = transaction.map(|tx| tx.balance_after);
+    let body = json!({"object": "credits", "tenant_id": id, "balance": balance_after, "transaction": transaction.map(tx_json)});
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
 
 /// `GET /v1/tenants/{id}/credits?limit=&starting_after=`: the balance and the transactions,

@@ -4,6 +4,7 @@
 //! The router answers from the moment the socket is bound: `/healthz` at once, `/readyz` and
 //! `/v1` with 503 until the journal has been replayed and the actors are up.
 
+pub mod callbacks;
 pub mod calls;
 pub mod credits;
 pub mod extract;
@@ -80,6 +81,11 @@ pub fn app(state: AppStateRef) -> Router {
         .route("/tenants/{id}/credits", get(credits::show).post(credits::adjust))
         .route("/lines", post(tenants::create_line))
         .route("/lines/{id}", get(tenants::show_line))
+        .route("/lines/{id}/missed-calls", post(callbacks::report))
+        .route("/callbacks", get(callbacks::list))
+        .route("/callbacks/stats", get(callbacks::stats))
+        .route("/callbacks/{id}", get(callbacks::show).delete(callbacks::cancel))
+        .route("/callbacks/{id}/retry", post(callbacks::retry))
         .route("/flags", get(features::list_flags))
         .route("/flags/{name}", put(features::put_flag))
         .route("/platform", get(platform::show).patch(platform::update))

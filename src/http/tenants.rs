@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
-use switchboard_actors::model::{LineRecord, TenantRecord};
+use switchboard_actors::model::{LineRecord, OnBusy, TenantRecord};
 use switchboard_actors::phone_line::LineView;
 use switchboard_actors::supervisor::CreateError;
 use switchboard_actors::tenant::{TenantPatch, TenantView};
@@ -55,6 +55,12 @@ pub struct CreateLine {
     tenant_id: String,
     #[serde(default)]
     channels: Option<u32>,
+    /// `track` (default) or `callback`: turn inbound callers away busy and call them back.
+    #[serde(default)]
+    on_busy: OnBusy,
+    /// The agent that answers the line and calls its missed callers back.
+    #[serde(default)]
+    agent_id: Option<String>,
 }
 
 fn check_plan(state: &AppStateRef, plan: &str) -> Result<(), Problem> {
@@ -100,6 +106,8 @@ fn line_json(view: &LineView) -> Value {
         "id": record.id,
         "tenant_id": record.tenant_id,
         "channels": record.channels,
+        "on_busy": record.on_busy,
+        "agent_id": record.agent_id,
         "active_calls": view.active.len(),
         "created_at": rfc3339(record.created_at_ms),
     })
@@ -175,7 +183,11 @@ pub async fn create_line(State(state): State<AppStateRef>, JsonBody(body): JsonB
     validate::range("channels", channels, 1, CHANNELS_MAX)?;
     let system = state.system()?;
     let now_ms = system.now_ms();
-    let record = LineRecord { id: body.id.clone(), tenant_id: body.tenant_id, channels, created_at_ms: now_ms };
+    if let Some(agent_id) = &body.agent_id {
+        validate::id("agent_id", agent_id)?;
+    }
+    let record =
+        LineRecord { on_busy: body.on_busy, agent_id: body.agent_id, ..LineRecord::new(body.id.clone(), body.tenant_id, channels, now_ms) };
     system.create_line(record).await.map_err(|e| create_problem(e, "line"))?;
     let view = system.get_line(&body.id).await.map_err(|e| system_problem(e, "line", &body.id))?;
     Ok((StatusCode::CREATED, axum::Json(line_json(&view))).into_response())

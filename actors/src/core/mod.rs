@@ -4,6 +4,7 @@
 //! carry out what they return; the proptests drive them directly.
 
 pub mod call;
+pub mod callbacks;
 pub mod features;
 pub mod pool;
 pub mod slots;
