@@ -218,14 +218,17 @@ impl Supervisor {
         }
         for line in durable.lines.values() {
             context.spawn_line(cell.clone(), line.clone(), durable.line_active(&line.id), 0).await?;
-            context.spawn_callback_queue(cell.clone(), line, durable.line_callbacks(&line.id)).await?;
         }
         for call in durable.live_calls.values() {
             context.spawn_call(cell.clone(), call.clone()).await?;
             context.telemetry.active_calls(&call.plan, 1);
         }
-        let mut directory = context.directory.write();
-        directory.ended = durable.ended_calls.clone();
+        context.directory.write().ended = durable.ended_calls.clone();
+        // Last: a queue settles its dialled entries whose calls ended, so it must find every
+        // live and ended call in the directory.
+        for line in durable.lines.values() {
+            context.spawn_callback_queue(cell.clone(), line, durable.line_callbacks(&line.id)).await?;
+        }
         Ok(())
     }
 
