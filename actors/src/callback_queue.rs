@@ -129,6 +129,9 @@ pub struct CallbackQueueState {
     queue: CallbackQueue,
     /// The entry with the dispatcher, if any: one at a time per line.
     dispatching: Option<CallbackId>,
+    /// A trigger (a channel freeing, credits, a new entry) came while an entry was with the
+    /// dispatcher: look for work when it comes back, even if it made no progress.
+    retrigger: bool,
 }
 
 impl Actor for CallbackQueueActor {
@@ -137,7 +140,7 @@ impl Actor for CallbackQueueActor {
     type Arguments = BTreeMap<CallbackId, CallbackEntry>;
 
     async fn pre_start(&self, _: ActorRef<Self::Msg>, entries: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
-        Ok(CallbackQueueState { queue: CallbackQueue::new(entries), dispatching: None })
+        Ok(CallbackQueueState { queue: CallbackQueue::new(entries), dispatching: None, retrigger: false })
     }
 
     /// Entries whose callback was dialled but whose call ended while nobody listened (this
@@ -159,7 +162,14 @@ impl Actor for CallbackQueueActor {
 
     async fn handle(&self, _: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         let triggered_at = Instant::now();
-        let look_for_work = !matches!(msg, CallbackQueueMsg::Get { .. } | CallbackQueueMsg::DispatchDone { progressed: false, .. });
+        let look_for_work = match &msg {
+            CallbackQueueMsg::Get { .. } => false,
+            CallbackQueueMsg::DispatchDone { progressed, .. } => *progressed || std::mem::take(&mut state.retrigger),
+            _ => {
+                state.retrigger |= state.dispatching.is_some();
+                true
+            }
+        };
         let result = match msg {
             CallbackQueueMsg::Missed { caller, reason, reply } => {
                 let result = self.missed(state, caller, reason).await;
@@ -291,8 +301,16 @@ impl CallbackQueueActor {
     }
 
     async fn retry(&self, state: &mut CallbackQueueState, entry: CallbackEntry) -> Result<CallbackEntry, CallbackError> {
+        // The entry comes from a read of the journal: if it is open here, that read is stale
+        // (a concurrent retry reopened it) and reopening it again could dial it twice.
+        if let Some(open) = state.queue.get(entry.id) {
+            return Err(CallbackError::WrongStatus { id: entry.id, status: open.status, expected: "failed" });
+        }
         if entry.status != CallbackStatus::Failed {
             return Err(CallbackError::WrongStatus { id: entry.id, status: entry.status, expected: "failed" });
+        }
+        if state.queue.entries().len() >= self.open_max {
+            return Err(CallbackError::QueueFull { open: state.queue.entries().len() });
         }
         let at_ms = self.clock.now_ms();
         let event = Event::CallbackUpdated {

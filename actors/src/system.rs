@@ -890,7 +890,7 @@ impl System {
             return Err(SystemError::NotFound);
         }
         let id = tenant_id.to_owned();
-        self.inspect(move |durable| durable.ledgers.get(&id).cloned().unwrap_or_default()).await.map_err(SystemError::Unavailable)
+        self.read_durable(move |durable| durable.ledgers.get(&id).cloned().unwrap_or_default()).await.map_err(SystemError::Unavailable)
     }
 
     /// Seed 004's `canUseFeature` for a tenant, by the service clock.
@@ -918,7 +918,7 @@ impl System {
         let view = self.get_tenant(tenant_id).await?;
         let id = tenant_id.to_owned();
         let totals = self
-            .inspect(move |durable| durable.usage.get(&id).and_then(|months| months.get(&month)).cloned().unwrap_or_default())
+            .read_durable(move |durable| durable.usage.get(&id).and_then(|months| months.get(&month)).cloned().unwrap_or_default())
             .await
             .map_err(SystemError::Unavailable)?;
         Ok((totals, view.record))
@@ -939,7 +939,7 @@ impl System {
         let now_ms = self.now_ms();
         let flag = self.context.flag(&arbitration.premium_feature);
         let (sold_limits_total, sold_premium, stats) = self
-            .inspect(move |durable| {
+            .read_durable(move |durable| {
                 let mut total = 0u64;
                 let mut premium = 0u64;
                 for tenant in durable.tenants.values() {
@@ -1022,6 +1022,15 @@ impl System {
             .await
             .map_err(|_| "the journal did not answer in time".to_owned())?
             .map_err(|_| "the journal writer is gone".to_owned())
+    }
+
+    /// Like `inspect`, for what is shown to a client: answers only once everything the read saw
+    /// is durable. (The journal's state includes accepted events still being written; showing
+    /// one that a crash then loses would be acknowledging it early.)
+    pub async fn read_durable<R: Send + 'static>(&self, read: impl FnOnce(&DurableState) -> R + Send + 'static) -> Result<R, String> {
+        let value = self.inspect(read).await?;
+        self.sync().await?;
+        Ok(value)
     }
 
     /// Waits until everything accepted so far is durable.

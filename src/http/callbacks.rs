@@ -164,8 +164,14 @@ fn api_problem(error: CallbackApiError, raw: &str) -> Problem {
         CallbackApiError::NotFound => Problem::not_found("callback", raw),
         CallbackApiError::WrongStatus { status, expected } => {
             Problem::new(StatusCode::CONFLICT, "CALLBACK_WRONG_STATUS", format!("the callback is {}, not {expected}", status.as_str()))
-                .with("status", status.as_str())
+                .with("callback_status", status.as_str())
         }
+        CallbackApiError::QueueFull { open } => Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "CALLBACK_QUEUE_FULL",
+            format!("the line's callback queue is full ({open} open entries); retry when it has room"),
+        )
+        .retry_after(60),
         CallbackApiError::Unavailable(why) => Problem::unavailable(why),
     }
 }

@@ -171,6 +171,11 @@ impl System {
             let held = self.transition_callback(entry, pending, CallbackStatus::InsufficientCredits, None, false, None).await.is_ok();
             if held {
                 tracing::warn!(alert = "CALLBACK_INSUFFICIENT_CREDITS", callback_id = %entry.id, tenant_id = %entry.tenant_id, balance = tenant.balance, min_credits = settings.min_credits, "callback held: add credits to place it");
+                // Credits that arrived between the read and the hold would not release it.
+                if self.context.balance(&entry.tenant_id) > settings.min_credits {
+                    let held_status = &[CallbackStatus::InsufficientCredits];
+                    let _ = self.transition_callback(entry, held_status, CallbackStatus::Pending, None, false, None).await;
+                }
             }
             return held;
         }
@@ -250,7 +255,7 @@ impl System {
     // ---------------------------------------------------------------- the API
 
     pub async fn list_callbacks(&self, filter: CallbackFilter, offset: usize, limit: usize) -> Result<CallbackPage, SystemError> {
-        self.inspect(move |durable| {
+        self.read_durable(move |durable| {
             let matching: Vec<&CallbackEntry> = durable
                 .callbacks
                 .values()
@@ -266,7 +271,7 @@ impl System {
     }
 
     pub async fn callback_stats(&self) -> Result<BTreeMap<CallbackStatus, usize>, SystemError> {
-        self.inspect(|durable| {
+        self.read_durable(|durable| {
             let mut counts: BTreeMap<CallbackStatus, usize> = CallbackStatus::ALL.iter().map(|s| (*s, 0)).collect();
             for entry in durable.callbacks.values() {
                 *counts.entry(entry.status).or_default() += 1;
@@ -278,7 +283,7 @@ impl System {
     }
 
     pub async fn get_callback(&self, id: CallbackId) -> Result<CallbackEntry, SystemError> {
-        self.inspect(move |durable| durable.callbacks.get(&id).cloned())
+        self.read_durable(move |durable| durable.callbacks.get(&id).cloned())
             .await
             .map_err(SystemError::Unavailable)?
             .ok_or(SystemError::NotFound)
@@ -351,6 +356,8 @@ pub enum CallbackApiError {
     NotFound,
     #[error("the callback is {}, not {expected}", status.as_str())]
     WrongStatus { status: CallbackStatus, expected: &'static str },
+    #[error("the line's callback queue is full ({open} open entries)")]
+    QueueFull { open: usize },
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
 }
@@ -369,6 +376,7 @@ impl From<CallbackError> for CallbackApiError {
         match error {
             CallbackError::NotFound(_) => CallbackApiError::NotFound,
             CallbackError::WrongStatus { status, expected, .. } => CallbackApiError::WrongStatus { status, expected },
+            CallbackError::QueueFull { open } => CallbackApiError::QueueFull { open },
             other => CallbackApiError::Unavailable(other.to_string()),
         }
     }
