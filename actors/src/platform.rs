@@ -166,6 +166,8 @@ pub struct PlatformState {
     waiting: BTreeMap<CallId, Waiting>,
     /// When the next `Tick` is due, if one is scheduled.
     tick_at_ms: Option<u64>,
+    /// What the gauges last said per pool (capacity, active, waiting): only changes are sent.
+    reported: BTreeMap<String, (u32, u32, u32)>,
 }
 
 impl Actor for PlatformActor {
@@ -186,8 +188,8 @@ impl Actor for PlatformActor {
                 (name, PoolSlot { core, reserved: record.reserved })
             })
             .collect();
-        let state = PlatformState { pools, waiting: BTreeMap::new(), tick_at_ms: None };
-        self.report(&state);
+        let mut state = PlatformState { pools, waiting: BTreeMap::new(), tick_at_ms: None, reported: BTreeMap::new() };
+        self.report(&mut state);
         Ok(state)
     }
 
@@ -417,10 +419,15 @@ impl PlatformActor {
         myself.send_after(Duration::from_millis(next_ms.saturating_sub(now_ms)), || PlatformMsg::Tick);
     }
 
-    fn report(&self, state: &PlatformState) {
+    /// Sends the pools' gauges that changed (this runs after every message, on the hot path).
+    fn report(&self, state: &mut PlatformState) {
         let now_ms = self.clock.now_ms();
         for (name, slot) in &state.pools {
-            self.telemetry.pool(name, slot.core.effective_capacity(now_ms), slot.core.active(), slot.core.waiters() as u32);
+            let now = (slot.core.effective_capacity(now_ms), slot.core.active(), slot.core.waiters() as u32);
+            if state.reported.get(name) != Some(&now) {
+                self.telemetry.pool(name, now.0, now.1, now.2);
+                state.reported.insert(name.clone(), now);
+            }
         }
     }
 }
