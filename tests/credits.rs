@@ -661,7 +661,8 @@ async fn the_balance_always_equals_the_replay_of_the_ledger_after_random_workloa
     check_all(&server, &mut client, &tenants, &mut rng).await;
     let t0 = &tenants["t0"].ledger;
     assert!(t0.txs.len() > CREDIT_TRANSACTIONS_RETAINED, "t0 passed the retention bound");
-    assert_ne!(t0.opening_balance(), 0, "seed {seed}: the dropped transactions are folded into the opening balance");
+    // (The opening balance may be 0: the balance can be 0 where the kept window starts. That
+    // it equals the model's is checked above, with every other figure.)
     println!("seed {seed}: {counts:?}, final top-ups {top_up}, t0 transactions {}", t0.txs.len());
     server.stop().await;
 }
