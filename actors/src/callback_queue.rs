@@ -25,16 +25,37 @@ use crate::core::callbacks::{CallbackQueue, Missed};
 use crate::directory::{CallLookup, SharedDirectory};
 use crate::event::Event;
 use crate::journal::{AppendError, Guard, JournalMsg, unknown_outcome};
-use crate::model::{CallId, CallbackEntry, CallbackId, CallbackStatus, LineId, MissedReason, TenantId, mask_phone};
+use crate::model::{
+    CallId, CallbackEntry, CallbackId, CallbackStatus, Campaign, CampaignId, CampaignRecord, CampaignStatus, ContactState, ContactStatus,
+    LineId, MissedReason, TenantId, mask_phone,
+};
 use crate::telemetry::Telemetry;
 
 /// The outcome a callback call must end with to count as `completed`.
 pub const CALLBACK_SUCCESS_OUTCOME: &str = "completed";
 
+mod campaigns;
+
+pub use campaigns::{CampaignAction, CampaignError, ContactWork};
+
+/// What the dispatcher is asked to place: a callback, or a campaign's contact.
+#[derive(Clone, Debug)]
+pub enum Work {
+    Callback(CallbackEntry),
+    Contact(ContactWork),
+}
+
+/// Which work a line has with the dispatcher (one at a time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Busy {
+    Callback(CallbackId),
+    Contact(CampaignId, u32),
+}
+
 /// What the queue hands the dispatcher.
 #[derive(Clone, Debug)]
 pub struct Dispatch {
-    pub entry: CallbackEntry,
+    pub work: Work,
     pub agent_id: Option<String>,
     /// When the trigger (a channel freeing, say) reached the queue: dispatch latency runs
     /// from here to the dial request.
@@ -91,17 +112,38 @@ pub enum CallbackQueueMsg {
     /// The dispatcher is done with an entry. `progressed`: it left `pending` (the next one may
     /// go at once); otherwise it waits for the next trigger (no busy loop on a full line).
     DispatchDone {
-        id: CallbackId,
+        work: Busy,
         progressed: bool,
     },
-    /// A callback call ended (from the call's end).
+    /// A callback's or a campaign contact's call ended (from the call's end).
     CallEnded {
-        id: CallbackId,
         call: CallId,
         outcome: String,
+        callback: Option<CallbackId>,
+        campaign: Option<(CampaignId, u32)>,
     },
     Get {
-        reply: RpcReplyPort<BTreeMap<CallbackId, CallbackEntry>>,
+        reply: RpcReplyPort<(BTreeMap<CallbackId, CallbackEntry>, BTreeMap<CampaignId, Campaign>)>,
+    },
+    /// `POST /v1/campaigns`: journaled, then held as a draft.
+    CreateCampaign {
+        record: CampaignRecord,
+        reply: RpcReplyPort<Result<Campaign, CampaignError>>,
+    },
+    /// start, pause, resume or cancel.
+    ControlCampaign {
+        id: CampaignId,
+        action: CampaignAction,
+        reply: RpcReplyPort<Result<Campaign, CampaignError>>,
+    },
+    /// The dispatcher moves a contact on (`from`: the statuses it may be in).
+    ContactUpdate {
+        id: CampaignId,
+        index: u32,
+        from: &'static [ContactStatus],
+        state: ContactState,
+        day: Option<u32>,
+        reply: RpcReplyPort<Result<(), CampaignError>>,
     },
     /// Fault injection for the supervision tests.
     Crash,
@@ -127,8 +169,10 @@ pub struct CallbackQueueActor {
 
 pub struct CallbackQueueState {
     queue: CallbackQueue,
-    /// The entry with the dispatcher, if any: one at a time per line.
-    dispatching: Option<CallbackId>,
+    /// The line's open campaigns (draft, running, paused); at most one runs or is paused.
+    campaigns: BTreeMap<CampaignId, Campaign>,
+    /// The work with the dispatcher, if any: one at a time per line.
+    dispatching: Option<Busy>,
     /// A trigger (a channel freeing, credits, a new entry) came while an entry was with the
     /// dispatcher: look for work when it comes back, even if it made no progress.
     retrigger: bool,
@@ -137,10 +181,10 @@ pub struct CallbackQueueState {
 impl Actor for CallbackQueueActor {
     type Msg = CallbackQueueMsg;
     type State = CallbackQueueState;
-    type Arguments = BTreeMap<CallbackId, CallbackEntry>;
+    type Arguments = (BTreeMap<CallbackId, CallbackEntry>, BTreeMap<CampaignId, Campaign>);
 
-    async fn pre_start(&self, _: ActorRef<Self::Msg>, entries: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
-        Ok(CallbackQueueState { queue: CallbackQueue::new(entries), dispatching: None, retrigger: false })
+    async fn pre_start(&self, _: ActorRef<Self::Msg>, (entries, campaigns): Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
+        Ok(CallbackQueueState { queue: CallbackQueue::new(entries), campaigns, dispatching: None, retrigger: false })
     }
 
     /// Entries whose callback was dialled but whose call ended while nobody listened (this
@@ -156,6 +200,7 @@ impl Actor for CallbackQueueActor {
         for (id, call) in dialled {
             self.settle_if_ended(state, id, call).await?;
         }
+        self.settle_dialled_contacts(state).await?;
         let _ = myself.cast(CallbackQueueMsg::Kick);
         Ok(())
     }
@@ -213,17 +258,45 @@ impl Actor for CallbackQueueActor {
                 let _ = reply.send(result);
                 unknown
             }
-            CallbackQueueMsg::DispatchDone { id, .. } => {
-                if state.dispatching == Some(id) {
+            CallbackQueueMsg::DispatchDone { work, .. } => {
+                if state.dispatching == Some(work) {
                     state.dispatching = None;
                 }
                 self.dispatches_in_flight.fetch_sub(1, Ordering::SeqCst);
                 false
             }
-            CallbackQueueMsg::CallEnded { id, call, outcome } => self.settle(state, id, call, &outcome).await.is_err(),
+            CallbackQueueMsg::CallEnded { call, outcome, callback, campaign } => {
+                let callback_failed = match callback {
+                    Some(id) => self.settle(state, id, call, &outcome).await.is_err(),
+                    None => false,
+                };
+                let contact_failed = match campaign {
+                    Some((id, index)) => self.settle_contact(state, id, index, call, &outcome).await.is_err(),
+                    None => false,
+                };
+                callback_failed || contact_failed
+            }
             CallbackQueueMsg::Get { reply } => {
-                let _ = reply.send(state.queue.entries().clone());
+                let _ = reply.send((state.queue.entries().clone(), state.campaigns.clone()));
                 false
+            }
+            CallbackQueueMsg::CreateCampaign { record, reply } => {
+                let result = self.create_campaign(state, record).await;
+                let unknown = matches!(result, Err(CampaignError::Journal(AppendError::Unknown)));
+                let _ = reply.send(result);
+                unknown
+            }
+            CallbackQueueMsg::ControlCampaign { id, action, reply } => {
+                let result = self.control_campaign(state, id, action).await;
+                let unknown = matches!(result, Err(CampaignError::Journal(AppendError::Unknown)));
+                let _ = reply.send(result);
+                unknown
+            }
+            CallbackQueueMsg::ContactUpdate { id, index, from, state: contact, day, reply } => {
+                let result = self.update_contact(state, id, index, from, contact, day).await;
+                let unknown = matches!(result, Err(CampaignError::Journal(AppendError::Unknown)));
+                let _ = reply.send(result);
+                unknown
             }
             CallbackQueueMsg::Crash => panic!("injected callback queue crash"),
         };
@@ -231,7 +304,7 @@ impl Actor for CallbackQueueActor {
             return Err(unknown_outcome());
         }
         if look_for_work {
-            self.maybe_dispatch(state, triggered_at);
+            self.maybe_dispatch(state, triggered_at).await?;
         }
         Ok(())
     }
@@ -250,7 +323,9 @@ impl CallbackQueueActor {
     ) -> Result<(CallbackEntry, bool), CallbackError> {
         let now_ms = self.clock.now_ms();
         let next_id = CallbackId(self.next_callback_number.fetch_add(1, Ordering::SeqCst));
-        match state.queue.missed(next_id, &self.line_id, &self.tenant_id, &caller, reason, false, now_ms, self.open_max) {
+        // A missed call while a campaign runs on the line waits for the campaign (seed 002).
+        let on_hold = state.campaigns.values().any(|c| c.status == CampaignStatus::Running);
+        match state.queue.missed(next_id, &self.line_id, &self.tenant_id, &caller, reason, on_hold, now_ms, self.open_max) {
             Missed::New(entry) => {
                 let event = Event::MissedCallRecorded(entry.clone());
                 self.append(event.clone()).await?;
@@ -365,21 +440,30 @@ impl CallbackQueueActor {
         }
     }
 
-    /// Hands the next pending entry to the dispatcher, one at a time. A full dispatcher
-    /// channel leaves it pending: the backup scan tries again.
-    fn maybe_dispatch(&self, state: &mut CallbackQueueState, triggered_at: Instant) {
-        if state.dispatching.is_some() {
-            return;
+    /// Hands the next piece of work to the dispatcher, one at a time: a pending callback
+    /// first, else the running campaign's next contact. A full dispatcher channel leaves it
+    /// waiting: the backup scan tries again.
+    async fn maybe_dispatch(&self, state: &mut CallbackQueueState, triggered_at: Instant) -> Result<(), AppendError> {
+        if state.dispatching.is_some() || self.dispatcher.get().is_none() {
+            return Ok(());
         }
-        let (Some(dispatcher), Some(entry)) = (self.dispatcher.get(), state.queue.next_pending()) else {
-            return;
+        let (work, busy) = match state.queue.next_pending() {
+            Some(entry) => (Work::Callback(entry.clone()), Busy::Callback(entry.id)),
+            None => match self.next_contact(state).await? {
+                Some(contact) => {
+                    let busy = Busy::Contact(contact.campaign, contact.index);
+                    (Work::Contact(contact), busy)
+                }
+                None => return Ok(()),
+            },
         };
-        let dispatch = Dispatch { entry: entry.clone(), agent_id: self.agent_id.clone(), triggered_at };
+        let dispatcher = self.dispatcher.get().expect("checked above");
         self.dispatches_in_flight.fetch_add(1, Ordering::SeqCst);
-        if dispatcher.try_send(dispatch).is_ok() {
-            state.dispatching = Some(entry.id);
+        if dispatcher.try_send(Dispatch { work, agent_id: self.agent_id.clone(), triggered_at }).is_ok() {
+            state.dispatching = Some(busy);
         } else {
             self.dispatches_in_flight.fetch_sub(1, Ordering::SeqCst);
         }
+        Ok(())
     }
 }

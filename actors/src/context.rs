@@ -16,7 +16,7 @@ use crate::core::pool::PoolTiming;
 use crate::directory::{LineSlot, SharedDirectory, Slot};
 use crate::journal::Entity;
 use crate::model::{CallId, CallRecord, ClassTable, LineRecord, PlanTable, TenantRecord};
-use crate::model::{CallbackEntry, CallbackId};
+use crate::model::{CallbackEntry, CallbackId, Campaign, CampaignId};
 use crate::phone_line::LineActor;
 use crate::platform::PlatformActor;
 use crate::state::PoolRecord;
@@ -227,6 +227,7 @@ impl Context {
         supervisor: ActorCell,
         line: &LineRecord,
         entries: BTreeMap<CallbackId, CallbackEntry>,
+        campaigns: BTreeMap<CampaignId, Campaign>,
     ) -> Result<(), SpawnErr> {
         let actor = CallbackQueueActor {
             line_id: line.id.clone(),
@@ -242,7 +243,7 @@ impl Context {
             dispatcher: Arc::clone(&self.dispatcher),
             dispatches_in_flight: Arc::clone(&self.dispatches_in_flight),
         };
-        let (actor, _) = Actor::spawn_linked(None, actor, entries, supervisor).await?;
+        let (actor, _) = Actor::spawn_linked(None, actor, (entries, campaigns), supervisor).await?;
         let mut directory = self.directory.write();
         directory.by_actor.insert(actor.get_id(), Entity::CallbackQueue(line.id.clone()));
         directory.callback_queues.insert(line.id.clone(), actor);

@@ -104,10 +104,11 @@ impl Directory {
         if let Some(platform) = &self.platform {
             let _ = platform.actor.cast(PlatformMsg::Release { call });
         }
-        if let (Some(id), Some(line)) = (ended.call.callback_id, ended.call.line_id.as_ref())
-            && let Some(queue) = self.callback_queues.get(line)
+        let (callback, campaign) = (ended.call.callback_id, ended.call.campaign);
+        if (callback.is_some() || campaign.is_some())
+            && let Some(queue) = ended.call.line_id.as_ref().and_then(|line| self.callback_queues.get(line))
         {
-            let _ = queue.cast(CallbackQueueMsg::CallEnded { id, call, outcome: ended.outcome.clone() });
+            let _ = queue.cast(CallbackQueueMsg::CallEnded { call, outcome: ended.outcome.clone(), callback, campaign });
         }
         self.finish_call(ended);
     }

@@ -7,7 +7,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use crate::core::pool::Learned;
-use crate::model::{CallId, CallRecord, CallbackEntry, CallbackId, CallbackStatus, LineRecord, TenantId, TenantRecord};
+use crate::model::{
+    CallId, CallRecord, CallbackEntry, CallbackId, CallbackStatus, CampaignId, CampaignRecord, CampaignStatus, ContactState, LineRecord,
+    TenantId, TenantRecord,
+};
 
 /// Ties an admission to its `Idempotency-Key`, so a retry after a restart replays the response.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +73,20 @@ pub enum Event {
         failure_reason: Option<String>,
         at_ms: u64,
     },
+    CampaignCreated(CampaignRecord),
+    CampaignStatusSet {
+        id: CampaignId,
+        status: CampaignStatus,
+        at_ms: u64,
+    },
+    /// A contact moved on. A contact going `calling` counts one call to its lead on `day`.
+    CampaignContactSet {
+        id: CampaignId,
+        index: u32,
+        state: ContactState,
+        day: Option<u32>,
+        at_ms: u64,
+    },
     /// A global feature flag was created or changed.
     FlagSet {
         name: String,
@@ -130,6 +147,9 @@ impl Event {
             Event::MissedCallRecorded(_) => "missed_call_recorded",
             Event::MissedCallRepeated { .. } => "missed_call_repeated",
             Event::CallbackUpdated { .. } => "callback_updated",
+            Event::CampaignCreated(_) => "campaign_created",
+            Event::CampaignStatusSet { .. } => "campaign_status_set",
+            Event::CampaignContactSet { .. } => "campaign_contact_set",
             Event::CallAdmitted { .. } => "call_admitted",
             Event::CallHeartbeat { .. } => "call_heartbeat",
             Event::CallEnded { .. } => "call_ended",

@@ -104,7 +104,11 @@ pub enum Handover {
     /// completes the end (moves it to ended calls, frees its slots).
     CallEnded(EndedCall),
     /// A line's open callback entries.
-    CallbackQueue(LineRecord, BTreeMap<crate::model::CallbackId, crate::model::CallbackEntry>),
+    CallbackQueue(
+        LineRecord,
+        BTreeMap<crate::model::CallbackId, crate::model::CallbackEntry>,
+        BTreeMap<crate::model::CampaignId, crate::model::Campaign>,
+    ),
     /// The entity no longer exists.
     Gone,
 }
@@ -374,7 +378,7 @@ fn handover(durable: &DurableState, entity: &Entity) -> Handover {
         },
         Entity::Platform => Handover::Platform(durable.pools.clone(), durable.pool_held()),
         Entity::CallbackQueue(id) => match durable.lines.get(id) {
-            Some(line) => Handover::CallbackQueue(line.clone(), durable.line_callbacks(id)),
+            Some(line) => Handover::CallbackQueue(line.clone(), durable.line_callbacks(id), durable.line_campaigns(id)),
             None => Handover::Gone,
         },
         Entity::Call(id) => match (durable.live_calls.get(id), durable.ended_calls.get(id)) {

@@ -357,6 +357,111 @@ pub struct CallRecord {
     pub last_activity_at_ms: u64,
     /// Set when this call is an automatic callback of a missed call.
     pub callback_id: Option<CallbackId>,
+    /// Set when this call dials a campaign's contact (the campaign and the contact's index).
+    pub campaign: Option<(CampaignId, u32)>,
+}
+
+/// A campaign's id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CampaignId(pub u64);
+
+impl CampaignId {
+    const PREFIX: &'static str = "cmp_";
+}
+
+impl fmt::Display for CampaignId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{:012}", Self::PREFIX, self.0)
+    }
+}
+
+impl FromStr for CampaignId {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let digits = s.strip_prefix(Self::PREFIX).ok_or(())?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(());
+        }
+        digits.parse().map(CampaignId).map_err(|_| ())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    pub phone: String,
+    pub name: Option<String>,
+    /// IANA time zone of the contact (the calling window is local to it); `None`: UTC.
+    pub timezone: Option<String>,
+}
+
+/// A campaign as created. Its progress lives in `Campaign`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CampaignRecord {
+    pub id: CampaignId,
+    pub tenant_id: TenantId,
+    pub line_id: LineId,
+    pub contacts: Vec<Contact>,
+    /// Campaign calls live at once.
+    pub concurrency: u32,
+    /// Calls to one lead (phone number) a day, across the tenant's campaigns (seed 001: 2).
+    pub max_calls_per_lead_per_day: u32,
+    /// The calling window in the contact's local time, minutes after midnight, `[start, end)`.
+    pub window_start_minute: u16,
+    pub window_end_minute: u16,
+    pub created_at_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CampaignStatus {
+    Draft,
+    Running,
+    Paused,
+    Completed,
+    Cancelled,
+}
+
+impl CampaignStatus {
+    /// Still owned by its line (draft, running or paused).
+    pub fn is_open(self) -> bool {
+        matches!(self, CampaignStatus::Draft | CampaignStatus::Running | CampaignStatus::Paused)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContactStatus {
+    Pending,
+    /// Admitted and durably recorded; the dial request is going out.
+    Calling,
+    /// The dialer accepted: the call's end settles it.
+    Dialled,
+    Completed,
+    Failed,
+    SkippedOutsideWindow,
+    SkippedDailyCap,
+}
+
+impl ContactStatus {
+    pub fn is_final(self) -> bool {
+        !matches!(self, ContactStatus::Pending | ContactStatus::Calling | ContactStatus::Dialled)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactState {
+    pub status: ContactStatus,
+    pub call_id: Option<CallId>,
+    pub failure_reason: Option<String>,
+}
+
+/// A campaign and its progress, contact by contact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Campaign {
+    pub record: CampaignRecord,
+    pub status: CampaignStatus,
+    pub contacts: Vec<ContactState>,
+    pub updated_at_ms: u64,
 }
 
 /// A call's final record. Ending is idempotent: a duplicate end returns this unchanged.
@@ -411,6 +516,7 @@ pub(crate) fn test_call(n: u64, at_ms: u64) -> CallRecord {
         started_at_ms: at_ms,
         last_activity_at_ms: at_ms,
         callback_id: None,
+        campaign: None,
     }
 }
 

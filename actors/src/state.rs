@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::core::pool::Learned;
 use crate::event::{Event, IdempotencyStamp, WaitOutcome};
 use crate::model::{
-    CallId, CallRecord, CallbackEntry, CallbackId, CreditTx, EndedCall, LineId, LineRecord, TenantId, TenantRecord, month_of_ms,
+    CallId, CallRecord, CallbackEntry, CallbackId, Campaign, CampaignId, CampaignStatus, ContactState, ContactStatus, CreditTx, EndedCall,
+    LineId, LineRecord, TenantId, TenantRecord, month_of_ms,
 };
 
 /// Ended calls kept for `GET /v1/calls/{id}` and duplicate end webhooks. Past it the oldest
@@ -82,6 +83,12 @@ impl Ledger {
 /// Closed callback entries (completed, failed, cancelled) kept for the API. Past it the oldest
 /// closed entry is forgotten; open entries are bounded per line by their queue.
 pub const CALLBACKS_CLOSED_RETAINED_MAX: usize = 10_000;
+
+/// Leads whose calls today are remembered (for campaigns' daily cap). Past it the entries of
+/// the oldest day are forgotten.
+pub const LEAD_CALLS_REMEMBERED_MAX: usize = 100_000;
+/// Campaigns kept (open and finished). Past it a new campaign is refused.
+pub const CAMPAIGNS_MAX: usize = 1_000;
 
 /// The reason recorded when a call's end charges its duration.
 pub const CHARGE_REASON: &str = "call";
@@ -205,6 +212,9 @@ pub struct DurableState {
     /// Closed entries in the order they closed, for the retention bound.
     pub callbacks_closed: VecDeque<CallbackId>,
     pub next_callback_number: u64,
+    pub campaigns: BTreeMap<CampaignId, Campaign>,
+    /// (tenant, lead phone) → (local day `yyyymmdd`, calls that day).
+    pub lead_calls: BTreeMap<(TenantId, String), (u32, u32)>,
     pub live_calls: BTreeMap<CallId, CallRecord>,
     pub ended_calls: BTreeMap<CallId, EndedCall>,
     pub idempotency: IdempotencyTable,
@@ -301,6 +311,33 @@ impl DurableState {
                     self.close_callback(*id);
                 }
             }
+            Event::CampaignCreated(record) => {
+                if !self.lines.contains_key(&record.line_id) || self.campaigns.contains_key(&record.id) {
+                    return Err(contradiction(format!("{} on {} cannot be created", record.id, record.line_id)));
+                }
+                let contacts =
+                    vec![ContactState { status: ContactStatus::Pending, call_id: None, failure_reason: None }; record.contacts.len()];
+                let campaign =
+                    Campaign { record: record.clone(), status: CampaignStatus::Draft, contacts, updated_at_ms: record.created_at_ms };
+                self.campaigns.insert(record.id, campaign);
+            }
+            Event::CampaignStatusSet { id, status, at_ms } => {
+                let campaign = self.campaigns.get_mut(id).ok_or_else(|| contradiction(format!("no {id}")))?;
+                campaign.status = *status;
+                campaign.updated_at_ms = *at_ms;
+            }
+            Event::CampaignContactSet { id, index, state, day, at_ms } => {
+                let campaign = self.campaigns.get_mut(id).ok_or_else(|| contradiction(format!("no {id}")))?;
+                let slot =
+                    campaign.contacts.get_mut(*index as usize).ok_or_else(|| contradiction(format!("{id} has no contact {index}")))?;
+                *slot = state.clone();
+                campaign.updated_at_ms = *at_ms;
+                if let Some(day) = day {
+                    let phone = campaign.record.contacts[*index as usize].phone.clone();
+                    let key = (campaign.record.tenant_id.clone(), phone);
+                    self.count_lead_call(key, *day);
+                }
+            }
             Event::CreditsAdjusted { tenant_id, amount, reason, at_ms } => {
                 if !self.tenants.contains_key(tenant_id) {
                     return Err(contradiction(format!("no tenant {tenant_id}")));
@@ -394,6 +431,28 @@ impl DurableState {
         self.callbacks.values().filter(|e| e.line_id == line && e.status.is_open()).map(|e| (e.id, e.clone())).collect()
     }
 
+    fn count_lead_call(&mut self, key: (TenantId, String), day: u32) {
+        let entry = self.lead_calls.entry(key).or_insert((day, 0));
+        if entry.0 != day {
+            *entry = (day, 0);
+        }
+        entry.1 += 1;
+        while self.lead_calls.len() > LEAD_CALLS_REMEMBERED_MAX {
+            let oldest = self.lead_calls.iter().min_by_key(|(_, (d, _))| *d).map(|(k, _)| k.clone()).expect("non-empty");
+            self.lead_calls.remove(&oldest);
+        }
+    }
+
+    /// How often `tenant` called `phone` on `day`.
+    pub fn lead_calls_on(&self, tenant: &str, phone: &str, day: u32) -> u32 {
+        self.lead_calls.get(&(tenant.to_owned(), phone.to_owned())).filter(|(d, _)| *d == day).map_or(0, |(_, n)| *n)
+    }
+
+    /// A line's open campaigns (its queue actor's).
+    pub fn line_campaigns(&self, line: &str) -> BTreeMap<CampaignId, Campaign> {
+        self.campaigns.values().filter(|c| c.record.line_id == line && c.status.is_open()).map(|c| (c.record.id, c.clone())).collect()
+    }
+
     pub fn balance(&self, tenant: &str) -> u64 {
         self.ledgers.get(tenant).map_or(0, |l| l.balance)
     }
@@ -439,6 +498,7 @@ impl DurableState {
             tenants: self.tenants.iter().map(|(id, t)| (id.clone(), (t.clone(), self.tenant_active(id), self.balance(id)))).collect(),
             lines: self.lines.iter().map(|(id, l)| (id.clone(), (l.clone(), self.line_active(id)))).collect(),
             callbacks: self.lines.keys().map(|id| (id.clone(), self.line_callbacks(id))).collect(),
+            campaigns: self.lines.keys().map(|id| (id.clone(), self.line_campaigns(id))).collect(),
             pools,
             flags: self.flags.clone(),
             live_calls: self.live_calls.clone(),
@@ -465,6 +525,8 @@ pub struct StateDigest {
     pub lines: BTreeMap<LineId, (LineRecord, BTreeSet<CallId>)>,
     /// Each line's open callback entries.
     pub callbacks: BTreeMap<LineId, BTreeMap<CallbackId, CallbackEntry>>,
+    /// Each line's open campaigns.
+    pub campaigns: BTreeMap<LineId, BTreeMap<CampaignId, Campaign>>,
     pub pools: BTreeMap<String, PoolDigest>,
     pub flags: BTreeMap<String, bool>,
     pub live_calls: BTreeMap<CallId, CallRecord>,

@@ -227,7 +227,7 @@ impl Supervisor {
         // Last: a queue settles its dialled entries whose calls ended, so it must find every
         // live and ended call in the directory.
         for line in durable.lines.values() {
-            context.spawn_callback_queue(cell.clone(), line, durable.line_callbacks(&line.id)).await?;
+            context.spawn_callback_queue(cell.clone(), line, durable.line_callbacks(&line.id), durable.line_campaigns(&line.id)).await?;
         }
         Ok(())
     }
@@ -262,7 +262,7 @@ impl Supervisor {
                 let ended = self.ended_since(state, calls).await?;
                 release_all(context.directory.read().platform.as_ref().map(|p| &p.actor), ended, |call| PlatformMsg::Release { call });
             }
-            Handover::CallbackQueue(line, entries) => context.spawn_callback_queue(cell, &line, entries).await?,
+            Handover::CallbackQueue(line, entries, campaigns) => context.spawn_callback_queue(cell, &line, entries, campaigns).await?,
             Handover::Call(record) => context.spawn_call(cell, record).await?,
             Handover::CallEnded(ended) => {
                 tracing::warn!(call_id = %ended.call.id, "finishing the end of a call whose actor died mid-end");
@@ -317,7 +317,7 @@ impl Supervisor {
         crate::append(&state.journal, event, Guard::default(), self.context.settings.journal_timeout).await?;
         let held = Default::default();
         self.context
-            .spawn_callback_queue(myself.get_cell(), &record, Default::default())
+            .spawn_callback_queue(myself.get_cell(), &record, Default::default(), Default::default())
             .await
             .map_err(|e| CreateError::Spawn(e.to_string()))?;
         self.context.spawn_line(myself.get_cell(), record, held, 0).await.map_err(|e| CreateError::Spawn(e.to_string()))

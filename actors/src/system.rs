@@ -28,7 +28,8 @@ use crate::directory::{CallLookup, SharedDirectory};
 use crate::event::{Event, IdempotencyStamp, WaitOutcome};
 use crate::journal::{AppendError, Entity, Guard, JournalMsg};
 use crate::model::{
-    CallId, CallRecord, CallbackId, Direction, EndedCall, LineRecord, OUTCOME_PROVIDER_REJECTED, TenantRecord, Voice, mask_phone,
+    CallId, CallRecord, CallbackId, CampaignId, Direction, EndedCall, LineRecord, OUTCOME_PROVIDER_REJECTED, TenantRecord, Voice,
+    mask_phone,
 };
 use crate::phone_line::{LineMsg, LineView};
 use crate::platform::{PlatformMsg, PoolAnswer, PoolError, Route};
@@ -39,8 +40,10 @@ use crate::telemetry::{AdmissionOutcome, Telemetry};
 use crate::tenant::{FeatureQuery, TenantError, TenantMsg, TenantPatch, TenantRefusal, TenantView};
 
 mod callbacks;
+mod campaigns;
 
 pub use callbacks::{CallbackApiError, CallbackFilter, CallbackPage, MissedError};
+pub use campaigns::{CampaignApiError, status_name as campaign_status_name};
 
 /// Attempts at one admission when actors it reserved in were rebuilt under it.
 const ADMISSION_ATTEMPTS_MAX: u32 = 3;
@@ -105,6 +108,8 @@ pub struct AdmitRequest {
     pub wait_ms: u64,
     /// Set by the callback dispatcher: this call calls back a missed call.
     pub callback_id: Option<CallbackId>,
+    /// Set by the dispatcher for a campaign's contact.
+    pub campaign: Option<(CampaignId, u32)>,
 }
 
 impl AdmitRequest {
@@ -123,6 +128,7 @@ impl AdmitRequest {
             fallback: true,
             wait_ms: 0,
             callback_id: None,
+            campaign: None,
         }
     }
 }
@@ -214,6 +220,7 @@ pub struct System {
     store: Arc<dyn Store>,
     supervisor: ActorRef<SupervisorMsg>,
     next_call_number: AtomicU64,
+    next_campaign_number: AtomicU64,
     idempotency_in_flight: Mutex<BTreeSet<String>>,
     /// Admissions in progress, each in its own task (`Settings::admissions_in_flight_max`).
     admissions: Arc<Semaphore>,
@@ -326,10 +333,19 @@ impl System {
             journal_alive: Arc::new(AtomicBool::new(true)),
         });
         let next_call_number = AtomicU64::new(durable.next_call_number);
+        let next_campaign_number = AtomicU64::new(durable.campaigns.keys().next_back().map_or(1, |id| id.0 + 1));
         let supervisor = Supervisor { context: Arc::clone(&context), store: Arc::clone(&store) };
         let (supervisor, _) = Actor::spawn(None, supervisor, durable).await?;
         let admissions = Arc::new(Semaphore::new(context.settings.admissions_in_flight_max));
-        Ok(System { context, store, supervisor, next_call_number, idempotency_in_flight: Mutex::new(BTreeSet::new()), admissions })
+        Ok(System {
+            context,
+            store,
+            supervisor,
+            next_call_number,
+            next_campaign_number,
+            idempotency_in_flight: Mutex::new(BTreeSet::new()),
+            admissions,
+        })
     }
 
     /// Now, by the injected clock (the same one the actors use).
@@ -495,6 +511,7 @@ impl System {
             started_at_ms: now_ms,
             last_activity_at_ms: now_ms,
             callback_id: request.callback_id,
+            campaign: request.campaign,
         };
         let guard = Guard {
             tenant: Some((request.tenant_id.clone(), tenant.generation)),
@@ -1069,7 +1086,7 @@ impl System {
         let view = ask(&platform.actor, |reply| PlatformMsg::Get { reply }, timeout).await.map_err(gone)?;
         digest.pools = view.digest();
         digest.flags = self.flags();
-        digest.callbacks = self.live_callbacks().await?;
+        (digest.callbacks, digest.campaigns) = self.live_callbacks().await?;
         Ok(digest)
     }
 

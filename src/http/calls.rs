@@ -217,6 +217,7 @@ pub async fn create(
         fallback: body.fallback.unwrap_or(true),
         wait_ms: body.wait_ms.unwrap_or(0),
         callback_id: None,
+        campaign: None,
     };
     // A line that answers before connecting turns a caller it cannot take away busy.
     let answers_first = request.direction == Direction::Inbound

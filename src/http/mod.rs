@@ -6,6 +6,7 @@
 
 pub mod callbacks;
 pub mod calls;
+pub mod campaigns;
 pub mod credits;
 pub mod extract;
 pub mod features;
@@ -82,6 +83,9 @@ pub fn app(state: AppStateRef) -> Router {
         .route("/lines", post(tenants::create_line))
         .route("/lines/{id}", get(tenants::show_line))
         .route("/lines/{id}/missed-calls", post(callbacks::report))
+        .route("/campaigns", post(campaigns::create))
+        .route("/campaigns/{id}", get(campaigns::show))
+        .route("/campaigns/{id}/{action}", post(campaigns::control))
         .route("/callbacks", get(callbacks::list))
         .route("/callbacks/stats", get(callbacks::stats))
         .route("/callbacks/{id}", get(callbacks::show).delete(callbacks::cancel))

@@ -5,6 +5,7 @@
 
 pub mod call;
 pub mod callbacks;
+pub mod campaign;
 pub mod features;
 pub mod pool;
 pub mod slots;

@@ -12,10 +12,10 @@ use std::sync::{Arc, Weak};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::{AdmitError, AdmitRequest, CallState, System, SystemError, ask};
-use crate::callback_queue::{CallbackError, CallbackQueueMsg, Dispatch, Transition};
+use crate::callback_queue::{Busy, CallbackError, CallbackQueueMsg, Dispatch, Transition, Work};
 use crate::core::call::EndReport;
 use crate::dialer::{DialOutcome, DialRequest, Dialer};
-use crate::model::{CallbackEntry, CallbackId, CallbackStatus, Direction, MissedReason, OnBusy, mask_phone};
+use crate::model::{CallbackEntry, CallbackId, CallbackStatus, Campaign, CampaignId, Direction, MissedReason, OnBusy, mask_phone};
 
 /// Entries handed to the dispatcher and not yet started; past it a queue keeps its entry
 /// pending and the backup scan tries again.
@@ -116,10 +116,14 @@ impl System {
                 let _ = self.end_call(call, EndReport::outcome(OUTCOME_UNKNOWN_AFTER_RESTART)).await;
             }
         }
+        let wanted_contact_calls = self.settle_contacts_after_restart().await;
         let orphans: Vec<_> = self
             .list_calls(None, None, None, usize::MAX)
             .into_iter()
-            .filter(|c| c.callback_id.is_some() && !processing_calls.contains_key(&Some(c.id)))
+            .filter(|c| {
+                (c.callback_id.is_some() && !processing_calls.contains_key(&Some(c.id)))
+                    || (c.campaign.is_some() && !wanted_contact_calls.contains(&c.id))
+            })
             .map(|c| c.id)
             .collect();
         for call in orphans {
@@ -149,12 +153,19 @@ impl System {
         self.context.dispatches_in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0
     }
 
-    /// One entry, start to finish. The queue hears `DispatchDone` whatever happens.
+    /// One piece of work, start to finish. The queue hears `DispatchDone` whatever happens.
     async fn dispatch(&self, dialer: &dyn Dialer, dispatch: Dispatch) {
-        let id = dispatch.entry.id;
-        let line_id = dispatch.entry.line_id.clone();
-        let progressed = self.dispatch_steps(dialer, dispatch).await;
-        let told = self.queue(&line_id).map(|queue| queue.cast(CallbackQueueMsg::DispatchDone { id, progressed }).is_ok());
+        let (line_id, work, progressed) = match &dispatch.work {
+            Work::Callback(entry) => {
+                let progressed = self.dispatch_callback(dialer, entry, &dispatch).await;
+                (entry.line_id.clone(), Busy::Callback(entry.id), progressed)
+            }
+            Work::Contact(contact) => {
+                let progressed = self.dispatch_contact(dialer, contact, &dispatch).await;
+                (contact.line_id.clone(), Busy::Contact(contact.campaign, contact.index), progressed)
+            }
+        };
+        let told = self.queue(&line_id).map(|queue| queue.cast(CallbackQueueMsg::DispatchDone { work, progressed }).is_ok());
         if told != Ok(true) {
             // Nobody will count this dispatch done.
             self.context.dispatches_in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
@@ -162,8 +173,7 @@ impl System {
     }
 
     /// Returns whether the entry left `pending` (then the queue may hand over its next one).
-    async fn dispatch_steps(&self, dialer: &dyn Dialer, dispatch: Dispatch) -> bool {
-        let entry = &dispatch.entry;
+    async fn dispatch_callback(&self, dialer: &dyn Dialer, entry: &CallbackEntry, dispatch: &Dispatch) -> bool {
         let settings = &self.context.settings.callbacks;
         let Ok(tenant) = self.get_tenant(&entry.tenant_id).await else { return false };
         if tenant.record.prepaid && tenant.balance <= settings.min_credits {
@@ -200,11 +210,10 @@ impl System {
             return false;
         }
         self.context.telemetry.callback_dispatched(dispatch.triggered_at.elapsed().as_secs_f64());
-        self.dial(dialer, &dispatch, call).await
+        self.dial(dialer, entry, dispatch, call).await
     }
 
-    async fn dial(&self, dialer: &dyn Dialer, dispatch: &Dispatch, call: crate::model::CallId) -> bool {
-        let entry = &dispatch.entry;
+    async fn dial(&self, dialer: &dyn Dialer, entry: &CallbackEntry, dispatch: &Dispatch, call: crate::model::CallId) -> bool {
         let request = DialRequest {
             to: entry.caller.clone(),
             line_id: entry.line_id.clone(),
@@ -310,16 +319,20 @@ impl System {
     }
 
     /// Every line's open callback entries as the queue actors hold them (for the invariants).
-    pub(super) async fn live_callbacks(&self) -> Result<BTreeMap<String, BTreeMap<CallbackId, CallbackEntry>>, String> {
+    #[allow(clippy::type_complexity)]
+    pub(super) async fn live_callbacks(
+        &self,
+    ) -> Result<(BTreeMap<String, BTreeMap<CallbackId, CallbackEntry>>, BTreeMap<String, BTreeMap<CampaignId, Campaign>>), String> {
         let queues: Vec<_> = self.context.directory.read().callback_queues.iter().map(|(l, q)| (l.clone(), q.clone())).collect();
-        let mut all = BTreeMap::new();
+        let (mut entries_by_line, mut campaigns_by_line) = (BTreeMap::new(), BTreeMap::new());
         for (line, queue) in queues {
-            let entries = ask(&queue, |reply| CallbackQueueMsg::Get { reply }, self.timeout())
+            let (entries, campaigns) = ask(&queue, |reply| CallbackQueueMsg::Get { reply }, self.timeout())
                 .await
                 .map_err(|_| "a callback queue did not answer".to_owned())?;
-            all.insert(line, entries);
+            entries_by_line.insert(line.clone(), entries);
+            campaigns_by_line.insert(line, campaigns);
         }
-        Ok(all)
+        Ok((entries_by_line, campaigns_by_line))
     }
 
     /// The callback's own call, if it is live (for tests and the API).
