@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
+use switchboard_actors::callback_queue::CampaignAction;
 use switchboard_actors::clock::Clock;
 use switchboard_actors::clock::ManualClock;
 use switchboard_actors::context::Settings;
@@ -16,7 +17,8 @@ use switchboard_actors::core::call::EndReport;
 use switchboard_actors::dialer::{DialFuture, DialOutcome, DialRequest, Dialer};
 use switchboard_actors::journal::Entity;
 use switchboard_actors::model::{
-    Addon, AddonStatus, BillingStatus, CallId, Direction, LineRecord, MissedReason, OnBusy, TenantRecord, Voice,
+    Addon, AddonStatus, BillingStatus, CallId, CampaignId, CampaignRecord, Contact, Direction, LineRecord, MissedReason, OnBusy,
+    TenantRecord, Voice,
 };
 use switchboard_actors::state::DurableState;
 use switchboard_actors::store::{MemoryStore, Store, recover};
@@ -106,6 +108,17 @@ enum Op {
     RetryCallback {
         pick: usize,
     },
+    /// A campaign of 1-3 of the callers on a line (windows and caps vary).
+    CreateCampaign {
+        line: usize,
+        contacts: usize,
+        concurrency: u32,
+        narrow_window: bool,
+    },
+    ControlCampaign {
+        pick: usize,
+        action: usize,
+    },
     SetPrepaid {
         tenant: usize,
         prepaid: bool,
@@ -136,6 +149,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..2usize, 0..4usize).prop_map(|(line, caller)| Op::Missed { line, caller }),
         1 => any::<usize>().prop_map(|pick| Op::CancelCallback { pick }),
         1 => any::<usize>().prop_map(|pick| Op::RetryCallback { pick }),
+        1 => (0..2usize, 1..4usize, 1..3u32, proptest::bool::weighted(0.2))
+            .prop_map(|(line, contacts, concurrency, narrow_window)| Op::CreateCampaign { line, contacts, concurrency, narrow_window }),
+        2 => (any::<usize>(), 0..4usize).prop_map(|(pick, action)| Op::ControlCampaign { pick, action }),
         1 => (0..3usize, any::<bool>()).prop_map(|(tenant, prepaid)| Op::SetPrepaid { tenant, prepaid }),
         1 => (0..5usize).prop_map(|target| Op::Crash { target }),
         1 => (1..5_000u64).prop_map(|ms| Op::Advance { ms }),
@@ -256,6 +272,29 @@ async fn apply(system: &Arc<System>, clock: &ManualClock, live: &mut Vec<CallId>
         }
         Op::Missed { line, caller } => {
             let _ = system.record_missed(LINES[line].0, CALLERS[caller].into(), MissedReason::Busy).await;
+        }
+        Op::CreateCampaign { line, contacts, concurrency, narrow_window } => {
+            // The manual clock starts at 2027-01-15T08:00Z: a 00:00-00:01 window excludes it.
+            let (start, end) = if narrow_window { (0, 1) } else { (0, 24 * 60) };
+            let record = CampaignRecord {
+                id: CampaignId(0),
+                tenant_id: TENANTS[LINES[line].1].0.into(),
+                line_id: LINES[line].0.into(),
+                contacts: CALLERS[..contacts].iter().map(|phone| Contact { phone: (*phone).into(), name: None, timezone: None }).collect(),
+                concurrency,
+                max_calls_per_lead_per_day: 2,
+                window_start_minute: start,
+                window_end_minute: end,
+                created_at_ms: 0,
+            };
+            let _ = system.create_campaign(record).await;
+        }
+        Op::ControlCampaign { pick, action } => {
+            let ids: Vec<CampaignId> = system.inspect(|d| d.campaigns.keys().copied().collect()).await.expect("campaigns");
+            if let Some(id) = ids.get(pick % ids.len().max(1)) {
+                let action = [CampaignAction::Start, CampaignAction::Pause, CampaignAction::Resume, CampaignAction::Cancel][action];
+                let _ = system.control_campaign(*id, action).await;
+            }
         }
         Op::CancelCallback { pick } | Op::RetryCallback { pick } => {
             let page = system.list_callbacks(CallbackFilter::default(), 0, 200).await.expect("callbacks");
