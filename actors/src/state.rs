@@ -330,12 +330,16 @@ impl DurableState {
                 let campaign = self.campaigns.get_mut(id).ok_or_else(|| contradiction(format!("no {id}")))?;
                 let slot =
                     campaign.contacts.get_mut(*index as usize).ok_or_else(|| contradiction(format!("{id} has no contact {index}")))?;
+                // A dial the provider refused (429) puts the contact back: that call never
+                // reached the lead, so it gives back the day's call it counted.
+                let refused = slot.status == ContactStatus::Calling && state.status == ContactStatus::Pending;
                 *slot = state.clone();
                 campaign.updated_at_ms = *at_ms;
+                let key = (campaign.record.tenant_id.clone(), campaign.record.contacts[*index as usize].phone.clone());
                 if let Some(day) = day {
-                    let phone = campaign.record.contacts[*index as usize].phone.clone();
-                    let key = (campaign.record.tenant_id.clone(), phone);
                     self.count_lead_call(key, *day);
+                } else if refused && let Some(entry) = self.lead_calls.get_mut(&key) {
+                    entry.1 = entry.1.saturating_sub(1);
                 }
             }
             Event::CreditsAdjusted { tenant_id, amount, reason, at_ms } => {

@@ -268,8 +268,12 @@ impl CallbackQueueActor {
             return Ok(None);
         };
         // Bounded by the contacts: each pass skips one for good or returns.
-        for _ in 0..=state.campaigns[&id].contacts.len() {
-            let campaign = &state.campaigns[&id];
+        let passes = state.campaigns[&id].contacts.len() + 1;
+        for _ in 0..passes {
+            // A skip of the last pending contact completes the campaign, which leaves this actor.
+            let Some(campaign) = state.campaigns.get(&id) else {
+                return Ok(None);
+            };
             let calls = self.lead_calls(&campaign.record.tenant_id).await;
             let now_ms = self.clock.now_ms();
             let step =
