@@ -993,3 +993,31 @@ async fn a_running_campaign_with_a_dialled_contact_survives_a_restart_and_comple
     assert_live_equals_durable(&server.system).await;
     server.stop().await;
 }
+
+/// A cancelled campaign still settles the calls it had in progress: their ends complete or fail
+/// their contacts, nothing else is dialled, and the campaign stays cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_campaign_settles_the_calls_it_had_in_progress() {
+    let dialer = FakeDialer::start().await;
+    let dir = temp_dir();
+    let (server, mut client) = boot(dir.path(), &dialer).await;
+    setup(&mut client, 10).await;
+    let body = json!({"line_id": LINE, "contacts": utc_contacts(&[ALICE, BOB, CAROL]), "window": window_around_now(), "concurrency": 1});
+    let cmp = id(&create_ok(&mut client, body).await);
+    control_ok(&mut client, &cmp, "start").await;
+    let dials = dialer.wait_dials(1).await;
+    let alice_call = check_dial(&dials[0], ALICE);
+    wait_contact(&mut client, &cmp, 0, "dialled").await;
+    let cancelled = control_ok(&mut client, &cmp, "cancel").await;
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    end_with(&mut client, &alice_call, "completed").await;
+    wait_contact(&mut client, &cmp, 0, "completed").await;
+    let settled = campaign(&mut client, &cmp).await;
+    assert_eq!(settled["status"], "cancelled", "{settled}");
+    assert_eq!(statuses(&settled), ["completed", "pending", "pending"], "{settled}");
+    settle(&server).await;
+    assert_eq!(dialer.dials().len(), 1, "a cancelled campaign dials nobody else");
+    assert_refused(&mut client, &cmp, "start").await;
+    assert_live_equals_durable(&server.system).await;
+    server.stop().await;
+}

@@ -454,7 +454,8 @@ impl DurableState {
 
     /// A line's open campaigns (its queue actor's).
     pub fn line_campaigns(&self, line: &str) -> BTreeMap<CampaignId, Campaign> {
-        self.campaigns.values().filter(|c| c.record.line_id == line && c.status.is_open()).map(|c| (c.record.id, c.clone())).collect()
+        let held = |c: &&Campaign| c.record.line_id == line && crate::core::campaign::held_by_line(c);
+        self.campaigns.values().filter(held).map(|c| (c.record.id, c.clone())).collect()
     }
 
     pub fn balance(&self, tenant: &str) -> u64 {

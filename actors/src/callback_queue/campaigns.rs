@@ -6,7 +6,7 @@
 use tokio::sync::oneshot;
 
 use super::{CallbackQueueActor, CallbackQueueState, Transition};
-use crate::core::campaign::{Next, finished, next};
+use crate::core::campaign::{Next, finished, held_by_line, next};
 use crate::directory::CallLookup;
 use crate::event::Event;
 use crate::journal::{AppendError, JournalMsg};
@@ -120,13 +120,12 @@ impl CallbackQueueActor {
     async fn set_status(&self, state: &mut CallbackQueueState, id: CampaignId, status: CampaignStatus) -> Result<(), AppendError> {
         let at_ms = self.clock.now_ms();
         self.append(Event::CampaignStatusSet { id, status, at_ms }).await?;
-        if status.is_open() {
-            if let Some(campaign) = state.campaigns.get_mut(&id) {
-                campaign.status = status;
-                campaign.updated_at_ms = at_ms;
+        if let Some(campaign) = state.campaigns.get_mut(&id) {
+            campaign.status = status;
+            campaign.updated_at_ms = at_ms;
+            if !held_by_line(campaign) {
+                state.campaigns.remove(&id);
             }
-        } else {
-            state.campaigns.remove(&id);
         }
         if status != CampaignStatus::Running {
             self.release_on_hold(state).await?;
@@ -178,6 +177,10 @@ impl CallbackQueueActor {
         if let Some(campaign) = state.campaigns.get_mut(&id) {
             campaign.contacts[index as usize] = contact;
             campaign.updated_at_ms = at_ms;
+            // A cancelled campaign leaves the line once its last call has settled.
+            if !held_by_line(campaign) {
+                state.campaigns.remove(&id);
+            }
         }
         if dialled && let Some(call) = call {
             // The call may have ended before its dial was recorded.

@@ -67,6 +67,12 @@ pub fn next(campaign: &Campaign, now_ms: u64, calls_today: impl Fn(&str, u32) ->
     Next::Call { index, day }
 }
 
+/// Whether the line's queue still holds the campaign: open (draft, running, paused), or
+/// cancelled with calls still in progress (their ends settle their contacts).
+pub fn held_by_line(campaign: &Campaign) -> bool {
+    campaign.status.is_open() || in_flight(campaign) > 0
+}
+
 /// Every contact has reached a final status.
 pub fn finished(campaign: &Campaign) -> bool {
     campaign.contacts.iter().all(|c| c.status.is_final())
