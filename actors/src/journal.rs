@@ -83,6 +83,8 @@ pub enum AppendError {
     IdempotencyFull,
     #[error("the balance is {balance}: a removal may not take it below zero")]
     InsufficientBalance { balance: u64 },
+    #[error("the lead was called as often today as its campaign allows")]
+    DailyCapReached,
 }
 
 /// An actor whose own append timed out cannot know its state any more: it answers, then
@@ -267,6 +269,15 @@ impl JournalWriter {
         let seq = state.durable.last_seq + 1;
         // The state is checked before the event is accepted, so a contradiction here is a bug
         // in the caller: refuse the event rather than write something replay would reject.
+        // The daily cap per lead is checked here, where calls are counted in order: a check when
+        // the contact comes up can be overtaken by another line's campaign calling the same lead.
+        if let Event::CampaignContactSet { id, index, day: Some(day), .. } = event
+            && let Some(campaign) = state.durable.campaigns.get(id)
+            && let Some(contact) = campaign.record.contacts.get(*index as usize)
+            && state.durable.lead_calls_on(&campaign.record.tenant_id, &contact.phone, *day) >= campaign.record.max_calls_per_lead_per_day
+        {
+            return Err(AppendError::DailyCapReached);
+        }
         if let Event::CreditsAdjusted { tenant_id, amount, .. } = event {
             let balance = state.durable.balance(tenant_id);
             if *amount < 0 && amount.unsigned_abs() > balance {
@@ -419,21 +430,59 @@ mod tests {
         for n in 0..IDEMPOTENCY_KEYS_MAX as u64 {
             durable.apply(n + 3, &admitted(n + 1, 0, &format!("k{n}"))).unwrap();
         }
-        let writer = JournalWriter {
-            store: Arc::new(MemoryStore::default()),
-            telemetry: Arc::new(NoTelemetry),
-            snapshot_every_events: u64::MAX,
-            healthy: Arc::new(AtomicBool::new(true)),
-            usage_alerts: None,
-            balances: Default::default(),
-        };
-        let (journal, _) = Actor::spawn(None, writer, durable).await.unwrap();
+        let (journal, _) = Actor::spawn(None, writer(), durable).await.unwrap();
         let timeout = Duration::from_secs(5);
         let next = IDEMPOTENCY_KEYS_MAX as u64 + 1;
         let too_soon = crate::append(&journal, admitted(next, 1, "new"), Guard::default(), timeout).await;
         assert_eq!(too_soon, Err(AppendError::IdempotencyFull));
         let after_expiry = crate::append(&journal, admitted(next, IDEMPOTENCY_RETENTION_MS, "new"), Guard::default(), timeout).await;
         assert!(after_expiry.is_ok(), "{after_expiry:?}");
+        journal.stop(None);
+    }
+
+    fn writer() -> JournalWriter {
+        JournalWriter {
+            store: Arc::new(MemoryStore::default()),
+            telemetry: Arc::new(NoTelemetry),
+            snapshot_every_events: u64::MAX,
+            healthy: Arc::new(AtomicBool::new(true)),
+            usage_alerts: None,
+            balances: Default::default(),
+        }
+    }
+
+    /// The per-lead daily cap is enforced where calls are counted, in order: a second count for
+    /// a lead at its cap is refused, whichever campaign (or line) asks.
+    #[tokio::test]
+    async fn a_lead_at_its_daily_cap_is_not_counted_again() {
+        use crate::model::{CampaignId, CampaignRecord, Contact, ContactState, ContactStatus, LineRecord};
+        let mut durable = DurableState::new();
+        durable.apply(1, &Event::TenantCreated(crate::model::test_tenant("t"))).unwrap();
+        durable.apply(2, &Event::LineCreated(LineRecord::new("+14155550100", "t", 2, 0))).unwrap();
+        let lead = Contact { phone: "+14155550199".into(), name: None, timezone: None };
+        let record = CampaignRecord {
+            id: CampaignId(1),
+            tenant_id: "t".into(),
+            line_id: "+14155550100".into(),
+            contacts: vec![lead.clone(), lead],
+            concurrency: 2,
+            max_calls_per_lead_per_day: 1,
+            window_start_minute: 0,
+            window_end_minute: 1440,
+            created_at_ms: 0,
+        };
+        durable.apply(3, &Event::CampaignCreated(record)).unwrap();
+        let (journal, _) = Actor::spawn(None, writer(), durable).await.unwrap();
+        let calling = |index, call| Event::CampaignContactSet {
+            id: CampaignId(1),
+            index,
+            state: ContactState { status: ContactStatus::Calling, call_id: Some(CallId(call)), failure_reason: None },
+            day: Some(20270115),
+            at_ms: 0,
+        };
+        let timeout = Duration::from_secs(5);
+        assert!(crate::append(&journal, calling(0, 1), Guard::default(), timeout).await.is_ok());
+        assert_eq!(crate::append(&journal, calling(1, 2), Guard::default(), timeout).await, Err(AppendError::DailyCapReached));
         journal.stop(None);
     }
 }
