@@ -14,31 +14,39 @@ pub type TenantId = String;
 /// A phone line's id: its E.164 number.
 pub type LineId = String;
 
+/// An id numbered by a counter the journal persists, shown as a prefix and twelve digits
+/// (`call_000000000042`) and parsed back strictly.
+macro_rules! numbered_id {
+    ($name:ident, $prefix:literal) => {
+        impl $name {
+            const PREFIX: &'static str = $prefix;
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}{:012}", Self::PREFIX, self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ();
+            fn from_str(s: &str) -> Result<Self, ()> {
+                let digits = s.strip_prefix(Self::PREFIX).ok_or(())?;
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(());
+                }
+                digits.parse().map($name).map_err(|_| ())
+            }
+        }
+    };
+}
+
 /// A call's id. Numbers come from one counter that the journal persists, so they are unique,
 /// increasing, and identical across simulation runs with the same seed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct CallId(pub u64);
 
-impl CallId {
-    const PREFIX: &'static str = "call_";
-}
-
-impl fmt::Display for CallId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{:012}", Self::PREFIX, self.0)
-    }
-}
-
-impl FromStr for CallId {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        let digits = s.strip_prefix(Self::PREFIX).ok_or(())?;
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(());
-        }
-        digits.parse().map(CallId).map_err(|_| ())
-    }
-}
+numbered_id!(CallId, "call_");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -226,26 +234,7 @@ impl LineRecord {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct CallbackId(pub u64);
 
-impl CallbackId {
-    const PREFIX: &'static str = "cb_";
-}
-
-impl fmt::Display for CallbackId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{:012}", Self::PREFIX, self.0)
-    }
-}
-
-impl FromStr for CallbackId {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        let digits = s.strip_prefix(Self::PREFIX).ok_or(())?;
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(());
-        }
-        digits.parse().map(CallbackId).map_err(|_| ())
-    }
-}
+numbered_id!(CallbackId, "cb_");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -365,26 +354,7 @@ pub struct CallRecord {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct CampaignId(pub u64);
 
-impl CampaignId {
-    const PREFIX: &'static str = "cmp_";
-}
-
-impl fmt::Display for CampaignId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{:012}", Self::PREFIX, self.0)
-    }
-}
-
-impl FromStr for CampaignId {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        let digits = s.strip_prefix(Self::PREFIX).ok_or(())?;
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(());
-        }
-        digits.parse().map(CampaignId).map_err(|_| ())
-    }
-}
+numbered_id!(CampaignId, "cmp_");
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Contact {
@@ -549,6 +519,9 @@ mod tests {
         assert!("call_".parse::<CallId>().is_err());
         assert!("call_-1".parse::<CallId>().is_err());
         assert!("42".parse::<CallId>().is_err());
+        assert_eq!(CallbackId(7).to_string().parse::<CallbackId>(), Ok(CallbackId(7)));
+        assert_eq!(CampaignId(7).to_string(), "cmp_000000000007");
+        assert!("call_000000000007".parse::<CampaignId>().is_err(), "each id keeps its own prefix");
     }
 
     #[test]
