@@ -31,15 +31,12 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use common::dialer::{Answer, Dial, FakeDialer, Fallback};
 use common::*;
 use serde_json::{Value, json};
 use switchboard::client::{Client, Response};
@@ -60,146 +57,6 @@ const ALICE: &str = "+14155550001";
 const BOB: &str = "+14155550002";
 const CAROL: &str = "+14155550003";
 const DAVE: &str = "+14155550004";
-
-// ---------------------------------------------------------------- the fake dialer
-
-/// How the fake dialer answers one dial request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Answer {
-    /// 202: the platform is placing the call.
-    Accept,
-    /// 429 with `Retry-After` in seconds: the provider is rate-limiting.
-    RateLimited(u64),
-    /// Any other status.
-    Status(u16),
-    /// Nothing for this long (longer than the dialer's timeout), then 200 that nobody reads.
-    Hang(Duration),
-    /// Nothing for this long (shorter than the dialer's timeout), then 429 with `Retry-After: 0`.
-    LateRateLimited(Duration),
-}
-
-/// How the fake dialer answers once its script is used up.
-enum Fallback {
-    Always(Answer),
-    /// Mostly 202; some 500s and some 429s with `Retry-After: 0`, drawn from a seeded generator.
-    Random(Rng),
-}
-
-/// One dial request, as received.
-#[derive(Clone, Debug)]
-struct Dial {
-    at: Instant,
-    body: Value,
-    answer: Answer,
-}
-
-struct DialerState {
-    script: VecDeque<Answer>,
-    fallback: Fallback,
-    dials: Vec<Dial>,
-    /// More requests than `DIALS_MAX` arrived (a runaway redial loop): the tests fail.
-    overflowed: bool,
-}
-
-/// The fake dialer keeps at most this many requests.
-const DIALS_MAX: usize = 10_000;
-
-/// An HTTP server on loopback standing in for the platform endpoint that places calls.
-struct FakeDialer {
-    url: String,
-    state: Arc<Mutex<DialerState>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl FakeDialer {
-    async fn start() -> FakeDialer {
-        let state = Arc::new(Mutex::new(DialerState {
-            script: VecDeque::new(),
-            fallback: Fallback::Always(Answer::Accept),
-            dials: Vec::new(),
-            overflowed: false,
-        }));
-        let app = axum::Router::new().route("/dial", axum::routing::post(fake_dial)).with_state(Arc::clone(&state));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the fake dialer");
-        let url = format!("http://{}/dial", listener.local_addr().expect("the fake dialer's address"));
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        FakeDialer { url, state, task }
-    }
-
-    /// The next requests are answered like this, in order.
-    fn script(&self, answers: &[Answer]) {
-        self.state.lock().expect("dialer state").script.extend(answers.iter().copied());
-    }
-
-    fn fallback(&self, fallback: Fallback) {
-        self.state.lock().expect("dialer state").fallback = fallback;
-    }
-
-    fn dials(&self) -> Vec<Dial> {
-        let state = self.state.lock().expect("dialer state");
-        assert!(!state.overflowed, "the fake dialer got more than {DIALS_MAX} requests");
-        state.dials.clone()
-    }
-
-    /// Waits (bounded) until at least `count` dial requests have arrived; returns all of them.
-    async fn wait_dials(&self, count: usize) -> Vec<Dial> {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let dials = self.dials();
-            if dials.len() >= count {
-                return dials;
-            }
-            assert!(Instant::now() < deadline, "{} dial requests after {PATIENCE:?}, expected {count}", dials.len());
-            tokio::time::sleep(POLL).await;
-        }
-    }
-}
-
-impl Drop for FakeDialer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn fake_dial(State(state): State<Arc<Mutex<DialerState>>>, body: Bytes) -> axum::response::Response {
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let answer = {
-        let mut guard = state.lock().expect("dialer state");
-        let state = &mut *guard;
-        let answer = match state.script.pop_front() {
-            Some(answer) => answer,
-            None => match &mut state.fallback {
-                Fallback::Always(answer) => *answer,
-                Fallback::Random(rng) => match rng.below(100) {
-                    0..80 => Answer::Accept,
-                    80..90 => Answer::Status(500),
-                    _ => Answer::RateLimited(0),
-                },
-            },
-        };
-        if state.dials.len() < DIALS_MAX {
-            state.dials.push(Dial { at: Instant::now(), body, answer });
-        } else {
-            state.overflowed = true;
-        }
-        answer
-    };
-    match answer {
-        Answer::Accept => (StatusCode::ACCEPTED, "{\"accepted\":true}").into_response(),
-        Answer::RateLimited(seconds) => (StatusCode::TOO_MANY_REQUESTS, [("retry-after", seconds.to_string())]).into_response(),
-        Answer::Status(status) => StatusCode::from_u16(status).expect("a status").into_response(),
-        Answer::Hang(duration) => {
-            tokio::time::sleep(duration).await;
-            StatusCode::OK.into_response()
-        }
-        Answer::LateRateLimited(duration) => {
-            tokio::time::sleep(duration).await;
-            (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "0")]).into_response()
-        }
-    }
-}
 
 // ---------------------------------------------------------------- the server and its API
 

@@ -30,11 +30,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::net::{SocketAddr, TcpListener};
-use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -43,6 +40,7 @@ use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use common::process::{Launcher, Server};
 use serde_json::{Value, json};
 use switchboard::client::{Client, Response};
 use switchboard::http::validate::rfc3339;
@@ -86,11 +84,7 @@ const DIAL_SLOW_MS: u64 = 700;
 const DURABLE_CHECK_WITHIN: Duration = Duration::from_millis(250);
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
-const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
 const WORKERS_STOP_TIMEOUT: Duration = Duration::from_secs(15);
-const READY_POLL: Duration = Duration::from_millis(15);
-const START_ATTEMPTS: usize = 5;
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
 const SETTLE_ROUNDS_MAX: usize = 400;
 const SETTLE_POLL: Duration = Duration::from_millis(50);
@@ -592,168 +586,31 @@ async fn worker(addr: SocketAddr, model: Arc<Mutex<Model>>, stop: Arc<AtomicBool
 /// Pools without reserved headroom: this test counts plain capacity.
 const PLAIN_POOLS: &str = "[pools.standard_voice]\ncapacity = 5\n[pools.premium_voice]\ncapacity = 5\n";
 
+/// The child servers' files, and the fake dialer's URL they are configured with.
 struct Ctx {
-    root: PathBuf,
-    data_dir: PathBuf,
-    config: PathBuf,
-    log: PathBuf,
+    launcher: Launcher,
     dialer_url: String,
 }
 
 impl Ctx {
     fn new(root: &Path, dialer: SocketAddr) -> Ctx {
-        Ctx {
-            root: root.to_owned(),
-            data_dir: root.join("data"),
-            config: root.join("switchboard.toml"),
-            log: root.join("server.log"),
-            dialer_url: format!("http://{dialer}/dial"),
-        }
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        Ctx { launcher: Launcher::new(root, TOKEN, &["SWITCHBOARD_DIALER_URL"]), dialer_url: format!("http://{dialer}/dial") }
     }
 }
 
-/// The child process; killed (SIGKILL) and reaped on drop if still running.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding a free loopback port")?;
-    Ok(listener.local_addr()?.port())
-}
-
-impl Server {
-    /// Starts the binary on a free port (not waiting for readiness); the fake dialer checks
-    /// against it from now on.
-    fn spawn(ctx: &Ctx, dialer: &FakeDialer, rng: &mut Rng, what: &str) -> Result<Server> {
-        let port = free_port()?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let snapshot_every = rng.between(SNAPSHOT_EVERY_EVENTS);
-        let config = format!(
-            "[journal]\nsnapshot_every_events = {snapshot_every}\n{PLAIN_POOLS}\
-             [callbacks]\nbackup_scan_interval_ms = {BACKUP_SCAN_MS}\nqueue_per_line_max = {QUEUE_PER_LINE_MAX}\n\
-             [dialer]\nurl = \"{}\"\ntimeout_ms = {DIALER_TIMEOUT_MS}\n",
-            ctx.dialer_url
-        );
-        std::fs::write(&ctx.config, config).context("writing the config")?;
-        let mut log = OpenOptions::new().create(true).append(true).open(&ctx.log).context("opening the server log")?;
-        std::io::Write::write_all(&mut log, format!("==== {what}: listen {addr}, snapshot_every_events {snapshot_every}\n").as_bytes())?;
-        *lock(&dialer.server) = Some(addr);
-        let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .arg("--data-dir")
-            .arg(&ctx.data_dir)
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--config")
-            .arg(&ctx.config)
-            .env("SWITCHBOARD_ADMIN_TOKEN", TOKEN)
-            .env("SWITCHBOARD_LOG", "warn")
-            .env_remove("SWITCHBOARD_DIALER_URL")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawning the switchboard binary")?;
-        Ok(Server { child, addr })
-    }
-
-    /// Starts the binary and waits until `/readyz` answers 200; retries on another port if the
-    /// child exits first (another process took the port).
-    async fn start(ctx: &Ctx, dialer: &FakeDialer, rng: &mut Rng, what: &str) -> Result<(Server, Client, Duration)> {
-        let mut last_error = None;
-        for attempt in 0..START_ATTEMPTS {
-            let started = Instant::now();
-            let mut server = Server::spawn(ctx, dialer, rng, &format!("{what} (attempt {attempt})"))?;
-            match server.wait_ready().await {
-                Ok(client) => return Ok((server, client, started.elapsed())),
-                Err(error) if server.exited() => {
-                    eprintln!("{what}: server exited before ready ({error:#}); retrying on another port");
-                    last_error = Some(error);
-                }
-                Err(error) => return Err(error.context(format!("{what}: server on {} never became ready", server.addr))),
-            }
-        }
-        Err(last_error
-            .unwrap_or_else(|| anyhow!("no attempt"))
-            .context(format!("{what}: server did not start in {START_ATTEMPTS} attempts")))
-    }
-
-    fn exited(&mut self) -> bool {
-        !matches!(self.child.try_wait(), Ok(None))
-    }
-
-    async fn wait_ready(&mut self) -> Result<Client> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut client: Option<Client> = None;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("server exited with {status} before it was ready");
-            }
-            if client.is_none() {
-                client = match tokio::time::timeout(Duration::from_secs(1), Client::connect(self.addr, Some(TOKEN.to_owned()))).await {
-                    Ok(Ok(client)) => Some(client),
-                    _ => None,
-                };
-            }
-            if let Some(c) = client.as_mut() {
-                match tokio::time::timeout(Duration::from_secs(1), c.get("/readyz")).await {
-                    Ok(Ok(response)) if response.status == 200 => break,
-                    Ok(Ok(response)) if response.status == 503 => {}
-                    Ok(Ok(response)) => bail!("GET /readyz answered {}: {}", response.status, response.text()),
-                    _ => client = None,
-                }
-            }
-            if Instant::now() >= deadline {
-                bail!("not ready within {READY_TIMEOUT:?}");
-            }
-            tokio::time::sleep(READY_POLL).await;
-        }
-        ensure!(!self.exited(), "the server exited right after answering /readyz (was it another process on the port?)");
-        client.context("ready implies a client")
-    }
-
-    /// SIGKILL a server that must still be running (one that exited by itself is a crash).
-    fn sigkill(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!("the server on {} had already exited ({status}) before it was killed", self.addr);
-        }
-        self.child.kill().context("SIGKILL")?;
-        let status = self.child.wait().context("reaping the killed server")?;
-        ensure!(status.signal() == Some(9), "the server was SIGKILLed but exited with {status}");
-        Ok(())
-    }
-
-    /// SIGTERM, then the server must exit 0 within `EXIT_TIMEOUT`.
-    async fn sigterm(&mut self) -> Result<Duration> {
-        let pid = self.child.id().to_string();
-        let started = Instant::now();
-        let kill = Command::new("kill").arg("-TERM").arg(&pid).status().context("running kill -TERM")?;
-        ensure!(kill.success(), "kill -TERM {pid} failed: {kill}");
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                ensure!(status.code() == Some(0), "after SIGTERM the server exited with {status}, not 0");
-                return Ok(started.elapsed());
-            }
-            ensure!(started.elapsed() < EXIT_TIMEOUT, "the server did not exit within {EXIT_TIMEOUT:?} of SIGTERM");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+/// Writes the config for a server on `addr` (snapshot interval drawn from `rng`, callbacks and
+/// the fake dialer); the fake dialer checks against `addr` from now on. Returns the log note.
+fn configure(ctx: &Ctx, dialer: &FakeDialer, rng: &mut Rng, addr: SocketAddr) -> Result<String> {
+    let snapshot_every = rng.between(SNAPSHOT_EVERY_EVENTS);
+    let config = format!(
+        "[journal]\nsnapshot_every_events = {snapshot_every}\n{PLAIN_POOLS}\
+         [callbacks]\nbackup_scan_interval_ms = {BACKUP_SCAN_MS}\nqueue_per_line_max = {QUEUE_PER_LINE_MAX}\n\
+         [dialer]\nurl = \"{}\"\ntimeout_ms = {DIALER_TIMEOUT_MS}\n",
+        ctx.dialer_url
+    );
+    std::fs::write(&ctx.launcher.config, config).context("writing the config")?;
+    *lock(&dialer.server) = Some(addr);
+    Ok(format!("snapshot_every_events {snapshot_every}"))
 }
 
 // ------------------------------------------------------------------------------------- setup
@@ -1056,7 +913,7 @@ async fn run(settings: &Settings, ctx: &Ctx, dialer: &FakeDialer) -> Result<Stri
     let mut killed_at: Option<String> = None;
     for cycle in 0..settings.cycles {
         let what = format!("cycle {cycle}");
-        let (mut server, mut client, boot) = Server::start(ctx, dialer, &mut rng, &what).await?;
+        let (mut server, mut client, boot) = Server::start(&ctx.launcher, &what, |addr| configure(ctx, dialer, &mut rng, addr)).await?;
         if cycle == 0 {
             setup(&mut client).await.context("setup")?;
         }
@@ -1112,7 +969,7 @@ async fn run(settings: &Settings, ctx: &Ctx, dialer: &FakeDialer) -> Result<Stri
     }
 
     // A final restart: check, settle, check everything; a clean stop and start keeps it all.
-    let (mut server, mut client, boot) = Server::start(ctx, dialer, &mut rng, "final").await?;
+    let (mut server, mut client, boot) = Server::start(&ctx.launcher, "final", |addr| configure(ctx, dialer, &mut rng, addr)).await?;
     let mut model = std::mem::take(&mut *lock(&model));
     check_after_restart(&mut client, &mut model, killed_at.as_deref()).await.context("final: after the restart")?;
     bail_on_problems(&mut model, "final: after the restart")?;
@@ -1123,7 +980,8 @@ async fn run(settings: &Settings, ctx: &Ctx, dialer: &FakeDialer) -> Result<Stri
     let stop_time = server.sigterm().await.context("final graceful stop")?;
     drop(client);
 
-    let (mut server, mut client, _) = Server::start(ctx, dialer, &mut rng, "after the final stop").await?;
+    let (mut server, mut client, _) =
+        Server::start(&ctx.launcher, "after the final stop", |addr| configure(ctx, dialer, &mut rng, addr)).await?;
     let again = list_callbacks(&mut client).await?;
     ensure!(again == entries, "a clean restart changed the callbacks: before {entries:?}\nafter {again:?}");
     let stats = get_json(&mut client, "/v1/callbacks/stats").await?;
@@ -1183,7 +1041,7 @@ async fn sigkill_mid_dispatch_dials_each_callback_at_most_once_and_loses_no_miss
             println!("callbacks crash test passed in {:.1} s (seed {}): {summary}", started.elapsed().as_secs_f64(), settings.seed);
             if settings.keep {
                 dir.disable_cleanup(true);
-                println!("kept {}", ctx.root.display());
+                println!("kept {}", ctx.launcher.root.display());
             }
         }
         Err(error) => {
@@ -1194,8 +1052,8 @@ async fn sigkill_mid_dispatch_dials_each_callback_at_most_once_and_loses_no_miss
                 settings.seed,
                 settings.seed,
                 dial_summary(&dialer.records()),
-                ctx.root.display(),
-                ctx.log_tail(40)
+                ctx.launcher.root.display(),
+                ctx.launcher.log_tail(40)
             );
         }
     }
@@ -1213,7 +1071,7 @@ const REPRO_GRACE: Duration = Duration::from_millis(300);
 /// call's end settles the entry.
 async fn repro_boot_race(ctx: &Ctx, dialer: &FakeDialer) -> Result<()> {
     let mut rng = Rng(1);
-    let (mut server, mut client, _) = Server::start(ctx, dialer, &mut rng, "repro").await?;
+    let (mut server, mut client, _) = Server::start(&ctx.launcher, "repro", |addr| configure(ctx, dialer, &mut rng, addr)).await?;
     setup(&mut client).await.context("setup")?;
     let mut ids = Vec::new();
     for t in 0..TENANTS {
@@ -1244,7 +1102,8 @@ async fn repro_boot_race(ctx: &Ctx, dialer: &FakeDialer) -> Result<()> {
     for restart in 1..=REPRO_RESTARTS {
         drop(client);
         server.sigterm().await.with_context(|| format!("restart {restart}: graceful stop"))?;
-        (server, client, _) = Server::start(ctx, dialer, &mut rng, &format!("repro restart {restart}")).await?;
+        (server, client, _) =
+            Server::start(&ctx.launcher, &format!("repro restart {restart}"), |addr| configure(ctx, dialer, &mut rng, addr)).await?;
         tokio::time::sleep(REPRO_GRACE).await;
         for (id, call) in &dialled {
             let entry = get_json(&mut client, &format!("/v1/callbacks/{id}")).await?;
@@ -1294,6 +1153,10 @@ async fn a_dialled_callback_keeps_waiting_for_its_live_call_across_clean_restart
     };
     if let Err(error) = outcome {
         dir.disable_cleanup(true);
-        panic!("{error:#}\n\ndata dir and server log kept in {}\nlast server log lines:\n{}", ctx.root.display(), ctx.log_tail(20));
+        panic!(
+            "{error:#}\n\ndata dir and server log kept in {}\nlast server log lines:\n{}",
+            ctx.launcher.root.display(),
+            ctx.launcher.log_tail(20)
+        );
     }
 }

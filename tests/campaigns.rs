@@ -28,15 +28,10 @@
 
 mod common;
 
-use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use common::dialer::{Answer, Dial, FakeDialer};
 use common::*;
 use serde_json::{Value, json};
 use switchboard::client::{Client, Response};
@@ -56,104 +51,6 @@ const BOB: &str = "+14155550002";
 const CAROL: &str = "+14155550003";
 const DAVE: &str = "+14155550004";
 const ERIN: &str = "+14155550005";
-
-// ---------------------------------------------------------------- the fake dialer
-
-/// How the fake dialer answers one dial request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Answer {
-    /// 202: the platform is placing the call.
-    Accept,
-    /// 429 with `Retry-After` in seconds: the provider is rate-limiting.
-    RateLimited(u64),
-    /// Any other status.
-    Status(u16),
-}
-
-/// One dial request, as received.
-#[derive(Clone, Debug)]
-struct Dial {
-    body: Value,
-}
-
-impl Dial {
-    fn to(&self) -> &str {
-        self.body["to"].as_str().expect("to")
-    }
-
-    fn call_id(&self) -> String {
-        self.body["call_id"].as_str().expect("call_id").to_owned()
-    }
-}
-
-struct DialerState {
-    script: VecDeque<Answer>,
-    dials: Vec<Dial>,
-}
-
-/// An HTTP server on loopback standing in for the platform endpoint that places calls. Once
-/// its script is used up it accepts every request.
-struct FakeDialer {
-    url: String,
-    state: Arc<Mutex<DialerState>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl FakeDialer {
-    async fn start() -> FakeDialer {
-        let state = Arc::new(Mutex::new(DialerState { script: VecDeque::new(), dials: Vec::new() }));
-        let app = axum::Router::new().route("/dial", axum::routing::post(fake_dial)).with_state(Arc::clone(&state));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the fake dialer");
-        let url = format!("http://{}/dial", listener.local_addr().expect("the fake dialer's address"));
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        FakeDialer { url, state, task }
-    }
-
-    /// The next requests are answered like this, in order.
-    fn script(&self, answers: &[Answer]) {
-        self.state.lock().expect("dialer state").script.extend(answers.iter().copied());
-    }
-
-    fn dials(&self) -> Vec<Dial> {
-        self.state.lock().expect("dialer state").dials.clone()
-    }
-
-    /// Waits (bounded) until at least `count` dial requests have arrived; returns all of them.
-    async fn wait_dials(&self, count: usize) -> Vec<Dial> {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let dials = self.dials();
-            if dials.len() >= count {
-                return dials;
-            }
-            assert!(Instant::now() < deadline, "{} dial requests after {PATIENCE:?}, expected {count}: {dials:?}", dials.len());
-            tokio::time::sleep(POLL).await;
-        }
-    }
-}
-
-impl Drop for FakeDialer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn fake_dial(State(state): State<Arc<Mutex<DialerState>>>, body: Bytes) -> axum::response::Response {
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let answer = {
-        let mut state = state.lock().expect("dialer state");
-        let answer = state.script.pop_front().unwrap_or(Answer::Accept);
-        state.dials.push(Dial { body });
-        answer
-    };
-    match answer {
-        Answer::Accept => (StatusCode::ACCEPTED, "{\"accepted\":true}").into_response(),
-        Answer::RateLimited(seconds) => (StatusCode::TOO_MANY_REQUESTS, [("retry-after", seconds.to_string())]).into_response(),
-        Answer::Status(status) => StatusCode::from_u16(status).expect("a status").into_response(),
-    }
-}
 
 // ---------------------------------------------------------------- the server and its API
 

@@ -23,16 +23,13 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::OpenOptions;
-use std::net::{SocketAddr, TcpListener};
-use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use common::process::{Launcher, Server};
 use serde_json::{Value, json};
 use switchboard::client::{Client, Response};
 
@@ -59,11 +56,7 @@ const BOOT_KILL_DELAY_MS: (u64, u64) = (0, 60);
 const SNAPSHOT_EVERY_EVENTS: (u64, u64) = (100, 400);
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
-const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
 const WORKERS_STOP_TIMEOUT: Duration = Duration::from_secs(15);
-const READY_POLL: Duration = Duration::from_millis(15);
-const START_ATTEMPTS: usize = 5;
 
 /// Calls fetched one by one after each restart besides the ones touched in the last cycle
 /// (a rolling window over all calls ever seen); the final verification fetches all.
@@ -401,153 +394,12 @@ async fn list_calls(client: &mut Client, filter: &str) -> Result<BTreeMap<String
 /// Pools without reserved headroom: this test counts plain capacity (arbitration has its own).
 const PLAIN_POOLS: &str = "[pools.standard_voice]\ncapacity = 5\n[pools.premium_voice]\ncapacity = 5\n";
 
-struct Ctx {
-    root: PathBuf,
-    data_dir: PathBuf,
-    config: PathBuf,
-    log: PathBuf,
-}
-
-impl Ctx {
-    fn new(root: &Path) -> Ctx {
-        Ctx { root: root.to_owned(), data_dir: root.join("data"), config: root.join("switchboard.toml"), log: root.join("server.log") }
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-}
-
-/// The child process; killed (SIGKILL) and reaped on drop if still running.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding a free loopback port")?;
-    Ok(listener.local_addr()?.port())
-}
-
-impl Server {
-    /// Starts the binary on a free port (not waiting for readiness).
-    fn spawn(ctx: &Ctx, rng: &mut Rng, what: &str) -> Result<Server> {
-        let port = free_port()?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let snapshot_every = rng.between(SNAPSHOT_EVERY_EVENTS);
-        std::fs::write(&ctx.config, format!("[journal]\nsnapshot_every_events = {snapshot_every}\n{PLAIN_POOLS}"))
-            .context("writing the config")?;
-        let mut log = OpenOptions::new().create(true).append(true).open(&ctx.log).context("opening the server log")?;
-        std::io::Write::write_all(&mut log, format!("==== {what}: listen {addr}, snapshot_every_events {snapshot_every}\n").as_bytes())?;
-        let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .arg("--data-dir")
-            .arg(&ctx.data_dir)
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--config")
-            .arg(&ctx.config)
-            .env("SWITCHBOARD_ADMIN_TOKEN", TOKEN)
-            .env("SWITCHBOARD_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawning the switchboard binary")?;
-        Ok(Server { child, addr })
-    }
-
-    /// Starts the binary and waits until `/readyz` answers 200; retries on another port if the
-    /// child exits first (another process took the port).
-    async fn start(ctx: &Ctx, rng: &mut Rng, what: &str) -> Result<(Server, Client, Duration)> {
-        let mut last_error = None;
-        for attempt in 0..START_ATTEMPTS {
-            let started = Instant::now();
-            let mut server = Server::spawn(ctx, rng, &format!("{what} (attempt {attempt})"))?;
-            match server.wait_ready().await {
-                Ok(client) => return Ok((server, client, started.elapsed())),
-                Err(error) if server.exited() => {
-                    eprintln!("{what}: server exited before ready ({error:#}); retrying on another port");
-                    last_error = Some(error);
-                }
-                Err(error) => return Err(error.context(format!("{what}: server on {} never became ready", server.addr))),
-            }
-        }
-        Err(last_error
-            .unwrap_or_else(|| anyhow!("no attempt"))
-            .context(format!("{what}: server did not start in {START_ATTEMPTS} attempts")))
-    }
-
-    fn exited(&mut self) -> bool {
-        !matches!(self.child.try_wait(), Ok(None))
-    }
-
-    async fn wait_ready(&mut self) -> Result<Client> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut client: Option<Client> = None;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("server exited with {status} before it was ready");
-            }
-            if client.is_none() {
-                client = match tokio::time::timeout(Duration::from_secs(1), Client::connect(self.addr, Some(TOKEN.to_owned()))).await {
-                    Ok(Ok(client)) => Some(client),
-                    _ => None,
-                };
-            }
-            if let Some(c) = client.as_mut() {
-                match tokio::time::timeout(Duration::from_secs(1), c.get("/readyz")).await {
-                    Ok(Ok(response)) if response.status == 200 => break,
-                    Ok(Ok(response)) if response.status == 503 => {}
-                    Ok(Ok(response)) => bail!("GET /readyz answered {}: {}", response.status, response.text()),
-                    _ => client = None,
-                }
-            }
-            if Instant::now() >= deadline {
-                bail!("not ready within {READY_TIMEOUT:?}");
-            }
-            tokio::time::sleep(READY_POLL).await;
-        }
-        ensure!(!self.exited(), "the server exited right after answering /readyz (was it another process on the port?)");
-        client.context("ready implies a client")
-    }
-
-    /// SIGKILL a server that must still be running (one that exited by itself is a crash).
-    fn sigkill(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!("the server on {} had already exited ({status}) before it was killed", self.addr);
-        }
-        self.child.kill().context("SIGKILL")?;
-        let status = self.child.wait().context("reaping the killed server")?;
-        ensure!(status.signal() == Some(9), "the server was SIGKILLed but exited with {status}");
-        Ok(())
-    }
-
-    /// SIGTERM, then the server must exit 0 within `EXIT_TIMEOUT`.
-    async fn sigterm(&mut self) -> Result<Duration> {
-        let pid = self.child.id().to_string();
-        let started = Instant::now();
-        let kill = Command::new("kill").arg("-TERM").arg(&pid).status().context("running kill -TERM")?;
-        ensure!(kill.success(), "kill -TERM {pid} failed: {kill}");
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                ensure!(status.code() == Some(0), "after SIGTERM the server exited with {status}, not 0");
-                return Ok(started.elapsed());
-            }
-            ensure!(started.elapsed() < EXIT_TIMEOUT, "the server did not exit within {EXIT_TIMEOUT:?} of SIGTERM");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+/// Writes the config with a snapshot interval drawn from `rng`; returns the note for the log.
+fn write_config(ctx: &Launcher, rng: &mut Rng) -> Result<String> {
+    let snapshot_every = rng.between(SNAPSHOT_EVERY_EVENTS);
+    std::fs::write(&ctx.config, format!("[journal]\nsnapshot_every_events = {snapshot_every}\n{PLAIN_POOLS}"))
+        .context("writing the config")?;
+    Ok(format!("snapshot_every_events {snapshot_every}"))
 }
 
 // ------------------------------------------------------------------------------------- setup
@@ -783,7 +635,7 @@ impl Settings {
     }
 }
 
-async fn run(settings: &Settings, ctx: &Ctx) -> Result<Stats> {
+async fn run(settings: &Settings, ctx: &Launcher) -> Result<Stats> {
     let mut rng = Rng(settings.seed);
     let model = Arc::new(Mutex::new(Model::default()));
     for cycle in 0..settings.cycles {
@@ -793,7 +645,7 @@ async fn run(settings: &Settings, ctx: &Ctx) -> Result<Stats> {
         // Sometimes kill a start during boot (sled recovery, journal replay) first.
         let mut boot_kill = String::new();
         if cycle > 0 && rng.percent(BOOT_KILL_PERCENT) {
-            let mut server = Server::spawn(ctx, &mut rng, &format!("{what} boot kill"))?;
+            let mut server = Server::spawn(ctx, &format!("{what} boot kill"), |_| write_config(ctx, &mut rng))?;
             let after = rng.between(BOOT_KILL_DELAY_MS);
             tokio::time::sleep(Duration::from_millis(after)).await;
             match server.child.try_wait()? {
@@ -804,7 +656,7 @@ async fn run(settings: &Settings, ctx: &Ctx) -> Result<Stats> {
             boot_kill = format!("a start SIGKILLed {after} ms into boot, then ");
         }
 
-        let (mut server, mut client, boot) = Server::start(ctx, &mut rng, &what).await?;
+        let (mut server, mut client, boot) = Server::start(ctx, &what, |_| write_config(ctx, &mut rng)).await?;
         if cycle == 0 {
             setup(&mut client).await.context("setup")?;
         }
@@ -863,7 +715,7 @@ async fn run(settings: &Settings, ctx: &Ctx) -> Result<Stats> {
     }
 
     // After the graceful stop: one more start, check every call, and stop cleanly again.
-    let (mut server, mut client, boot) = Server::start(ctx, &mut rng, "final").await?;
+    let (mut server, mut client, boot) = Server::start(ctx, "final", |_| write_config(ctx, &mut rng)).await?;
     let mut snapshot = std::mem::take(&mut *lock(&model));
     let started = Instant::now();
     verify(&mut client, &mut snapshot, true).await.context("final verification (every call)")?;
@@ -878,7 +730,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_change() {
     let settings = Settings::from_env();
     println!("crash test: seed {} (replay with SWITCHBOARD_CRASH_SEED={}), {} cycles", settings.seed, settings.seed, settings.cycles);
     let mut dir = tempfile::Builder::new().prefix("switchboard-crash-").tempdir().expect("temp dir");
-    let ctx = Ctx::new(dir.path());
+    let ctx = Launcher::new(dir.path(), TOKEN, &[]);
     let deadline = Duration::from_secs(60 + 5 * settings.cycles);
     let started = Instant::now();
     let outcome = match tokio::time::timeout(deadline, run(&settings, &ctx)).await {

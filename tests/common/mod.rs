@@ -3,6 +3,9 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
+pub mod dialer;
+pub mod process;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
