@@ -44,10 +44,6 @@ use switchboard::config::Config;
 use tokio::time::Instant;
 
 const POOL: &str = "standard_voice";
-/// Every wait for something asynchronous polls, at most this long.
-const PATIENCE: Duration = Duration::from_secs(5);
-const POLL: Duration = Duration::from_millis(10);
-
 const TENANT: &str = "acme";
 const LINE: &str = "+14155550100";
 /// `LINE` in a query string (`+` would read as a space).
@@ -151,23 +147,19 @@ async fn end_with(client: &mut Client, call: &str, outcome: &str) -> Value {
     response.json()
 }
 
-async fn callback(client: &mut Client, id: &str) -> Value {
-    let entry = get_json(client, &format!("/v1/callbacks/{id}")).await;
+/// Checks that `entry` is callback `id`, and returns it.
+fn is_callback(entry: Value, id: &str) -> Value {
     assert_eq!((entry["object"].as_str(), entry["id"].as_str()), (Some("callback"), Some(id)), "{entry}");
     entry
 }
 
+async fn callback(client: &mut Client, id: &str) -> Value {
+    is_callback(get_json(client, &format!("/v1/callbacks/{id}")).await, id)
+}
+
 /// Polls an entry (bounded) until `ready` holds; returns it as it was then.
 async fn wait_callback(client: &mut Client, id: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let entry = callback(client, id).await;
-        if ready(&entry) {
-            return entry;
-        }
-        assert!(Instant::now() < deadline, "callback {id} never got to: {what}; it is {entry}");
-        tokio::time::sleep(POLL).await;
-    }
+    is_callback(poll_json(client, &format!("/v1/callbacks/{id}"), what, ready).await, id)
 }
 
 async fn wait_status(client: &mut Client, id: &str, status: &str) -> Value {

@@ -29,7 +29,7 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::dialer::{Answer, Dial, FakeDialer};
 use common::*;
@@ -39,10 +39,6 @@ use switchboard::config::Config;
 use tokio::time::Instant;
 
 const POOL: &str = "standard_voice";
-/// Every wait for something asynchronous polls, at most this long.
-const PATIENCE: Duration = Duration::from_secs(5);
-const POLL: Duration = Duration::from_millis(10);
-
 const TENANT: &str = "acme";
 const LINE: &str = "+14155550100";
 const AGENT: &str = "agent-7";
@@ -192,23 +188,19 @@ async fn assert_refused(client: &mut Client, id: &str, action: &str) {
     assert_problem(&response, 409, "CAMPAIGN_WRONG_STATUS");
 }
 
-async fn campaign(client: &mut Client, id: &str) -> Value {
-    let campaign = get_json(client, &format!("/v1/campaigns/{id}")).await;
+/// Checks that `campaign` is campaign `id`, and returns it.
+fn is_campaign(campaign: Value, id: &str) -> Value {
     assert_eq!((campaign["object"].as_str(), campaign["id"].as_str()), (Some("campaign"), Some(id)), "{campaign}");
     campaign
 }
 
+async fn campaign(client: &mut Client, id: &str) -> Value {
+    is_campaign(get_json(client, &format!("/v1/campaigns/{id}")).await, id)
+}
+
 /// Polls a campaign (bounded) until `ready` holds; returns it as it was then.
 async fn wait_campaign(client: &mut Client, id: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let campaign = campaign(client, id).await;
-        if ready(&campaign) {
-            return campaign;
-        }
-        assert!(Instant::now() < deadline, "campaign {id} never got to: {what}; it is {campaign}");
-        tokio::time::sleep(POLL).await;
-    }
+    is_campaign(poll_json(client, &format!("/v1/campaigns/{id}"), what, ready).await, id)
 }
 
 async fn wait_campaign_status(client: &mut Client, id: &str, status: &str) -> Value {

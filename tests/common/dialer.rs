@@ -15,8 +15,7 @@ use tokio::time::Instant;
 use super::Rng;
 
 /// Every wait for dial requests polls, at most this long.
-const PATIENCE: Duration = Duration::from_secs(5);
-const POLL: Duration = Duration::from_millis(10);
+use super::{PATIENCE, POLL};
 
 /// How the fake dialer answers one dial request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

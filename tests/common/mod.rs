@@ -93,6 +93,23 @@ pub async fn get_json(client: &mut Client, path: &str) -> Value {
     response.json()
 }
 
+/// How long a test waits for something asynchronous, and how often it looks.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+pub const POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Polls `GET path` (bounded by `PATIENCE`) until `ready` holds; returns the body as it was then.
+pub async fn poll_json(client: &mut Client, path: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let body = get_json(client, path).await;
+        if ready(&body) {
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "{path} never got to: {what}; it is {body}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// Asserts a problem+json response with this status and code; returns its body.
 pub fn assert_problem(response: &Response, status: u16, code: &str) -> Value {
     assert_eq!(response.status, status, "{}", response.text());
