@@ -8,6 +8,7 @@
 //! - `metrics`: Prometheus metrics (the actors' `Telemetry`).
 //! - `token`: the admin bearer token.
 //! - `client`, `loadgen`: a tiny HTTP client and the `switchboard loadgen` benchmark driver.
+//! - `simulate`: the `switchboard simulate` command (the engine is `switchboard-simulations`).
 //!
 //! The domain itself (cores, actors, the admission path) is the `switchboard-actors` crate.
 
@@ -19,4 +20,5 @@ pub mod journal;
 pub mod loadgen;
 pub mod metrics;
 pub mod server;
+pub mod simulate;
 pub mod token;

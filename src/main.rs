@@ -1,4 +1,4 @@
-//! The `switchboard` binary: `serve` (the default) and `loadgen`.
+//! The `switchboard` binary: `serve` (the default), `loadgen` and `simulate`.
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use switchboard::config::Config;
 use switchboard::loadgen::{self, LoadgenArgs};
+use switchboard::simulate::SimulateArgs;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -25,6 +26,26 @@ enum Command {
     Serve(ServeArgs),
     /// Drive admit+end pairs against a running server and print a JSON report.
     Loadgen(LoadgenCli),
+    /// Run a scenario on the real actors in virtual time and print its report.
+    Simulate(SimulateCli),
+}
+
+#[derive(Args)]
+struct SimulateCli {
+    /// The scenario (TOML), e.g. simulations/scenarios/spike-two-pro.toml.
+    file: PathBuf,
+    /// The seed [default: the scenario's].
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// Sweep seeds A..B (both included); prints each failing seed and how to replay it.
+    #[arg(long)]
+    seeds: Option<String>,
+    /// Print the whole report as JSON (a sweep prints one JSON line per seed).
+    #[arg(long)]
+    json: bool,
+    /// Write the concurrency chart (SVG) here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -57,6 +78,12 @@ struct LoadgenCli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Simulate(args)) = cli.command {
+        // Runs on a thread of its own with its own runtime; no service runtime needed.
+        let args = SimulateArgs { file: args.file, seed: args.seed, seeds: args.seeds, json: args.json, svg: args.svg };
+        let passed = switchboard::simulate::run(args)?;
+        std::process::exit(if passed { 0 } else { 1 });
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Some(Command::Loadgen(args)) => runtime.block_on(loadgen::run_and_print(LoadgenArgs {
@@ -67,6 +94,7 @@ fn main() -> anyhow::Result<()> {
             tenants: args.tenants,
         })),
         Some(Command::Serve(args)) => runtime.block_on(serve(args)),
+        Some(Command::Simulate(_)) => unreachable!("handled above"),
         None => runtime.block_on(serve(cli.serve)),
     }
 }

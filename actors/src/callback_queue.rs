@@ -176,6 +176,9 @@ pub struct CallbackQueueState {
     /// A trigger (a channel freeing, credits, a new entry) came while an entry was with the
     /// dispatcher: look for work when it comes back, even if it made no progress.
     retrigger: bool,
+    /// Whether this line is in the directory's `callback_work`, as this actor last published
+    /// it (`None` until its first publication: a rebuilt actor always publishes).
+    published_work: Option<bool>,
 }
 
 impl Actor for CallbackQueueActor {
@@ -184,7 +187,7 @@ impl Actor for CallbackQueueActor {
     type Arguments = (BTreeMap<CallbackId, CallbackEntry>, BTreeMap<CampaignId, Campaign>);
 
     async fn pre_start(&self, _: ActorRef<Self::Msg>, (entries, campaigns): Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
-        Ok(CallbackQueueState { queue: CallbackQueue::new(entries), campaigns, dispatching: None, retrigger: false })
+        Ok(CallbackQueueState { queue: CallbackQueue::new(entries), campaigns, dispatching: None, retrigger: false, published_work: None })
     }
 
     /// Entries whose callback was dialled but whose call ended while nobody listened (this
@@ -306,11 +309,26 @@ impl Actor for CallbackQueueActor {
         if look_for_work {
             self.maybe_dispatch(state, triggered_at).await?;
         }
+        self.publish_work(state);
         Ok(())
     }
 }
 
 impl CallbackQueueActor {
+    /// Tells the directory whether this line has something to dispatch (only on a change).
+    fn publish_work(&self, state: &mut CallbackQueueState) {
+        let has_work = state.queue.next_pending().is_some() || state.campaigns.values().any(|c| c.status == CampaignStatus::Running);
+        if state.published_work != Some(has_work) {
+            let mut directory = self.directory.write();
+            if has_work {
+                directory.callback_work.insert(self.line_id.clone());
+            } else {
+                directory.callback_work.remove(&self.line_id);
+            }
+            state.published_work = Some(has_work);
+        }
+    }
+
     async fn append(&self, event: Event) -> Result<(), AppendError> {
         crate::append(&self.journal, event, Guard::default(), self.journal_timeout).await.map(|_| ())
     }

@@ -41,3 +41,25 @@ impl Clock for ManualClock {
         self.now_ms.load(Ordering::SeqCst)
     }
 }
+
+/// Simulations: the service clock follows tokio's clock, so on a paused runtime the wall clock
+/// the cores see and the timers the actors set move together, by virtual time only.
+#[derive(Debug)]
+pub struct TokioClock {
+    epoch_ms: u64,
+    origin: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// Reads `epoch_ms` now; must be created inside the runtime whose clock it follows.
+    pub fn new(epoch_ms: u64) -> Arc<Self> {
+        Arc::new(TokioClock { epoch_ms, origin: tokio::time::Instant::now() })
+    }
+}
+
+impl Clock for TokioClock {
+    fn now_ms(&self) -> u64 {
+        let elapsed = tokio::time::Instant::now().saturating_duration_since(self.origin);
+        self.epoch_ms.saturating_add(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+    }
+}

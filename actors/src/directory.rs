@@ -5,7 +5,7 @@
 //! short read lock and clone what they need before awaiting anything. Our own ordered maps
 //! replace ractor's named registry, which is process-global and hash-ordered.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ractor::{ActorId, ActorRef};
@@ -57,6 +57,10 @@ pub struct Directory {
     pub tenants: BTreeMap<TenantId, Slot<TenantMsg>>,
     pub lines: BTreeMap<LineId, LineSlot>,
     pub callback_queues: BTreeMap<LineId, ActorRef<CallbackQueueMsg>>,
+    /// Lines whose queue has something to dispatch (a pending entry or a running campaign),
+    /// kept by the queue actors: only these are told a channel freed, and only these get the
+    /// backup scan. Ten thousand idle lines then cost nothing, not a message each per minute.
+    pub callback_work: BTreeSet<LineId>,
     pub calls: BTreeMap<CallId, LiveCall>,
     /// Recently ended calls, bounded like the durable state's (`ENDED_CALLS_RETAINED_MAX`).
     pub ended: BTreeMap<CallId, EndedCall>,

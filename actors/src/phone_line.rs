@@ -45,6 +45,14 @@ pub struct LineState {
     slots: SlotTable,
 }
 
+impl LineActor {
+    /// The line's callback queue, if it has something to dispatch when a channel frees.
+    fn queue_with_work(&self, line: &str) -> Option<ActorRef<crate::callback_queue::CallbackQueueMsg>> {
+        let directory = self.directory.read();
+        directory.callback_work.contains(line).then(|| directory.callback_queues.get(line).cloned()).flatten()
+    }
+}
+
 impl Actor for LineActor {
     type Msg = LineMsg;
     type State = LineState;
@@ -62,7 +70,7 @@ impl Actor for LineActor {
             LineMsg::Release { call, ended } => {
                 if state.slots.release(call)
                     && ended
-                    && let Some(queue) = self.directory.read().callback_queues.get(&state.record.id)
+                    && let Some(queue) = self.queue_with_work(&state.record.id)
                 {
                     let _ = queue.cast(crate::callback_queue::CallbackQueueMsg::ChannelFreed);
                 }

@@ -124,13 +124,28 @@ impl Actor for Supervisor {
                 let _ = reply.send(self.set_flag(state, name, enabled).await);
             }
             SupervisorMsg::Sweep => {
-                let calls: Vec<ActorRef<CallMsg>> = self.context.directory.read().calls.values().map(|c| c.actor.clone()).collect();
+                // Only calls that may be stuck by the directory's (older) record are asked;
+                // each call's actor decides on its own, newer, record.
+                let now_ms = self.context.clock.now_ms();
+                let watchdog = self.context.settings.watchdog;
+                let calls: Vec<ActorRef<CallMsg>> = self
+                    .context
+                    .directory
+                    .read()
+                    .calls
+                    .values()
+                    .filter(|c| crate::core::call::stuck(&c.record, now_ms, watchdog).is_some())
+                    .map(|c| c.actor.clone())
+                    .collect();
                 for call in calls {
                     let _ = call.cast(CallMsg::Sweep);
                 }
             }
             SupervisorMsg::CallbackScan => {
-                let queues: Vec<_> = self.context.directory.read().callback_queues.values().cloned().collect();
+                let queues: Vec<_> = {
+                    let directory = self.context.directory.read();
+                    directory.callback_work.iter().filter_map(|line| directory.callback_queues.get(line).cloned()).collect()
+                };
                 for queue in queues {
                     let _ = queue.cast(CallbackQueueMsg::Kick);
                 }

@@ -58,15 +58,7 @@ impl CallCore {
         if self.ended.is_some() {
             return None;
         }
-        let age_ms = now_ms.saturating_sub(self.record.started_at_ms);
-        let quiet_ms = now_ms.saturating_sub(self.record.last_activity_at_ms);
-        if age_ms >= watchdog.max_duration_ms {
-            Some(Stuck::OverMaxDuration)
-        } else if quiet_ms >= watchdog.stale_after_ms {
-            Some(Stuck::NoHeartbeat)
-        } else {
-            None
-        }
+        stuck(&self.record, now_ms, watchdog)
     }
 
     /// The final record an end at `now_ms` would produce. Nothing changes until the caller has
@@ -90,6 +82,21 @@ impl CallCore {
 
     pub fn heartbeat(&mut self, now_ms: u64) {
         self.record.last_activity_at_ms = self.record.last_activity_at_ms.max(now_ms);
+    }
+}
+
+/// Whether a call with this record is stuck at `now_ms`. The record's `last_activity_at_ms`
+/// only grows, so an older copy of the record (the directory's, as admitted) can only say
+/// "maybe stuck" too early, never too late: the watchdog's sweep asks only those calls.
+pub fn stuck(record: &CallRecord, now_ms: u64, watchdog: Watchdog) -> Option<Stuck> {
+    let age_ms = now_ms.saturating_sub(record.started_at_ms);
+    let quiet_ms = now_ms.saturating_sub(record.last_activity_at_ms);
+    if age_ms >= watchdog.max_duration_ms {
+        Some(Stuck::OverMaxDuration)
+    } else if quiet_ms >= watchdog.stale_after_ms {
+        Some(Stuck::NoHeartbeat)
+    } else {
+        None
     }
 }
 

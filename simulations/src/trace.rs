@@ -1,0 +1,397 @@
+//! The simulation's journal store: the in-memory store, plus a watcher that reads every event
+//! as the journal writer makes it durable. From the events alone (not the actors' own
+//! counters) it keeps the digest of the trace, its own model of who holds what, the pools'
+//! concurrency over time, and the invariants that must hold at each admission.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use switchboard_actors::clock::Clock;
+use switchboard_actors::codec;
+use switchboard_actors::event::Event;
+use switchboard_actors::model::{CallId, Direction, OUTCOME_PROVIDER_REJECTED, OUTCOME_RECLAIMED_STALE, PlanTable};
+use switchboard_actors::store::{MemoryStore, Store, StoreError, Visit, WriteBatch};
+
+use crate::report::{PoolStats, Timeline};
+
+/// Buckets in the concurrency timeline; past it, neighbouring buckets merge (resolution halves).
+pub const TIMELINE_BUCKETS_MAX: usize = 2_000;
+/// Violations kept per invariant as examples (all are counted).
+pub const VIOLATIONS_KEPT: usize = 5;
+
+pub struct TraceStore {
+    memory: MemoryStore,
+    watcher: Mutex<Watcher>,
+}
+
+impl TraceStore {
+    pub fn new(watcher: Watcher) -> TraceStore {
+        TraceStore { memory: MemoryStore::default(), watcher: Mutex::new(watcher) }
+    }
+
+    pub fn watcher(&self) -> MutexGuard<'_, Watcher> {
+        self.watcher.lock().expect("trace watcher lock")
+    }
+}
+
+impl Store for TraceStore {
+    fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        self.memory.write(batch)?;
+        let mut watcher = self.watcher();
+        for (seq, bytes) in &batch.events {
+            let event: Event = codec::decode(bytes).map_err(|source| StoreError::Codec { seq: *seq, source })?;
+            watcher.observe(*seq, bytes, &event);
+        }
+        Ok(())
+    }
+
+    fn blocks(&self) -> bool {
+        false
+    }
+
+    fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.memory.latest_snapshot()
+    }
+
+    fn scan_after(&self, seq: u64, visit: &mut Visit<'_>) -> Result<(), StoreError> {
+        self.memory.scan_after(seq, visit)
+    }
+}
+
+/// One violated invariant: its count and the first few examples.
+#[derive(Clone, Debug, Default)]
+pub struct Violations {
+    pub count: u64,
+    pub examples: Vec<String>,
+}
+
+impl Violations {
+    pub fn add(&mut self, example: impl FnOnce() -> String) {
+        self.count += 1;
+        if self.examples.len() < VIOLATIONS_KEPT {
+            self.examples.push(example());
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct LiveCall {
+    pool: usize,
+    class: usize,
+    tenant: String,
+    line: Option<String>,
+    /// Force-admitted over a limit: not counted against limits (see `Counts`).
+    over_limit: bool,
+}
+
+/// Calls holding a slot: all of them, and those not force-admitted over a limit. A limit
+/// bounds the second: an inbound call the provider already connected is recorded whatever
+/// the limits say, and the admissions racing it were counted before it (the actors reserve
+/// before the journal orders), so only the second count is the actors' promise.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    all: u32,
+    regular: u32,
+}
+
+impl Counts {
+    fn add(&mut self, over_limit: bool) {
+        self.all += 1;
+        self.regular += u32::from(!over_limit);
+    }
+
+    fn remove(&mut self, over_limit: bool) {
+        self.all -= 1;
+        self.regular -= u32::from(!over_limit);
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct PoolTrack {
+    capacity: u32,
+    active: Counts,
+    since_ms: u64,
+    stats: PoolStats,
+    /// ∫ active dt and ∫ capacity dt over the traffic period (ms).
+    active_area: f64,
+    capacity_area: f64,
+    cooldown_until_ms: u64,
+}
+
+#[derive(Clone, Debug)]
+struct TenantTrack {
+    plan: String,
+    limit_override: Option<u32>,
+    active: Counts,
+}
+
+/// What the watcher learns from the journal.
+pub struct Watcher {
+    clock: Arc<dyn Clock>,
+    plans: PlanTable,
+    classes: Vec<String>,
+    pools: Vec<String>,
+    traffic_end_ms: u64,
+    start_ms: u64,
+    digest: u64,
+    pub events: u64,
+    live: BTreeMap<CallId, LiveCall>,
+    tenants: BTreeMap<String, TenantTrack>,
+    lines: BTreeMap<String, (u32, Counts)>,
+    pool_tracks: Vec<PoolTrack>,
+    /// Calls ended by an outcome that the report counts, by tenant.
+    pub reclaimed_stale: BTreeMap<String, u64>,
+    pub provider_rejected: BTreeMap<String, u64>,
+    pub capacity_exceeded: Violations,
+    pub tenant_limit_exceeded: Violations,
+    pub line_channels_exceeded: Violations,
+    pub unknown_call_ended: Violations,
+    timeline: Timeline,
+    /// Active calls per class now (all pools), for the timeline.
+    class_active: Vec<u32>,
+    bucket: usize,
+}
+
+impl Watcher {
+    pub fn new(clock: Arc<dyn Clock>, plans: PlanTable, classes: Vec<String>, pools: Vec<String>, traffic_ms: u64) -> Watcher {
+        let start_ms = clock.now_ms();
+        let bucket_ms = (traffic_ms / 200).max(1_000);
+        let timeline = Timeline { bucket_ms, classes: classes.iter().map(|c| (c.clone(), vec![0])).collect(), capacity: vec![0] };
+        let pool_tracks = pools.iter().map(|_| PoolTrack { since_ms: start_ms, ..PoolTrack::default() }).collect();
+        Watcher {
+            clock,
+            plans,
+            class_active: vec![0; classes.len()],
+            classes,
+            pools,
+            traffic_end_ms: start_ms + traffic_ms,
+            start_ms,
+            digest: 0xcbf2_9ce4_8422_2325,
+            events: 0,
+            live: BTreeMap::new(),
+            tenants: BTreeMap::new(),
+            lines: BTreeMap::new(),
+            pool_tracks,
+            reclaimed_stale: BTreeMap::new(),
+            provider_rejected: BTreeMap::new(),
+            capacity_exceeded: Violations::default(),
+            tenant_limit_exceeded: Violations::default(),
+            line_channels_exceeded: Violations::default(),
+            unknown_call_ended: Violations::default(),
+            timeline,
+            bucket: 0,
+        }
+    }
+
+    fn hash(&mut self, bytes: &[u8]) {
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        for byte in bytes {
+            self.digest = (self.digest ^ u64::from(*byte)).wrapping_mul(PRIME);
+        }
+    }
+
+    pub fn digest(&self) -> String {
+        format!("{:016x}", self.digest)
+    }
+
+    /// Live calls by the journal's account.
+    pub fn live_calls(&self) -> usize {
+        self.live.len()
+    }
+
+    /// The oldest live calls of `pool` (at most `n`).
+    pub fn oldest_in_pool(&self, pool: &str, n: usize) -> Vec<CallId> {
+        let Some(index) = self.pools.iter().position(|p| p == pool) else { return Vec::new() };
+        self.live.iter().filter(|(_, call)| call.pool == index).map(|(id, _)| *id).take(n).collect()
+    }
+
+    pub fn oldest_call(&self) -> Option<CallId> {
+        self.live.keys().next().copied()
+    }
+
+    fn observe(&mut self, seq: u64, bytes: &[u8], event: &Event) {
+        self.events += 1;
+        self.hash(&seq.to_be_bytes());
+        self.hash(bytes);
+        let now_ms = self.clock.now_ms();
+        match event {
+            Event::TenantCreated(record) | Event::TenantUpdated(record) => {
+                let active = self.tenants.get(&record.id).map_or(Counts::default(), |t| t.active);
+                let track = TenantTrack { plan: record.plan.clone(), limit_override: record.concurrent_limit_override, active };
+                self.tenants.insert(record.id.clone(), track);
+            }
+            Event::LineCreated(record) => {
+                self.lines.insert(record.id.clone(), (record.channels, Counts::default()));
+            }
+            Event::PoolConfigured { pool, capacity, .. } => {
+                if let Some(index) = self.pools.iter().position(|p| p == pool) {
+                    self.settle(index, now_ms);
+                    let track = &mut self.pool_tracks[index];
+                    if track.stats.capacity_start == 0 {
+                        track.stats.capacity_start = *capacity;
+                    }
+                    track.capacity = *capacity;
+                    track.stats.capacity_end = *capacity;
+                    self.mark(now_ms);
+                }
+            }
+            Event::PoolProviderRejected { pool, cooldown_until_ms, at_ms, .. } => {
+                if let Some(index) = self.pools.iter().position(|p| p == pool) {
+                    let track = &mut self.pool_tracks[index];
+                    track.stats.provider_rejections += 1;
+                    let from = (*at_ms).max(track.cooldown_until_ms);
+                    track.stats.cooldown_ms += cooldown_until_ms.saturating_sub(from);
+                    track.cooldown_until_ms = track.cooldown_until_ms.max(*cooldown_until_ms);
+                }
+            }
+            Event::CallAdmitted { call, .. } => self.admitted(call, now_ms),
+            Event::CallEnded { id, outcome, .. } => self.ended(*id, outcome, now_ms),
+            _ => {}
+        }
+    }
+
+    fn admitted(&mut self, call: &switchboard_actors::model::CallRecord, now_ms: u64) {
+        let pool = self.pools.iter().position(|p| *p == call.pool).unwrap_or(0);
+        let class = self.classes.iter().position(|c| *c == call.class).unwrap_or(0);
+        self.settle(pool, now_ms);
+        let track = &mut self.pool_tracks[pool];
+        let over_limit = call.over_limit;
+        track.active.add(over_limit);
+        track.stats.peak = track.stats.peak.max(track.active.all);
+        // Only a force-admitted inbound call may take a slot past a limit.
+        let checked = !over_limit;
+        if checked && track.active.regular > track.capacity {
+            let (active, capacity) = (track.active.regular, track.capacity);
+            self.capacity_exceeded.add(|| format!("{} admitted to {} as call {active} of capacity {capacity}", call.id, call.pool));
+        }
+        if let Some(tenant) = self.tenants.get_mut(&call.tenant_id) {
+            tenant.active.add(over_limit);
+            let limit = self.plans.effective_limit(&tenant.plan, tenant.limit_override);
+            if checked && tenant.active.regular > limit {
+                let active = tenant.active.regular;
+                let outbound = if call.direction == Direction::Outbound { "outbound" } else { "inbound" };
+                self.tenant_limit_exceeded
+                    .add(|| format!("{} ({outbound}) made tenant {} hold {active} of limit {limit}", call.id, call.tenant_id));
+            }
+        }
+        if let Some(line) = &call.line_id
+            && let Some((channels, active)) = self.lines.get_mut(line)
+        {
+            active.add(over_limit);
+            if checked && active.regular > *channels {
+                let (active, channels) = (active.regular, *channels);
+                self.line_channels_exceeded.add(|| format!("{} made a line hold {active} of {channels} channels", call.id));
+            }
+        }
+        self.live.insert(call.id, LiveCall { pool, class, tenant: call.tenant_id.clone(), line: call.line_id.clone(), over_limit });
+        self.class_active[class] += 1;
+        self.mark(now_ms);
+    }
+
+    fn ended(&mut self, id: CallId, outcome: &str, now_ms: u64) {
+        let Some(call) = self.live.remove(&id) else {
+            self.unknown_call_ended.add(|| format!("{id} ended but was not live"));
+            return;
+        };
+        self.settle(call.pool, now_ms);
+        self.pool_tracks[call.pool].active.remove(call.over_limit);
+        if let Some(tenant) = self.tenants.get_mut(&call.tenant) {
+            tenant.active.remove(call.over_limit);
+        }
+        if let Some(line) = &call.line
+            && let Some((_, active)) = self.lines.get_mut(line)
+        {
+            active.remove(call.over_limit);
+        }
+        self.class_active[call.class] -= 1;
+        if outcome == OUTCOME_RECLAIMED_STALE {
+            *self.reclaimed_stale.entry(call.tenant).or_default() += 1;
+        } else if outcome == OUTCOME_PROVIDER_REJECTED {
+            *self.provider_rejected.entry(call.tenant).or_default() += 1;
+        }
+        self.mark(now_ms);
+    }
+
+    /// Adds the time since the pool's last change to its areas (traffic period only) and to
+    /// its time at and over capacity (whole run).
+    fn settle(&mut self, pool: usize, now_ms: u64) {
+        let traffic_end_ms = self.traffic_end_ms;
+        let track = &mut self.pool_tracks[pool];
+        let elapsed = now_ms.saturating_sub(track.since_ms);
+        if elapsed > 0 {
+            let in_traffic = now_ms.min(traffic_end_ms).saturating_sub(track.since_ms.min(traffic_end_ms));
+            let active = track.active.all;
+            track.active_area += f64::from(active) * in_traffic as f64;
+            track.capacity_area += f64::from(track.capacity) * in_traffic as f64;
+            if track.capacity > 0 && active >= track.capacity {
+                track.stats.at_capacity_ms += elapsed;
+            }
+            if active > track.capacity {
+                track.stats.over_capacity_ms += elapsed;
+            }
+        }
+        track.since_ms = now_ms;
+    }
+
+    /// Records the current levels in the timeline's bucket for `now_ms`.
+    fn mark(&mut self, now_ms: u64) {
+        let capacity: u32 = self.pool_tracks.iter().map(|t| t.capacity).sum();
+        while self.bucket < (now_ms.saturating_sub(self.start_ms) / self.timeline.bucket_ms) as usize {
+            self.bucket += 1;
+            for (n, series) in self.timeline.classes.values_mut().enumerate() {
+                series.push(self.class_active[n]);
+            }
+            self.timeline.capacity.push(capacity);
+            if self.timeline.capacity.len() > TIMELINE_BUCKETS_MAX {
+                self.halve_timeline();
+            }
+        }
+        // Each bucket keeps the class breakdown at its moment of highest total concurrency, so
+        // the stacked chart's top is the true peak (per-class peaks could not be stacked).
+        let total: u32 = self.class_active.iter().sum();
+        let bucket_total: u32 = self.timeline.classes.values().map(|series| series.last().copied().unwrap_or(0)).sum();
+        if total > bucket_total {
+            for (n, series) in self.timeline.classes.values_mut().enumerate() {
+                *series.last_mut().expect("a series has a bucket") = self.class_active[n];
+            }
+        }
+        let last = self.timeline.capacity.last_mut().expect("a series has a bucket");
+        *last = (*last).max(capacity);
+    }
+
+    fn halve_timeline(&mut self) {
+        // Of each pair of buckets, the one with the higher total keeps its breakdown.
+        let len = self.timeline.capacity.len();
+        let total = |bucket: usize| -> u32 { self.timeline.classes.values().map(|series| series[bucket]).sum() };
+        let keep: Vec<usize> = (0..len).step_by(2).map(|b| if b + 1 < len && total(b + 1) > total(b) { b + 1 } else { b }).collect();
+        for series in self.timeline.classes.values_mut() {
+            *series = keep.iter().map(|b| series[*b]).collect();
+        }
+        let capacity = &mut self.timeline.capacity;
+        *capacity = capacity.chunks(2).map(|pair| pair.iter().copied().max().unwrap_or(0)).collect();
+        self.timeline.bucket_ms *= 2;
+        self.bucket = self.timeline.capacity.len() - 1;
+    }
+
+    /// Closes the books at the end of the run.
+    pub fn finish(&mut self) -> (BTreeMap<String, PoolStats>, Timeline) {
+        let now_ms = self.clock.now_ms();
+        for pool in 0..self.pools.len() {
+            self.settle(pool, now_ms);
+        }
+        self.mark(now_ms);
+        let traffic_ms = self.traffic_end_ms.saturating_sub(self.start_ms).max(1) as f64;
+        let stats = self
+            .pools
+            .iter()
+            .zip(&self.pool_tracks)
+            .map(|(name, track)| {
+                let mut stats = track.stats.clone();
+                stats.mean = track.active_area / traffic_ms;
+                stats.utilization = if track.capacity_area > 0.0 { track.active_area / track.capacity_area } else { 0.0 };
+                (name.clone(), stats)
+            })
+            .collect();
+        (stats, self.timeline.clone())
+    }
+}
