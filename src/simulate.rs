@@ -77,18 +77,24 @@ fn sweep(scenario: &Scenario, file: &Path, from: u64, to: u64, json: bool, limit
     let mut failed = 0u64;
     for seed in from..=to {
         let report = switchboard_simulations::run(scenario, seed, limits)?;
-        let failing: Vec<&str> = report.invariants.iter().filter(|i| !i.passed).map(|i| i.name.as_str()).collect();
         if json {
+            let failing: Vec<&str> = report.invariants.iter().filter(|i| !i.passed).map(|i| i.name.as_str()).collect();
             let line = serde_json::json!({"seed": seed, "digest": report.digest, "passed": report.passed, "failed": failing});
             println!("{line}");
-        } else if !report.passed {
-            println!("seed {seed} failed {}: {}", failing.join(", "), replay_command(file, seed));
+        } else if let Some(line) = failure_line(file, &report) {
+            println!("{line}");
         }
         failed += u64::from(!report.passed);
     }
     let runs = to - from + 1;
     eprintln!("{} of {runs} seeds passed in {:.1} s", runs - failed, started.elapsed().as_secs_f64());
     Ok(failed == 0)
+}
+
+/// A failing seed's line in a sweep: which invariants failed, and the command that replays it.
+pub fn failure_line(file: &Path, report: &Report) -> Option<String> {
+    let failing: Vec<&str> = report.invariants.iter().filter(|i| !i.passed).map(|i| i.name.as_str()).collect();
+    (!failing.is_empty()).then(|| format!("seed {} failed {}: {}", report.seed, failing.join(", "), replay_command(file, report.seed)))
 }
 
 fn replay_command(file: &Path, seed: u64) -> String {
@@ -168,7 +174,26 @@ pub fn summary(report: &Report) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_seeds;
+    use super::*;
+
+    #[test]
+    fn a_failing_seed_names_its_invariants_and_the_replay_command() {
+        let scenario = Scenario::from_toml(
+            "name = \"t\"\nduration = \"1m\"\n[pools.standard_voice]\ncapacity = 1\n[[groups]]\nname = \"g\"\ncount = 1\nplan = \"PRO\"\n",
+            "t.toml",
+        )
+        .expect("scenario");
+        let mut report = switchboard_simulations::run(&scenario, 42, &Limits::default()).expect("run");
+        let file = Path::new("scenarios/t.toml");
+        assert_eq!(failure_line(file, &report), None, "all passed");
+        report.invariants[0].passed = false;
+        report.invariants[2].passed = false;
+        let expected = format!(
+            "seed 42 failed {}, {}: switchboard simulate scenarios/t.toml --seed 42",
+            report.invariants[0].name, report.invariants[2].name
+        );
+        assert_eq!(failure_line(file, &report), Some(expected));
+    }
 
     #[test]
     fn seed_ranges_are_inclusive_and_bounded() {

@@ -25,7 +25,7 @@ use switchboard_actors::journal::Entity;
 use switchboard_actors::model::{Addon, AddonStatus, BillingStatus, LineRecord, TenantRecord, Voice};
 use switchboard_actors::state::DurableState;
 use switchboard_actors::store::{Store, recover};
-use switchboard_actors::system::{AdmitError, AdmitRequest, System};
+use switchboard_actors::system::{AdmitError, AdmitRequest, System, SystemError};
 use switchboard_actors::telemetry::NoTelemetry;
 use switchboard_actors::tenant::TenantPatch;
 
@@ -83,6 +83,8 @@ pub fn run(scenario: &Scenario, seed: u64, limits: &Limits) -> Result<Report, Ru
 }
 
 const THREAD_NAME: &str = "switchboard-simulation";
+/// Times the driver retries an operator's change that found an actor being rebuilt.
+const OPERATOR_RETRIES: u32 = 50;
 
 /// Crash events make actors panic on purpose; their messages would only be noise. Anything
 /// else still reaches the previous hook.
@@ -421,11 +423,18 @@ impl Engine {
             }
         }
         if let Some(change) = &event.capacity {
-            self.system
-                .configure_pool(&change.pool, Some(change.capacity.0), None)
-                .await
-                .map_err(|e| e.to_string())
-                .map_err(failed("capacity"))?;
+            // As an operator would: an arbiter being rebuilt (a crash just before) is retried.
+            let mut attempts = 0;
+            loop {
+                match self.system.configure_pool(&change.pool, Some(change.capacity.0), None).await {
+                    Ok(()) => break,
+                    Err(SystemError::Unavailable(_)) if attempts < OPERATOR_RETRIES => {
+                        attempts += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(error) => return Err(failed("capacity")(error.to_string())),
+                }
+            }
         }
         if let Some(burst) = &event.provider_429 {
             let calls = self.store.watcher().oldest_in_pool(&burst.pool, burst.calls.0 as usize);
