@@ -46,6 +46,30 @@ pub struct Config {
     pub http: HttpConfig,
     pub callbacks: CallbacksConfig,
     pub dialer: DialerConfig,
+    pub simulations: SimulationsConfig,
+}
+
+/// Bounds on `POST /v1/simulations`: a run is CPU work on the service's own machine, so its
+/// size, its time and the runs at once are all capped.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimulationsConfig {
+    /// Runs at once (each takes a core for its whole length); past it 503 `SIMULATIONS_BUSY` at
+    /// once, never a queue.
+    pub runs_concurrent_max: usize,
+    /// Calls one run may offer, checked against the scenario's expected count before it runs
+    /// and against the real count while it runs; past it 422 `SIMULATION_TOO_LARGE`.
+    pub calls_per_run_max: u64,
+    /// Tenants and phone lines one run creates, checked before it runs; past it 422
+    /// `SIMULATION_TOO_LARGE`. Each is a live actor with its journal events for the whole run
+    /// (about 25 KB, measured on a debug build), created before the wall-time bound starts
+    /// counting, so this bounds a run's memory: 50,000 is about 1.3 GB, and twice what the
+    /// reference day creates.
+    pub tenants_and_lines_per_run_max: u64,
+    /// Wall time of one run; past it the run stops and the answer is 503 `SIMULATION_TIMEOUT`.
+    pub wall_time_ms_max: u64,
+    /// Reports kept; storing one more drops the oldest.
+    pub reports_stored_max: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -167,6 +191,20 @@ impl Default for Config {
             http: HttpConfig::default(),
             callbacks: CallbacksConfig::default(),
             dialer: DialerConfig { timeout_ms: 5_000, ..DialerConfig::default() },
+            simulations: SimulationsConfig::default(),
+        }
+    }
+}
+
+impl Default for SimulationsConfig {
+    fn default() -> Self {
+        // One run at once: the reference machine has 2 cores and admission keeps the other.
+        SimulationsConfig {
+            runs_concurrent_max: 1,
+            calls_per_run_max: 2_000_000,
+            tenants_and_lines_per_run_max: 50_000,
+            wall_time_ms_max: 60_000,
+            reports_stored_max: 100,
         }
     }
 }
@@ -303,6 +341,11 @@ impl Config {
         in_range("callbacks.backup_scan_interval_ms", self.callbacks.backup_scan_interval_ms, 10, 24 * 60 * 60 * 1000)?;
         in_range("callbacks.dispatch_concurrency_max", self.callbacks.dispatch_concurrency_max as u64, 1, 10_000)?;
         in_range("dialer.timeout_ms", self.dialer.timeout_ms, 10, 600_000)?;
+        in_range("simulations.runs_concurrent_max", self.simulations.runs_concurrent_max as u64, 1, 64)?;
+        in_range("simulations.calls_per_run_max", self.simulations.calls_per_run_max, 1, 100_000_000)?;
+        in_range("simulations.tenants_and_lines_per_run_max", self.simulations.tenants_and_lines_per_run_max, 1, 10_000_000)?;
+        in_range("simulations.wall_time_ms_max", self.simulations.wall_time_ms_max, 1, 3_600_000)?;
+        in_range("simulations.reports_stored_max", self.simulations.reports_stored_max, 1, 100_000)?;
         if let Some(url) = &self.dialer.url {
             crate::dialer::HttpDialer::new(url, None, Duration::from_millis(self.dialer.timeout_ms))
                 .map_err(|e| invalid("dialer.url", e.to_string()))?;

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::http::simulations::SimulationStore;
 use crate::http::{AppState, app};
 use crate::journal::SledStore;
 use crate::metrics::Metrics;
@@ -58,6 +59,7 @@ pub async fn spawn(config: Config, listener: TcpListener, env_token: Option<Stri
     let boot = tokio::spawn({
         let state = Arc::clone(&state);
         async move {
+            open_simulations(&state, &config).await;
             let system = boot(&config, metrics).await?;
             state.set_system(Arc::clone(&system));
             tracing::info!("ready");
@@ -86,6 +88,8 @@ impl Running {
         tracing::info!("shutting down: finishing requests in flight");
         let _ = self.stop_serving.send(());
         self.server.await??;
+        let state = Arc::clone(&self.state);
+        tokio::task::spawn_blocking(move || state.simulations.close()).await.context("closing the simulation store")?;
         let system = match self.state.system() {
             Ok(system) => Some(Arc::clone(system)),
             Err(_) => {
@@ -117,6 +121,24 @@ pub async fn run(
     }
     shutdown.await;
     running.shutdown().await
+}
+
+/// Opens the simulation report store before the journal, so a server that is ready serves
+/// `/v1/simulations` too. A store that cannot be opened only disables simulations: admission
+/// does not depend on them.
+async fn open_simulations(state: &AppState, config: &Config) {
+    let data_dir = config.data_dir.clone();
+    let reports_stored_max = config.simulations.reports_stored_max;
+    let opened = tokio::task::spawn_blocking(move || SimulationStore::open(&data_dir, reports_stored_max)).await;
+    let store = match opened {
+        Ok(Ok(store)) => Ok(store),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(error) => Err(error.to_string()),
+    };
+    if let Err(error) = &store {
+        tracing::error!(%error, "the simulation store could not be opened: /v1/simulations answers 503");
+    }
+    state.simulations.set_store(store);
 }
 
 async fn boot(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<System>> {

@@ -285,9 +285,12 @@ impl JournalWriter {
             }
         }
         let metered = self.premium_characters_before(&state.durable, event);
+        // Only a tenant with a ledger has a balance to publish (others are 0 and stay 0).
         let charged = match event {
             Event::CreditsAdjusted { tenant_id, .. } => Some(tenant_id.clone()),
-            Event::CallEnded { id, .. } => state.durable.live_calls.get(id).map(|c| c.tenant_id.clone()),
+            Event::CallEnded { id, .. } => {
+                state.durable.live_calls.get(id).filter(|c| state.durable.ledgers.contains_key(&c.tenant_id)).map(|c| c.tenant_id.clone())
+            }
             _ => None,
         };
         state.durable.apply(seq, event).map_err(|e| AppendError::Failed(e.to_string()))?;

@@ -164,7 +164,8 @@ struct Engine {
 
 impl Engine {
     async fn run(scenario: Scenario, seed: u64, limits: Limits) -> Result<Report, RunError> {
-        let mut engine = Engine::boot(scenario, seed, limits).await?;
+        let wall_started = std::time::Instant::now();
+        let mut engine = Engine::boot(scenario, seed, limits, wall_started).await?;
         engine.drive().await?;
         engine.drain().await?;
         engine.report(seed).await
@@ -204,7 +205,12 @@ impl Engine {
         }
     }
 
-    async fn boot(scenario: Scenario, seed: u64, limits: Limits) -> Result<Engine, RunError> {
+    /// Boots the actors and creates the tenants and lines (the wall-time bound covers this too).
+    async fn boot(scenario: Scenario, seed: u64, limits: Limits, wall_started: std::time::Instant) -> Result<Engine, RunError> {
+        let over_time = |limits: &Limits| match limits.wall_time_max {
+            Some(limit) if wall_started.elapsed() > limit => Err(RunError::WallTimeExceeded { limit_s: limit.as_secs() }),
+            _ => Ok(()),
+        };
         let failed = |what: &'static str| move |e: String| RunError::Failed(format!("{what}: {e}"));
         let settings = Engine::settings(&scenario);
         let clock: Arc<dyn Clock> = TokioClock::new(scenario.start_ms);
@@ -225,6 +231,9 @@ impl Engine {
         for (g, group) in scenario.groups.iter().enumerate() {
             let class = class_table.rank(class_table.class_of_plan(&group.plan));
             for n in 0..group.count.0 {
+                if n % 256 == 0 {
+                    over_time(&limits)?;
+                }
                 let id = format!("{}-{n}", group.name);
                 let limit_override = group.limit_override.map(|l| l.0);
                 system
@@ -264,7 +273,7 @@ impl Engine {
             in_flight: Arc::new(AtomicUsize::new(0)),
             offered: Arc::new(AtomicU64::new(0)),
             loss_share: 0.0,
-            wall_started: std::time::Instant::now(),
+            wall_started,
         })
     }
 

@@ -12,6 +12,7 @@ pub mod extract;
 pub mod features;
 pub mod platform;
 pub mod problem;
+pub mod simulations;
 pub mod tenants;
 pub mod validate;
 
@@ -37,12 +38,15 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     admin_token: String,
     in_flight: Arc<Semaphore>,
+    /// `/v1/simulations`: its bounds, run slots and report store (opened at boot).
+    pub simulations: simulations::Simulations,
 }
 
 impl AppState {
     pub fn new(config: Config, metrics: Arc<Metrics>, admin_token: String) -> Arc<AppState> {
         let in_flight = Arc::new(Semaphore::new(config.http.in_flight_max));
-        Arc::new(AppState { system: OnceLock::new(), config, metrics, admin_token, in_flight })
+        let simulations = simulations::Simulations::new(config.simulations.clone());
+        Arc::new(AppState { system: OnceLock::new(), config, metrics, admin_token, in_flight, simulations })
     }
 
     /// Publishes the booted system: from now on the service is ready.
@@ -93,7 +97,10 @@ pub fn app(state: AppStateRef) -> Router {
         .route("/flags", get(features::list_flags))
         .route("/flags/{name}", put(features::put_flag))
         .route("/platform", get(platform::show).patch(platform::update))
-        .route("/platform/pools/{name}", patch(platform::update_pool));
+        .route("/platform/pools/{name}", patch(platform::update_pool))
+        .route("/simulations", post(simulations::create).get(simulations::list))
+        .route("/simulations/{id}", get(simulations::show))
+        .route("/simulations/{id}/chart.svg", get(simulations::chart));
     Router::new()
         .nest("/v1", v1)
         .route("/metrics", get(metrics_text))
