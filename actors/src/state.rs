@@ -399,8 +399,17 @@ impl DurableState {
 
     /// Adds an ended call to its tenant's usage for the month it ended in.
     fn meter(&mut self, ended: &EndedCall) {
-        let months = self.usage.entry(ended.call.tenant_id.clone()).or_default();
-        let totals = months.entry(month_of_ms(ended.ended_at_ms)).or_default().entry(ended.call.pool.clone()).or_default();
+        // Looked up before inserting: a key is cloned once per tenant and pool, not per call.
+        let tenant = &ended.call.tenant_id;
+        if !self.usage.contains_key(tenant) {
+            self.usage.insert(tenant.clone(), BTreeMap::new());
+        }
+        let months = self.usage.get_mut(tenant).expect("inserted above");
+        let pools = months.entry(month_of_ms(ended.ended_at_ms)).or_default();
+        if !pools.contains_key(&ended.call.pool) {
+            pools.insert(ended.call.pool.clone(), UsageTotals::default());
+        }
+        let totals = pools.get_mut(&ended.call.pool).expect("inserted above");
         totals.calls += 1;
         totals.seconds += ended.duration_s;
         totals.characters += ended.characters;
@@ -413,9 +422,12 @@ impl DurableState {
     /// Every end is charged its duration, rounded up (1 credit = 1 second), down to zero at
     /// most; only prepaid tenants are refused when they reach zero.
     fn charge(&mut self, seq: u64, ended: &EndedCall) {
+        // A tenant without a ledger has never had credits: its balance is 0 and a charge
+        // removes nothing (and records nothing), so there is nothing to do.
         let amount = i64::try_from(ended.duration_s).unwrap_or(i64::MAX);
-        let ledger = self.ledgers.entry(ended.call.tenant_id.clone()).or_default();
-        ledger.post(seq, -amount, CHARGE_REASON, ended.ended_at_ms, Some(ended.call.id));
+        if let Some(ledger) = self.ledgers.get_mut(&ended.call.tenant_id) {
+            ledger.post(seq, -amount, CHARGE_REASON, ended.ended_at_ms, Some(ended.call.id));
+        }
     }
 
     /// Keeps closed entries within `CALLBACKS_CLOSED_RETAINED_MAX`. (A closed entry that is

@@ -216,8 +216,8 @@ impl Engine {
         let clock: Arc<dyn Clock> = TokioClock::new(scenario.start_ms);
         let class_table = scenario.class_table();
         let pools: Vec<String> = scenario.pools.keys().cloned().collect();
-        let watcher = Watcher::new(Arc::clone(&clock), scenario.plan_table(), class_table.classes.clone(), pools, scenario.duration.0);
-        let store = Arc::new(TraceStore::new(watcher));
+        let watcher = Watcher::new(clock.now_ms(), scenario.plan_table(), class_table.classes.clone(), pools, scenario.duration.0);
+        let store = Arc::new(TraceStore::new(Arc::clone(&clock), watcher));
         let shared: Arc<dyn Store> = store.clone();
         let system = System::start(settings, shared, DurableState::new(), Arc::clone(&clock), Arc::new(NoTelemetry))
             .await
@@ -512,7 +512,7 @@ impl Engine {
 
         let mut invariants = Vec::new();
         let mut watcher = self.store.watcher();
-        let (pools, timeline) = watcher.finish();
+        let (pools, timeline) = watcher.finish(self.system.now_ms());
         let from = |name: &str, violations: &Violations, checked: &str| Invariant {
             name: name.into(),
             passed: violations.count == 0,

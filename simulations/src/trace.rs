@@ -2,9 +2,17 @@
 //! as the journal writer makes it durable. From the events alone (not the actors' own
 //! counters) it keeps the digest of the trace, its own model of who holds what, the pools'
 //! concurrency over time, and the invariants that must hold at each admission.
+//!
+//! The watching (decoding every event, hashing, the model) runs on a thread of its own, so a
+//! run uses the machine's second core instead of slowing the actors' thread. It is still
+//! deterministic: batches are watched in the order they were written, each with the virtual
+//! time of its write, and every read of the store or the watcher first waits until everything
+//! written so far has been watched.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use switchboard_actors::clock::Clock;
 use switchboard_actors::codec;
@@ -18,31 +26,154 @@ use crate::report::{PoolStats, Timeline};
 pub const TIMELINE_BUCKETS_MAX: usize = 2_000;
 /// Violations kept per invariant as examples (all are counted).
 pub const VIOLATIONS_KEPT: usize = 5;
+/// Events handed to the watcher thread at once: one wake-up per chunk, not per batch (a
+/// wake-up per batch cost a fifth of the run in context switches).
+pub const HANDOFF_EVENTS: usize = 8_192;
+/// Chunks handed over and not yet watched; past it a write waits for the watcher.
+pub const CHUNKS_IN_FLIGHT_MAX: usize = 16;
 
 pub struct TraceStore {
+    clock: Arc<dyn Clock>,
+    shared: Arc<Shared>,
+    sender: Mutex<Option<SyncSender<Vec<Written>>>>,
+    /// Written batches not yet handed over, and their events.
+    pending: Mutex<(Vec<Written>, usize)>,
+    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+struct Shared {
     memory: MemoryStore,
     watcher: Mutex<Watcher>,
+    progress: Mutex<Progress>,
+    watched: Condvar,
+}
+
+#[derive(Default)]
+struct Progress {
+    written: u64,
+    watched: u64,
+    failed: Option<String>,
+}
+
+/// A batch as written, and when (virtual time).
+struct Written {
+    now_ms: u64,
+    batch: WriteBatch,
 }
 
 impl TraceStore {
-    pub fn new(watcher: Watcher) -> TraceStore {
-        TraceStore { memory: MemoryStore::default(), watcher: Mutex::new(watcher) }
+    pub fn new(clock: Arc<dyn Clock>, watcher: Watcher) -> TraceStore {
+        let shared = Arc::new(Shared {
+            memory: MemoryStore::default(),
+            watcher: Mutex::new(watcher),
+            progress: Mutex::new(Progress::default()),
+            watched: Condvar::new(),
+        });
+        let (sender, receiver) = sync_channel(CHUNKS_IN_FLIGHT_MAX);
+        let worker = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new().name("switchboard-sim-trace".into()).spawn(move || watch(&shared, &receiver))
+        };
+        let worker = worker.expect("start the trace watcher thread");
+        TraceStore {
+            clock,
+            shared,
+            sender: Mutex::new(Some(sender)),
+            pending: Mutex::new((Vec::new(), 0)),
+            worker: Mutex::new(Some(worker)),
+        }
     }
 
+    /// Hands the pending batches to the watcher thread.
+    fn hand_over(&self) -> Result<(), StoreError> {
+        let chunk = {
+            let mut pending = self.pending.lock().expect("trace pending lock");
+            pending.1 = 0;
+            std::mem::take(&mut pending.0)
+        };
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.shared.progress.lock().expect("trace progress lock").written += chunk.len() as u64;
+        let sender = self.sender.lock().expect("trace sender lock");
+        let sender = sender.as_ref().ok_or_else(|| StoreError::Io("the trace store is closed".into()))?;
+        sender.send(chunk).map_err(|_| StoreError::Io("the trace watcher stopped".into()))
+    }
+
+    /// Waits until every batch written so far has been watched.
+    fn settle(&self) -> Result<(), StoreError> {
+        self.hand_over()?;
+        let mut progress = self.shared.progress.lock().expect("trace progress lock");
+        while progress.watched < progress.written && progress.failed.is_none() {
+            let alive = self.worker.lock().expect("trace worker lock").as_ref().is_some_and(|w| !w.is_finished());
+            if !alive {
+                return Err(StoreError::Io("the trace watcher stopped".into()));
+            }
+            progress = self.shared.watched.wait_timeout(progress, Duration::from_millis(50)).expect("trace progress lock").0;
+        }
+        match &progress.failed {
+            Some(why) => Err(StoreError::Io(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// The watcher, once it has seen everything written so far.
     pub fn watcher(&self) -> MutexGuard<'_, Watcher> {
-        self.watcher.lock().expect("trace watcher lock")
+        if let Err(error) = self.settle() {
+            panic!("the trace watcher failed: {error}");
+        }
+        self.shared.watcher.lock().expect("trace watcher lock")
+    }
+}
+
+impl Drop for TraceStore {
+    fn drop(&mut self) {
+        drop(self.sender.lock().expect("trace sender lock").take());
+        if let Some(worker) = self.worker.lock().expect("trace worker lock").take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// The watcher thread: stores and watches each batch in the order written.
+fn watch(shared: &Shared, receiver: &Receiver<Vec<Written>>) {
+    while let Ok(chunk) = receiver.recv() {
+        let mut failed = None;
+        let watched = chunk.len() as u64;
+        {
+            let mut watcher = shared.watcher.lock().expect("trace watcher lock");
+            for Written { now_ms, batch } in chunk {
+                if let Err(error) = shared.memory.write(&batch) {
+                    failed = Some(error.to_string());
+                }
+                for (seq, bytes) in &batch.events {
+                    match codec::decode::<Event>(bytes) {
+                        Ok(event) => watcher.observe(now_ms, *seq, bytes, &event),
+                        Err(error) => failed = Some(format!("journal record {seq}: {error}")),
+                    }
+                }
+            }
+        }
+        let mut progress = shared.progress.lock().expect("trace progress lock");
+        progress.watched += watched;
+        if progress.failed.is_none() {
+            progress.failed = failed;
+        }
+        shared.watched.notify_all();
     }
 }
 
 impl Store for TraceStore {
     fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
-        self.memory.write(batch)?;
-        let mut watcher = self.watcher();
-        for (seq, bytes) in &batch.events {
-            let event: Event = codec::decode(bytes).map_err(|source| StoreError::Codec { seq: *seq, source })?;
-            watcher.observe(*seq, bytes, &event);
-        }
-        Ok(())
+        let written =
+            Written { now_ms: self.clock.now_ms(), batch: WriteBatch { events: batch.events.clone(), snapshot: batch.snapshot.clone() } };
+        let full = {
+            let mut pending = self.pending.lock().expect("trace pending lock");
+            pending.1 += written.batch.events.len();
+            pending.0.push(written);
+            pending.1 >= HANDOFF_EVENTS
+        };
+        if full { self.hand_over() } else { Ok(()) }
     }
 
     fn blocks(&self) -> bool {
@@ -50,11 +181,13 @@ impl Store for TraceStore {
     }
 
     fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        self.memory.latest_snapshot()
+        self.settle()?;
+        self.shared.memory.latest_snapshot()
     }
 
     fn scan_after(&self, seq: u64, visit: &mut Visit<'_>) -> Result<(), StoreError> {
-        self.memory.scan_after(seq, visit)
+        self.settle()?;
+        self.shared.memory.scan_after(seq, visit)
     }
 }
 
@@ -127,7 +260,6 @@ struct TenantTrack {
 
 /// What the watcher learns from the journal.
 pub struct Watcher {
-    clock: Arc<dyn Clock>,
     plans: PlanTable,
     classes: Vec<String>,
     pools: Vec<String>,
@@ -153,13 +285,12 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    pub fn new(clock: Arc<dyn Clock>, plans: PlanTable, classes: Vec<String>, pools: Vec<String>, traffic_ms: u64) -> Watcher {
-        let start_ms = clock.now_ms();
+    /// `start_ms`: the virtual time the run starts at.
+    pub fn new(start_ms: u64, plans: PlanTable, classes: Vec<String>, pools: Vec<String>, traffic_ms: u64) -> Watcher {
         let bucket_ms = (traffic_ms / 200).max(1_000);
         let timeline = Timeline { bucket_ms, classes: classes.iter().map(|c| (c.clone(), vec![0])).collect(), capacity: vec![0] };
         let pool_tracks = pools.iter().map(|_| PoolTrack { since_ms: start_ms, ..PoolTrack::default() }).collect();
         Watcher {
-            clock,
             plans,
             class_active: vec![0; classes.len()],
             classes,
@@ -209,11 +340,10 @@ impl Watcher {
         self.live.keys().next().copied()
     }
 
-    fn observe(&mut self, seq: u64, bytes: &[u8], event: &Event) {
+    fn observe(&mut self, now_ms: u64, seq: u64, bytes: &[u8], event: &Event) {
         self.events += 1;
         self.hash(&seq.to_be_bytes());
         self.hash(bytes);
-        let now_ms = self.clock.now_ms();
         match event {
             Event::TenantCreated(record) | Event::TenantUpdated(record) => {
                 let active = self.tenants.get(&record.id).map_or(Counts::default(), |t| t.active);
@@ -374,8 +504,8 @@ impl Watcher {
     }
 
     /// Closes the books at the end of the run.
-    pub fn finish(&mut self) -> (BTreeMap<String, PoolStats>, Timeline) {
-        let now_ms = self.clock.now_ms();
+    /// Closes the books at `now_ms`, the end of the run.
+    pub fn finish(&mut self, now_ms: u64) -> (BTreeMap<String, PoolStats>, Timeline) {
         for pool in 0..self.pools.len() {
             self.settle(pool, now_ms);
         }
