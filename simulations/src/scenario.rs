@@ -299,50 +299,38 @@ impl<'de, const MIN: u32, const MAX: u32> Deserialize<'de> for Bounded<MIN, MAX>
     }
 }
 
-/// A share of calls, 0.0 to 1.0.
-#[derive(Clone, Copy, Debug, Default, PartialEq, PartialOrd, Serialize)]
-#[serde(transparent)]
-pub struct Share(pub f64);
+/// A checked decimal: one line per kind, the range and the words of its error.
+macro_rules! ranged_f64 {
+    ($(#[$doc:meta])* $name:ident, $low:expr, $high:expr, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, PartialOrd, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(pub f64);
 
-impl<'de> Deserialize<'de> for Share {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = f64::deserialize(deserializer)?;
-        if !(0.0..=1.0).contains(&value) {
-            return Err(de::Error::custom(format!("{value} is not a share: must be between 0.0 and 1.0")));
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let value = f64::deserialize(deserializer)?;
+                if !($low..=$high).contains(&value) {
+                    return Err(de::Error::custom(format!(concat!("{} is not ", $what, ": must be between {} and {}"), value, $low, $high)));
+                }
+                Ok($name(value))
+            }
         }
-        Ok(Share(value))
-    }
+    };
 }
 
-/// Arrivals per hour per tenant.
-#[derive(Clone, Copy, Debug, Default, PartialEq, PartialOrd, Serialize)]
-#[serde(transparent)]
-pub struct Rate(pub f64);
-
-impl<'de> Deserialize<'de> for Rate {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = f64::deserialize(deserializer)?;
-        if !(0.0..=RATE_MAX).contains(&value) {
-            return Err(de::Error::custom(format!("{value} is not a rate: must be between 0 and {RATE_MAX} calls per hour")));
-        }
-        Ok(Rate(value))
-    }
-}
-
-/// The log-normal spread.
-#[derive(Clone, Copy, Debug, PartialEq, PartialOrd, Serialize)]
-#[serde(transparent)]
-pub struct Sigma(pub f64);
-
-impl<'de> Deserialize<'de> for Sigma {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = f64::deserialize(deserializer)?;
-        if !(0.01..=4.0).contains(&value) {
-            return Err(de::Error::custom(format!("{value} is out of range: sigma must be between 0.01 and 4.0")));
-        }
-        Ok(Sigma(value))
-    }
-}
+ranged_f64!(
+    /// A share of calls, 0.0 to 1.0.
+    Share, 0.0, 1.0, "a share"
+);
+ranged_f64!(
+    /// Arrivals per hour per tenant.
+    Rate, 0.0, RATE_MAX, "a rate of calls per hour"
+);
+ranged_f64!(
+    /// The log-normal spread of ln(duration).
+    Sigma, 0.01, 4.0, "a sigma"
+);
 
 /// A duration: `"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"`, or a whole number of milliseconds.
 /// Serialized as milliseconds.

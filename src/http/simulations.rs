@@ -111,7 +111,8 @@ impl Simulations {
 
     /// Refuses a scenario past the size bounds before it takes a run slot: a request that can
     /// never run gets its 422, not a 503 that invites a retry. The engine checks the calls
-    /// again, during the run; it does not bound the tenants and lines it creates.
+    /// again during the run, and its wall-time bound covers creating the tenants and lines; the
+    /// bound here keeps their memory in check.
     fn check_size(&self, scenario: &Scenario) -> Result<(), Problem> {
         let expected = scenario.expected_calls().ceil() as u64;
         let calls_max = self.bounds.calls_per_run_max;
