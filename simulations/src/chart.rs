@@ -12,7 +12,7 @@ use crate::report::Report;
 const WIDTH: f64 = 960.0;
 const HEIGHT: f64 = 420.0;
 const LEFT: f64 = 64.0;
-const RIGHT: f64 = 170.0;
+const RIGHT: f64 = 190.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 48.0;
 /// Fill colours, lowest class first (a colour-blind-safe palette); more classes cycle.
@@ -41,22 +41,31 @@ fn nice_step(max: f64, ticks: f64) -> f64 {
     nice * power
 }
 
-/// A time label: seconds, minutes or hours, whichever reads best at this span.
-fn time_label(ms: f64, span_ms: f64) -> String {
+/// The time unit that reads best at this span: seconds, minutes or hours.
+fn time_unit(span_ms: f64) -> (f64, &'static str) {
     if span_ms <= 2.0 * 60_000.0 {
-        format!("{:.0}s", ms / 1000.0)
+        (1_000.0, "s")
     } else if span_ms <= 3.0 * 3_600_000.0 {
-        format!("{:.0}m", ms / 60_000.0)
+        (60_000.0, "m")
     } else {
-        format!("{:.0}h", ms / 3_600_000.0)
+        (3_600_000.0, "h")
     }
+}
+
+/// A time label in the span's unit; a fraction of the unit keeps one decimal (`1.5h`), so
+/// neighbouring ticks never read the same.
+fn time_label(ms: f64, span_ms: f64) -> String {
+    let (unit_ms, unit) = time_unit(span_ms);
+    let value = ms / unit_ms;
+    if (value - value.round()).abs() < 1e-6 { format!("{value:.0}{unit}") } else { format!("{value:.1}{unit}") }
 }
 
 pub fn svg(report: &Report) -> String {
     let timeline = &report.timeline;
     let buckets = timeline.capacity.len().max(1);
     let span_ms = (buckets as f64) * timeline.bucket_ms.max(1) as f64;
-    let classes: Vec<(&String, &Vec<u32>)> = timeline.classes.iter().collect();
+    // Lowest class first: it sits at the bottom of the stack.
+    let classes: Vec<(&String, &Vec<u32>)> = timeline.classes.iter().map(|s| (&s.class, &s.peaks)).collect();
     // Stacked tops per bucket, lowest class first.
     let mut tops: Vec<Vec<f64>> = Vec::with_capacity(classes.len());
     let mut running = vec![0.0f64; buckets];
@@ -135,7 +144,9 @@ pub fn svg(report: &Report) -> String {
         TOP + plot_h
     );
     let _ = writeln!(out, r#"<line x1="{LEFT:.1}" y1="{TOP:.1}" x2="{LEFT:.1}" y2="{:.1}" stroke="black"/>"#, TOP + plot_h);
-    let t_step = nice_step(span_ms, 8.0);
+    // Ticks at a nice step of the label's unit (every 30 min reads 0.5h, 1h, …).
+    let unit_ms = time_unit(span_ms).0;
+    let t_step = nice_step(span_ms / unit_ms, 8.0) * unit_ms;
     let mut t = 0.0;
     while t <= span_ms + 1e-9 {
         let at = LEFT + t / span_ms * plot_w;
@@ -167,7 +178,9 @@ pub fn svg(report: &Report) -> String {
     let _ = writeln!(out, r#"<text x="{:.1}" y="{legend_y:.1}">capacity</text>"#, legend_x + 20.0);
     let verdict = if report.passed { "invariants: all passed" } else { "invariants: FAILED" };
     let _ = writeln!(out, r#"<text x="{legend_x:.1}" y="{:.1}">{verdict}</text>"#, legend_y + 28.0);
-    let _ = writeln!(out, r#"<text x="{legend_x:.1}" y="{:.1}">digest {}</text>"#, legend_y + 46.0, escape(&report.digest));
+    let _ = writeln!(out, r#"<text x="{legend_x:.1}" y="{:.1}">digest</text>"#, legend_y + 46.0);
+    let _ =
+        writeln!(out, r#"<text x="{legend_x:.1}" y="{:.1}" font-family="monospace">{}</text>"#, legend_y + 62.0, escape(&report.digest));
     out.push_str("</svg>\n");
     out
 }
@@ -189,6 +202,7 @@ mod tests {
         assert_eq!(time_label(30_000.0, 60_000.0), "30s");
         assert_eq!(time_label(600_000.0, 3_600_000.0), "10m");
         assert_eq!(time_label(7_200_000.0, 86_400_000.0), "2h");
+        assert_eq!(time_label(5_400_000.0, 14_400_000.0), "1.5h");
         assert_eq!(escape("a<b & \"c\""), "a&lt;b &amp; &quot;c&quot;");
     }
 }

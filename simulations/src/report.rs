@@ -126,10 +126,28 @@ pub struct Starvation {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timeline {
     pub bucket_ms: u64,
-    /// Class name → its active calls (all pools) at the bucket's peak.
-    pub classes: BTreeMap<String, Vec<u32>>,
+    /// Each class, lowest first: its active calls (all pools) at each bucket's peak.
+    pub classes: Vec<ClassSeries>,
     /// Configured capacity of all pools together, in each bucket (its largest value).
     pub capacity: Vec<u32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClassSeries {
+    pub class: String,
+    pub peaks: Vec<u32>,
+}
+
+impl Timeline {
+    /// A class's series, by name.
+    pub fn series(&self, class: &str) -> Option<&[u32]> {
+        self.classes.iter().find(|s| s.class == class).map(|s| s.peaks.as_slice())
+    }
+
+    /// All classes' calls together at `bucket`'s peak.
+    pub fn total(&self, bucket: usize) -> u32 {
+        self.classes.iter().map(|s| s.peaks.get(bucket).copied().unwrap_or(0)).sum()
+    }
 }
 
 /// Jain's fairness index of `shares`: (Σx)² / (n·Σx²). 1.0 when all are equal (or all zero).

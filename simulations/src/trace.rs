@@ -20,7 +20,7 @@ use switchboard_actors::event::Event;
 use switchboard_actors::model::{CallId, Direction, OUTCOME_PROVIDER_REJECTED, OUTCOME_RECLAIMED_STALE, PlanTable};
 use switchboard_actors::store::{MemoryStore, Store, StoreError, Visit, WriteBatch};
 
-use crate::report::{PoolStats, Timeline};
+use crate::report::{ClassSeries, PoolStats, Timeline};
 
 /// Buckets in the concurrency timeline; past it, neighbouring buckets merge (resolution halves).
 pub const TIMELINE_BUCKETS_MAX: usize = 2_000;
@@ -288,7 +288,11 @@ impl Watcher {
     /// `start_ms`: the virtual time the run starts at.
     pub fn new(start_ms: u64, plans: PlanTable, classes: Vec<String>, pools: Vec<String>, traffic_ms: u64) -> Watcher {
         let bucket_ms = (traffic_ms / 200).max(1_000);
-        let timeline = Timeline { bucket_ms, classes: classes.iter().map(|c| (c.clone(), vec![0])).collect(), capacity: vec![0] };
+        let timeline = Timeline {
+            bucket_ms,
+            classes: classes.iter().map(|c| ClassSeries { class: c.clone(), peaks: vec![0] }).collect(),
+            capacity: vec![0],
+        };
         let pool_tracks = pools.iter().map(|_| PoolTrack { since_ms: start_ms, ..PoolTrack::default() }).collect();
         Watcher {
             plans,
@@ -468,8 +472,8 @@ impl Watcher {
         let capacity: u32 = self.pool_tracks.iter().map(|t| t.capacity).sum();
         while self.bucket < (now_ms.saturating_sub(self.start_ms) / self.timeline.bucket_ms) as usize {
             self.bucket += 1;
-            for (n, series) in self.timeline.classes.values_mut().enumerate() {
-                series.push(self.class_active[n]);
+            for (n, series) in self.timeline.classes.iter_mut().enumerate() {
+                series.peaks.push(self.class_active[n]);
             }
             self.timeline.capacity.push(capacity);
             if self.timeline.capacity.len() > TIMELINE_BUCKETS_MAX {
@@ -479,10 +483,10 @@ impl Watcher {
         // Each bucket keeps the class breakdown at its moment of highest total concurrency, so
         // the stacked chart's top is the true peak (per-class peaks could not be stacked).
         let total: u32 = self.class_active.iter().sum();
-        let bucket_total: u32 = self.timeline.classes.values().map(|series| series.last().copied().unwrap_or(0)).sum();
+        let bucket_total = self.timeline.total(self.bucket);
         if total > bucket_total {
-            for (n, series) in self.timeline.classes.values_mut().enumerate() {
-                *series.last_mut().expect("a series has a bucket") = self.class_active[n];
+            for (n, series) in self.timeline.classes.iter_mut().enumerate() {
+                *series.peaks.last_mut().expect("a series has a bucket") = self.class_active[n];
             }
         }
         let last = self.timeline.capacity.last_mut().expect("a series has a bucket");
@@ -492,10 +496,11 @@ impl Watcher {
     fn halve_timeline(&mut self) {
         // Of each pair of buckets, the one with the higher total keeps its breakdown.
         let len = self.timeline.capacity.len();
-        let total = |bucket: usize| -> u32 { self.timeline.classes.values().map(|series| series[bucket]).sum() };
-        let keep: Vec<usize> = (0..len).step_by(2).map(|b| if b + 1 < len && total(b + 1) > total(b) { b + 1 } else { b }).collect();
-        for series in self.timeline.classes.values_mut() {
-            *series = keep.iter().map(|b| series[*b]).collect();
+        let timeline = &self.timeline;
+        let keep: Vec<usize> =
+            (0..len).step_by(2).map(|b| if b + 1 < len && timeline.total(b + 1) > timeline.total(b) { b + 1 } else { b }).collect();
+        for series in self.timeline.classes.iter_mut() {
+            series.peaks = keep.iter().map(|b| series.peaks[*b]).collect();
         }
         let capacity = &mut self.timeline.capacity;
         *capacity = capacity.chunks(2).map(|pair| pair.iter().copied().max().unwrap_or(0)).collect();

@@ -60,6 +60,13 @@ fn a_payg_flood_does_not_starve_pro() {
     assert!(admitted_share(pro) >= 0.95, "PRO admitted {} of {}", pro.admitted, pro.offered);
     assert!(admitted_share(payg) < 0.2, "the flood is turned away: {} of {}", payg.admitted, payg.offered);
     assert!(denied(payg, "PLATFORM_CAPACITY_FULL_FOR_PLAN") > 1_000);
+    // The timeline, class by class: PAYG never above its ceiling (20 minus the 8 reserved for
+    // PRO and above), PRO on top of it, and no ENTERPRISE tenant at all.
+    let timeline = &report.timeline;
+    let peak = |class: &str| timeline.series(class).expect("a series per class").iter().copied().max().unwrap_or(0);
+    assert_eq!(peak("standard"), 12);
+    assert!(peak("priority") > 0);
+    assert_eq!(peak("premium"), 0);
 }
 
 #[test]
@@ -113,7 +120,7 @@ fn a_provider_429_burst_cools_the_pool_down_and_it_recovers() {
     // Calls are admitted again after the cooldown: concurrency rises in the last quarter hour.
     let timeline = &report.timeline;
     let after = (45 * 60_000 / timeline.bucket_ms) as usize;
-    assert!(timeline.classes["priority"][after..].iter().any(|n| *n > 0));
+    assert!(timeline.series("priority").expect("priority")[after..].iter().any(|n| *n > 0));
 }
 
 #[test]
@@ -142,7 +149,7 @@ fn a_capacity_upgrade_takes_effect_live() {
     assert_eq!((pool.capacity_start, pool.capacity_end), (5, 10));
     let timeline = &report.timeline;
     let upgrade = (2 * 3_600_000 / timeline.bucket_ms) as usize;
-    let total = |bucket: usize| -> u32 { timeline.classes.values().map(|series| series[bucket]).sum() };
+    let total = |bucket: usize| timeline.total(bucket);
     assert!((0..upgrade).all(|b| total(b) <= 5), "at most 5 before the upgrade");
     let after = (upgrade + 1..timeline.capacity.len()).map(total).max().unwrap_or(0);
     assert!((6..=10).contains(&after), "peak after the upgrade: {after}");
