@@ -76,8 +76,8 @@ impl SledStore {
 }
 
 impl Store for SledStore {
-    fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
-        self.with(|inner| inner.write(batch))
+    fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        self.with(|inner| inner.write(&batch))
     }
 
     fn blocks(&self) -> bool {

@@ -88,6 +88,7 @@ impl Running {
         tracing::info!("shutting down: finishing requests in flight");
         let _ = self.stop_serving.send(());
         self.server.await??;
+        self.state.simulations.wait_for_runs().await;
         let state = Arc::clone(&self.state);
         tokio::task::spawn_blocking(move || state.simulations.close()).await.context("closing the simulation store")?;
         let system = match self.state.system() {

@@ -76,7 +76,19 @@ fn sweep(scenario: &Scenario, file: &Path, from: u64, to: u64, json: bool, limit
     let started = Instant::now();
     let mut failed = 0u64;
     for seed in from..=to {
-        let report = switchboard_simulations::run(scenario, seed, limits)?;
+        // A run that fails outright (not an invariant) is a failing seed too: the sweep goes on.
+        let report = match switchboard_simulations::run(scenario, seed, limits) {
+            Ok(report) => report,
+            Err(error) => {
+                if json {
+                    println!("{}", serde_json::json!({"seed": seed, "passed": false, "error": error.to_string()}));
+                } else {
+                    println!("seed {seed} failed to run ({error}): {}", replay_command(file, seed));
+                }
+                failed += 1;
+                continue;
+            }
+        };
         if json {
             let failing: Vec<&str> = report.invariants.iter().filter(|i| !i.passed).map(|i| i.name.as_str()).collect();
             let line = serde_json::json!({"seed": seed, "digest": report.digest, "passed": report.passed, "failed": failing});

@@ -333,13 +333,13 @@ impl JournalWriter {
         let started = Instant::now();
         if store.blocks() {
             tokio::spawn(async move {
-                let result = tokio::task::spawn_blocking(move || store.write(&batch).map_err(|e| e.to_string()))
+                let result = tokio::task::spawn_blocking(move || store.write(batch).map_err(|e| e.to_string()))
                     .await
                     .unwrap_or_else(|join| Err(format!("journal write task died: {join}")));
                 let _ = myself.cast(JournalMsg::Written { result, started });
             });
         } else {
-            let result = store.write(&batch).map_err(|e| e.to_string());
+            let result = store.write(batch).map_err(|e| e.to_string());
             myself.cast(JournalMsg::Written { result, started })?;
         }
         Ok(())

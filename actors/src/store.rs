@@ -35,8 +35,9 @@ pub type Visit<'a> = dyn FnMut(u64, &[u8]) -> Result<(), StoreError> + 'a;
 
 pub trait Store: Send + Sync + 'static {
     /// Writes the whole batch and makes it durable before returning. All or nothing: a batch
-    /// that fails must not be acknowledged.
-    fn write(&self, batch: &WriteBatch) -> Result<(), StoreError>;
+    /// that fails must not be acknowledged. The store takes the batch: a store that keeps the
+    /// bytes keeps them without a copy.
+    fn write(&self, batch: WriteBatch) -> Result<(), StoreError>;
     /// True when `write` blocks on a disk: the journal writer then runs it off the async workers.
     fn blocks(&self) -> bool;
     /// The newest snapshot: its sequence number and bytes.
@@ -80,17 +81,15 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+    fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
         let mut inner = self.inner.lock().expect("memory store lock");
-        for (seq, bytes) in &batch.events {
-            inner.events.insert(*seq, bytes.clone());
-        }
-        if let Some((seq, bytes)) = &batch.snapshot {
+        inner.events.extend(batch.events);
+        if let Some((seq, bytes)) = batch.snapshot {
             if let Some(previous) = inner.snapshots.keys().next_back().copied() {
                 inner.events.retain(|event_seq, _| *event_seq > previous);
                 inner.snapshots.retain(|snapshot_seq, _| *snapshot_seq >= previous);
             }
-            inner.snapshots.insert(*seq, bytes.clone());
+            inner.snapshots.insert(seq, bytes);
             while inner.snapshots.len() > 2 {
                 inner.snapshots.pop_first();
             }

@@ -168,6 +168,26 @@ pub enum AdmitError {
     Unavailable(String),
 }
 
+impl AdmitError {
+    /// The code the API answers (`code` in its problem+json); the simulator reports the same.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AdmitError::UnknownTenant(_) => "UNKNOWN_TENANT",
+            AdmitError::UnknownLine(_) => "UNKNOWN_LINE",
+            AdmitError::LineNotOwned { .. } => "LINE_NOT_OWNED",
+            AdmitError::Denied(denial) => denial.code.as_str(),
+            AdmitError::InsufficientCredits => "INSUFFICIENT_CREDITS",
+            AdmitError::PremiumNotAvailable { .. } => "PREMIUM_NOT_AVAILABLE",
+            AdmitError::IdempotencyMismatch => "IDEMPOTENCY_KEY_REUSED",
+            AdmitError::IdempotencyInFlight => "IDEMPOTENCY_KEY_IN_FLIGHT",
+            AdmitError::IdempotencyFull => "IDEMPOTENCY_STORE_FULL",
+            AdmitError::LiveCallsMax(_) => "LIVE_CALLS_MAX",
+            AdmitError::Overloaded => "OVERLOADED",
+            AdmitError::Unavailable(_) => "UNAVAILABLE",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SystemError {
     #[error("not found")]

@@ -22,7 +22,7 @@ struct FailingStore {
 }
 
 impl Store for FailingStore {
-    fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+    fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(StoreError::Io("injected: no space left on device".into()));
         }
@@ -72,7 +72,7 @@ struct SlowStore {
 }
 
 impl Store for SlowStore {
-    fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+    fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
         std::thread::sleep(std::time::Duration::from_millis(self.delay_ms.load(Ordering::SeqCst)));
         self.inner.write(batch)
     }

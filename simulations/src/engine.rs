@@ -426,7 +426,10 @@ impl Engine {
         let failed = |what: &'static str| move |e: String| RunError::Failed(format!("{what}: {e}"));
         if let Some(burst) = &event.burst {
             let tenant = self.tenant_index(&burst.group, burst.tenant);
-            for _ in 0..burst.calls.0 {
+            for n in 0..burst.calls.0 {
+                if n % 1_024 == 1_023 {
+                    self.check_wall_time()?;
+                }
                 let offer = self.offer(tenant, Some((burst.wait.0, burst.duration.map(|d| d.0))));
                 self.spawn(offer)?;
             }
@@ -507,12 +510,17 @@ impl Engine {
         let live = self.system.live_digest().await.map_err(failed("live state"))?;
         let durable = self.system.inspect(|d| d.digest()).await.map_err(failed("journal state"))?;
         let replayed = recover(&*self.store).map_err(|e| e.to_string()).map_err(failed("replay"))?.digest();
-        let still_live = self.system.list_calls(None, None, None, 5);
+        // Live calls by the actors' directory, with a few as examples.
+        let still_live = self.system.list_calls(None, None, None, usize::MAX);
+        // The run ends here: the statistics and the simulated time do not count the shutdown.
+        let end_ms = self.system.now_ms();
+        let simulated_ms = tokio::time::Instant::now().saturating_duration_since(self.origin).as_millis() as u64;
+        self.check_wall_time()?;
         self.system.shutdown().await.map_err(failed("shutdown"))?;
 
         let mut invariants = Vec::new();
         let mut watcher = self.store.watcher();
-        let (pools, timeline) = watcher.finish(self.system.now_ms());
+        let (pools, timeline) = watcher.finish(end_ms);
         let from = |name: &str, violations: &Violations, checked: &str| Invariant {
             name: name.into(),
             passed: violations.count == 0,
@@ -576,14 +584,13 @@ impl Engine {
         let bound_ms = self.scenario.starvation_bound.0;
         let mut class_outcomes = tally.classes.clone();
         let mut group_outcomes = tally.groups.clone();
-        for (tenant, sim) in self.tenants.iter().enumerate() {
+        for sim in self.tenants.iter() {
             let reclaimed = watcher.reclaimed_stale.get(&sim.id).copied().unwrap_or(0);
             let rejected = watcher.provider_rejected.get(&sim.id).copied().unwrap_or(0);
             for outcomes in [&mut class_outcomes[sim.class], &mut group_outcomes[sim.group]] {
                 outcomes.reclaimed_stale += reclaimed;
                 outcomes.provider_rejected += rejected;
             }
-            let _ = tenant;
         }
         for (c, name) in class_table.classes.iter().enumerate() {
             let mut outcomes = class_outcomes[c].clone();
@@ -611,7 +618,6 @@ impl Engine {
             outcomes.wait_ms = Percentiles::of(&mut waits);
             groups.insert(group.name.clone(), outcomes);
         }
-        let simulated_ms = tokio::time::Instant::now().saturating_duration_since(self.origin).as_millis() as u64;
         Ok(Report {
             scenario: self.scenario.name.clone(),
             description: self.scenario.description.clone(),
@@ -697,14 +703,9 @@ async fn call_life(system: &Arc<System>, tally: &Mutex<Tally>, tenant: &SimTenan
 
 /// The code the HTTP API would answer, and how long the request waited first.
 fn denial_code(error: &AdmitError) -> (&'static str, u64) {
-    match error {
-        AdmitError::Denied(denial) => (denial.code.as_str(), denial.waited_ms),
-        AdmitError::InsufficientCredits => ("INSUFFICIENT_CREDITS", 0),
-        AdmitError::PremiumNotAvailable { .. } => ("PREMIUM_NOT_AVAILABLE", 0),
-        AdmitError::Overloaded => ("OVERLOADED", 0),
-        AdmitError::LiveCallsMax(_) => ("LIVE_CALLS_MAX", 0),
-        AdmitError::UnknownTenant(_) | AdmitError::UnknownLine(_) | AdmitError::LineNotOwned { .. } => ("BAD_REQUEST", 0),
-        AdmitError::IdempotencyMismatch | AdmitError::IdempotencyInFlight | AdmitError::IdempotencyFull => ("IDEMPOTENCY", 0),
-        AdmitError::Unavailable(_) => ("UNAVAILABLE", 0),
-    }
+    let waited_ms = match error {
+        AdmitError::Denied(denial) => denial.waited_ms,
+        _ => 0,
+    };
+    (error.code(), waited_ms)
 }

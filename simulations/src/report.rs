@@ -90,8 +90,9 @@ impl Percentiles {
             return Percentiles::default();
         }
         values.sort_unstable();
-        let rank = |p: f64| values[((p * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1];
-        Percentiles { p50: rank(0.50), p95: rank(0.95), p99: rank(0.99), max: values[values.len() - 1] }
+        // Nearest rank in whole numbers: ceil(n × percent / 100), never a float's rounding.
+        let rank = |percent: usize| values[(values.len() * percent).div_ceil(100).clamp(1, values.len()) - 1];
+        Percentiles { p50: rank(50), p95: rank(95), p99: rank(99), max: values[values.len() - 1] }
     }
 }
 
@@ -103,13 +104,15 @@ pub struct PoolStats {
     pub peak: u32,
     /// Time-weighted mean of active calls over the traffic period.
     pub mean: f64,
-    /// `mean` over the configured capacity, time-weighted.
+    /// Active calls over the configured capacity, time-weighted over the traffic period.
     pub utilization: f64,
-    /// Time with active calls at or above the configured capacity.
+    /// Time with active calls at or above the configured capacity, over the whole run (the
+    /// traffic and the drain).
     pub at_capacity_ms: u64,
-    /// Time above it (only force-admitted inbound calls, or a capacity cut, can do that).
+    /// Time above it, over the whole run (only force-admitted inbound calls, or a capacity
+    /// cut, can do that).
     pub over_capacity_ms: u64,
-    /// Time in a provider cooldown.
+    /// Time in a provider cooldown, up to the end of the run.
     pub cooldown_ms: u64,
     pub provider_rejections: u64,
 }
@@ -170,6 +173,8 @@ mod tests {
         assert_eq!(Percentiles::of(&mut values), Percentiles { p50: 50, p95: 95, p99: 99, max: 100 });
         assert_eq!(Percentiles::of(&mut []), Percentiles::default());
         assert_eq!(Percentiles::of(&mut [7]), Percentiles { p50: 7, p95: 7, p99: 7, max: 7 });
+        let mut values: Vec<u64> = (1..=200).collect();
+        assert_eq!(Percentiles::of(&mut values), Percentiles { p50: 100, p95: 190, p99: 198, max: 200 });
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The scenario's seeded randomness: xoshiro256** seeded through SplitMix64. Written out here
-//! (a few lines) so a seed means the same run on every machine and every version of every
-//! dependency; a crate's generator may change its stream between releases.
+//! (a few lines) so a seed's stream of integers never changes with a dependency's release. The
+//! distributions use the platform's `ln`, `exp` and `cos`: a seed replays bit for bit on one
+//! platform (every process, every run), not necessarily across platforms' math libraries.
 
 #[derive(Clone, Debug)]
 pub struct Rng {

@@ -492,7 +492,17 @@ impl Scenario {
                 }
             }
         }
+        let builtin = switchboard_actors::model::PlanTable::default();
         for (plan, def) in &self.plans {
+            // A new plan is fine if a group uses it; otherwise it is most likely a typo of a
+            // built-in one (`[plans.Pro]`), which must not silently leave PRO as it was.
+            if !builtin.knows(plan) && !self.groups.iter().any(|g| &g.plan == plan) {
+                let known: Vec<&str> = builtin.limits.keys().map(String::as_str).collect();
+                return fail(
+                    format!("plans.{plan}"),
+                    format!("no group uses plan {plan:?} and it is not a built-in plan ({})", known.join(", ")),
+                );
+            }
             if let Some(class) = &def.class
                 && !classes.contains(class)
             {
@@ -587,6 +597,12 @@ impl Scenario {
             }
             if let Some(burst) = &event.provider_429 {
                 pool(&burst.pool, "provider_429.pool")?;
+            }
+            if let Some(crash) = &event.crash
+                && !matches!(crash.target, CrashTarget::Tenant | CrashTarget::Line)
+                && (crash.group.is_some() || crash.tenant != 0)
+            {
+                return fail(at("crash.group"), "only a tenant or line crash names a group and tenant".into());
             }
             if let Some(crash) = &event.crash
                 && matches!(crash.target, CrashTarget::Tenant | CrashTarget::Line)

@@ -143,14 +143,14 @@ fn watch(shared: &Shared, receiver: &Receiver<Vec<Written>>) {
         {
             let mut watcher = shared.watcher.lock().expect("trace watcher lock");
             for Written { now_ms, batch } in chunk {
-                if let Err(error) = shared.memory.write(&batch) {
-                    failed = Some(error.to_string());
-                }
                 for (seq, bytes) in &batch.events {
                     match codec::decode::<Event>(bytes) {
                         Ok(event) => watcher.observe(now_ms, *seq, bytes, &event),
                         Err(error) => failed = Some(format!("journal record {seq}: {error}")),
                     }
+                }
+                if let Err(error) = shared.memory.write(batch) {
+                    failed = Some(error.to_string());
                 }
             }
         }
@@ -164,9 +164,8 @@ fn watch(shared: &Shared, receiver: &Receiver<Vec<Written>>) {
 }
 
 impl Store for TraceStore {
-    fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
-        let written =
-            Written { now_ms: self.clock.now_ms(), batch: WriteBatch { events: batch.events.clone(), snapshot: batch.snapshot.clone() } };
+    fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let written = Written { now_ms: self.clock.now_ms(), batch };
         let full = {
             let mut pending = self.pending.lock().expect("trace pending lock");
             pending.1 += written.batch.events.len();
@@ -248,7 +247,12 @@ struct PoolTrack {
     /// ∫ active dt and ∫ capacity dt over the traffic period (ms).
     active_area: f64,
     capacity_area: f64,
-    cooldown_until_ms: u64,
+    /// The cooldown in progress (or the last one): from, until. Overlapping cooldowns merge.
+    cooldown: Option<(u64, u64)>,
+    /// A capacity cut at this virtual instant, and the capacity before it: grants the arbiter
+    /// made before the cut reach the journal after it, at the same instant (nothing in an
+    /// admission waits on time between its grant and its append).
+    cut: Option<(u64, u32)>,
 }
 
 #[derive(Clone, Debug)]
@@ -348,6 +352,8 @@ impl Watcher {
         self.events += 1;
         self.hash(&seq.to_be_bytes());
         self.hash(bytes);
+        // The timeline's buckets up to now take the levels from before this event.
+        self.advance(now_ms);
         match event {
             Event::TenantCreated(record) | Event::TenantUpdated(record) => {
                 let active = self.tenants.get(&record.id).map_or(Counts::default(), |t| t.active);
@@ -363,19 +369,27 @@ impl Watcher {
                     let track = &mut self.pool_tracks[index];
                     if track.stats.capacity_start == 0 {
                         track.stats.capacity_start = *capacity;
+                    } else if *capacity < track.capacity {
+                        track.cut = Some((now_ms, track.capacity));
                     }
                     track.capacity = *capacity;
                     track.stats.capacity_end = *capacity;
-                    self.mark(now_ms);
+                    self.record_peak();
                 }
             }
             Event::PoolProviderRejected { pool, cooldown_until_ms, at_ms, .. } => {
                 if let Some(index) = self.pools.iter().position(|p| p == pool) {
                     let track = &mut self.pool_tracks[index];
                     track.stats.provider_rejections += 1;
-                    let from = (*at_ms).max(track.cooldown_until_ms);
-                    track.stats.cooldown_ms += cooldown_until_ms.saturating_sub(from);
-                    track.cooldown_until_ms = track.cooldown_until_ms.max(*cooldown_until_ms);
+                    track.cooldown = match track.cooldown {
+                        Some((from, until)) if *at_ms <= until => Some((from, until.max(*cooldown_until_ms))),
+                        previous => {
+                            if let Some((from, until)) = previous {
+                                track.stats.cooldown_ms += until.saturating_sub(from);
+                            }
+                            Some((*at_ms, *cooldown_until_ms))
+                        }
+                    };
                 }
             }
             Event::CallAdmitted { call, .. } => self.admitted(call, now_ms),
@@ -394,8 +408,12 @@ impl Watcher {
         track.stats.peak = track.stats.peak.max(track.active.all);
         // Only a force-admitted inbound call may take a slot past a limit.
         let checked = !over_limit;
-        if checked && track.active.regular > track.capacity {
-            let (active, capacity) = (track.active.regular, track.capacity);
+        let capacity = match track.cut {
+            Some((at_ms, before)) if at_ms == now_ms => track.capacity.max(before),
+            _ => track.capacity,
+        };
+        if checked && track.active.regular > capacity {
+            let active = track.active.regular;
             self.capacity_exceeded.add(|| format!("{} admitted to {} as call {active} of capacity {capacity}", call.id, call.pool));
         }
         if let Some(tenant) = self.tenants.get_mut(&call.tenant_id) {
@@ -419,7 +437,7 @@ impl Watcher {
         }
         self.live.insert(call.id, LiveCall { pool, class, tenant: call.tenant_id.clone(), line: call.line_id.clone(), over_limit });
         self.class_active[class] += 1;
-        self.mark(now_ms);
+        self.record_peak();
     }
 
     fn ended(&mut self, id: CallId, outcome: &str, now_ms: u64) {
@@ -443,7 +461,7 @@ impl Watcher {
         } else if outcome == OUTCOME_PROVIDER_REJECTED {
             *self.provider_rejected.entry(call.tenant).or_default() += 1;
         }
-        self.mark(now_ms);
+        self.record_peak();
     }
 
     /// Adds the time since the pool's last change to its areas (traffic period only) and to
@@ -467,8 +485,9 @@ impl Watcher {
         track.since_ms = now_ms;
     }
 
-    /// Records the current levels in the timeline's bucket for `now_ms`.
-    fn mark(&mut self, now_ms: u64) {
+    /// Opens the timeline's buckets up to `now_ms`, each starting at the current levels (those
+    /// before the event being observed).
+    fn advance(&mut self, now_ms: u64) {
         let capacity: u32 = self.pool_tracks.iter().map(|t| t.capacity).sum();
         while self.bucket < (now_ms.saturating_sub(self.start_ms) / self.timeline.bucket_ms) as usize {
             self.bucket += 1;
@@ -480,6 +499,11 @@ impl Watcher {
                 self.halve_timeline();
             }
         }
+    }
+
+    /// Records the levels after an event in the current bucket.
+    fn record_peak(&mut self) {
+        let capacity: u32 = self.pool_tracks.iter().map(|t| t.capacity).sum();
         // Each bucket keeps the class breakdown at its moment of highest total concurrency, so
         // the stacked chart's top is the true peak (per-class peaks could not be stacked).
         let total: u32 = self.class_active.iter().sum();
@@ -508,13 +532,17 @@ impl Watcher {
         self.bucket = self.timeline.capacity.len() - 1;
     }
 
-    /// Closes the books at the end of the run.
-    /// Closes the books at `now_ms`, the end of the run.
+    /// Closes the books at `now_ms`, the end of the run (a cooldown is counted up to it).
     pub fn finish(&mut self, now_ms: u64) -> (BTreeMap<String, PoolStats>, Timeline) {
         for pool in 0..self.pools.len() {
             self.settle(pool, now_ms);
+            let track = &mut self.pool_tracks[pool];
+            if let Some((from, until)) = track.cooldown.take() {
+                track.stats.cooldown_ms += until.min(now_ms).saturating_sub(from);
+            }
         }
-        self.mark(now_ms);
+        self.advance(now_ms);
+        self.record_peak();
         let traffic_ms = self.traffic_end_ms.saturating_sub(self.start_ms).max(1) as f64;
         let stats = self
             .pools

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use switchboard_simulations::scenario::{
-    Bounded, Burst, CapacityChange, Crash, CrashTarget, Distribution, DurationDist, Group, Millis, PoolDef, Provider429, Rate, Scenario,
-    Share, Sigma, TimedEvent, Traffic, WatchdogDef, WebhookLoss,
+    Bounded, Burst, CapacityChange, Crash, CrashTarget, Distribution, DurationDist, Group, Millis, PlanDef, PoolDef, Provider429, Rate,
+    Scenario, Share, Sigma, TimedEvent, Traffic, WatchdogDef, WebhookLoss,
 };
 use switchboard_simulations::{Limits, run};
 
@@ -44,18 +44,35 @@ fn traffic(premium_pool: bool) -> impl Strategy<Value = Traffic> {
 }
 
 fn group(index: usize, premium_pool: bool) -> impl Strategy<Value = Group> {
-    (0..5usize, 1..4u32, 0..3u32, 1..3u32, proptest::option::of(0..600u32), any::<bool>(), traffic(premium_pool)).prop_map(
-        move |(plan, count, lines, channels, credits, premium_addon, traffic)| Group {
+    (
+        (0..5usize, proptest::option::weighted(0.3, 1..6u32)),
+        1..4u32,
+        0..3u32,
+        1..3u32,
+        proptest::option::of(0..600u32),
+        any::<bool>(),
+        traffic(premium_pool),
+    )
+        .prop_map(move |((plan, limit_override), count, lines, channels, credits, premium_addon, traffic)| Group {
             name: format!("g{index}"),
             count: Bounded(count),
             plan: PLANS[plan].into(),
-            limit_override: None,
+            limit_override: limit_override.map(Bounded),
             lines: Bounded(lines),
             channels: Bounded(channels),
             credits: credits.map(Bounded),
             premium_addon,
             traffic,
-        },
+        })
+}
+
+/// Plan overrides: a built-in plan's limit and, sometimes, its class.
+fn plans() -> impl Strategy<Value = BTreeMap<String, PlanDef>> {
+    proptest::collection::btree_map(
+        (0..5usize).prop_map(|p| PLANS[p].to_owned()),
+        (proptest::option::of(1..6u32), proptest::option::of(0..3usize))
+            .prop_map(|(limit, class)| PlanDef { limit: limit.map(Bounded), class: class.map(|c| CLASSES[c].to_owned()) }),
+        0..3,
     )
 }
 
@@ -83,8 +100,8 @@ fn scenario() -> impl Strategy<Value = Scenario> {
     (pool(), proptest::option::of(pool()), 5..20u64, 1..4usize).prop_flat_map(|(standard, premium, minutes, groups)| {
         let premium_pool = premium.is_some();
         let groups: Vec<_> = (0..groups).map(|i| group(i, premium_pool)).collect();
-        (Just((standard, premium, minutes)), groups, proptest::collection::vec(event(), 0..6)).prop_map(
-            |((standard, premium, minutes), groups, events)| {
+        (Just((standard, premium, minutes)), groups, proptest::collection::vec(event(), 0..6), plans()).prop_map(
+            |((standard, premium, minutes), groups, events, plans)| {
                 let mut pools = BTreeMap::from([("standard_voice".to_owned(), standard)]);
                 if let Some(premium) = premium {
                     pools.insert("premium_voice".to_owned(), premium);
@@ -101,7 +118,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                     start_ms: 1_799_020_800_000,
                     starvation_bound: Millis(10_000),
                     pools,
-                    plans: BTreeMap::new(),
+                    plans,
                     watchdog: WatchdogDef {
                         stale_after: Millis(10 * MINUTE),
                         max_duration: Millis(30 * MINUTE),
@@ -138,13 +155,19 @@ fn timed(groups: &[Group], pools: &BTreeMap<String, PoolDef>, at: Millis, kind: 
             if target == CrashTarget::Line && group.lines.0 == 0 {
                 return None;
             }
-            TimedEvent { crash: Some(Crash { target, group: Some(group.name.clone()), tenant: 0 }), ..empty }
+            let group = matches!(target, CrashTarget::Tenant | CrashTarget::Line).then(|| group.name.clone());
+            TimedEvent { crash: Some(Crash { target, group, tenant: 0 }), ..empty }
         }
     })
 }
 
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(300)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    // 300 cases unless PROPTEST_CASES says otherwise (an explicit count would override it).
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
     #[test]
     fn every_invariant_holds_and_a_seed_replays(scenario in scenario(), seed in any::<u64>()) {
         // The generated scenario is one a file could say: it passes the same checks.

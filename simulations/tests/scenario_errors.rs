@@ -84,6 +84,7 @@ fn cross_references_name_the_field_and_its_line() {
         (with("premium = 2, priority = 3", "premium = 9"), "pools.standard_voice.reserved.premium", 6, "more than the pool"),
         (with("at = \"1m\"", "at = \"11m\""), "events[0].at", 20, "after the scenario's duration"),
         (with("name = \"payg\"", "name = \"pro\""), "groups[1].name", 14, "already called"),
+        (with("[[groups]]\nname = \"pro\"", "[plans.Pro]\nlimit = 9\n\n[[groups]]\nname = \"pro\""), "plans.Pro", 8, "no group uses plan"),
     ];
     for (source, field, line, reason) in cases {
         let error = refuse(&source);

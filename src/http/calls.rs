@@ -248,16 +248,16 @@ pub async fn create(
 }
 
 fn admit_problem(error: AdmitError) -> Problem {
+    let code = error.code();
     match error {
         AdmitError::UnknownTenant(id) => {
-            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "UNKNOWN_TENANT", format!("no tenant with id {id}")).with_field("tenant_id")
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, format!("no tenant with id {id}")).with_field("tenant_id")
         }
         AdmitError::UnknownLine(id) => {
-            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "UNKNOWN_LINE", format!("no line with id {id}")).with_field("line_id")
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, format!("no line with id {id}")).with_field("line_id")
         }
         AdmitError::LineNotOwned { line, .. } => {
-            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "LINE_NOT_OWNED", format!("line {line} belongs to another tenant"))
-                .with_field("line_id")
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, format!("line {line} belongs to another tenant")).with_field("line_id")
         }
         AdmitError::Denied(denial) => {
             let (status, detail) = match denial.code {
@@ -269,7 +269,7 @@ fn admit_problem(error: AdmitError) -> Problem {
                 }
                 _ => (StatusCode::TOO_MANY_REQUESTS, format!("{} active of a limit of {}", denial.current_active, denial.limit)),
             };
-            let mut problem = Problem::new(status, denial.code.as_str(), detail)
+            let mut problem = Problem::new(status, code, detail)
                 .retry_after(denial.retry_after_s)
                 .with("current_active", denial.current_active)
                 .with("limit", denial.limit)
@@ -281,32 +281,27 @@ fn admit_problem(error: AdmitError) -> Problem {
         }
         AdmitError::InsufficientCredits => Problem::new(
             StatusCode::PAYMENT_REQUIRED,
-            "INSUFFICIENT_CREDITS",
+            code,
             "this prepaid tenant has no credits left; add credits with POST /v1/tenants/{id}/credits",
         )
         .with("current_active", 0)
         .with("limit", 0),
         AdmitError::PremiumNotAvailable { reason, requires_upgrade } => {
-            Problem::new(StatusCode::FORBIDDEN, "PREMIUM_NOT_AVAILABLE", format!("premium voices are not available: {reason}"))
+            Problem::new(StatusCode::FORBIDDEN, code, format!("premium voices are not available: {reason}"))
                 .with_field("voice")
                 .with("reason", reason)
                 .with("requires_upgrade", requires_upgrade)
         }
-        AdmitError::IdempotencyMismatch => Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "IDEMPOTENCY_KEY_REUSED",
-            "this Idempotency-Key was used with a different request body",
-        )
-        .with_field("Idempotency-Key"),
+        AdmitError::IdempotencyMismatch => {
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, "this Idempotency-Key was used with a different request body")
+                .with_field("Idempotency-Key")
+        }
         AdmitError::IdempotencyInFlight => {
-            Problem::new(StatusCode::CONFLICT, "IDEMPOTENCY_KEY_IN_FLIGHT", "a request with this Idempotency-Key is still being processed")
-                .retry_after(1)
+            Problem::new(StatusCode::CONFLICT, code, "a request with this Idempotency-Key is still being processed").retry_after(1)
         }
-        AdmitError::IdempotencyFull => {
-            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "IDEMPOTENCY_STORE_FULL", error.to_string()).retry_after(60)
-        }
-        AdmitError::LiveCallsMax(_) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, "LIVE_CALLS_MAX", error.to_string()).retry_after(5),
-        AdmitError::Overloaded => Problem::new(StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED", error.to_string()).retry_after(1),
+        AdmitError::IdempotencyFull => Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, error.to_string()).retry_after(60),
+        AdmitError::LiveCallsMax(_) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, error.to_string()).retry_after(5),
+        AdmitError::Overloaded => Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, error.to_string()).retry_after(1),
         AdmitError::Unavailable(why) => Problem::unavailable(why),
     }
 }

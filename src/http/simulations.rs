@@ -73,6 +73,16 @@ impl Simulations {
         assert!(self.store.set(store.map(Arc::new)).is_ok(), "the simulation store is published once");
     }
 
+    /// Waits until no run is in progress (a run whose client went away still stores its
+    /// report), at most a run's wall-time bound.
+    pub async fn wait_for_runs(&self) {
+        let runs = u32::try_from(self.bounds.runs_concurrent_max).unwrap_or(u32::MAX);
+        let patience = Duration::from_millis(self.bounds.wall_time_ms_max).saturating_add(Duration::from_secs(1));
+        if tokio::time::timeout(patience, self.runs.acquire_many(runs)).await.is_err() {
+            tracing::warn!("shutting down with a simulation still running; its report is not stored");
+        }
+    }
+
     /// Flushes the store and releases its files (blocking). Runs still in progress fail to
     /// store their report.
     pub fn close(&self) {
