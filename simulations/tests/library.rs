@@ -171,3 +171,17 @@ fn the_reference_day_parses_and_offers_about_a_million_calls() {
     let expected = scenario.expected_calls();
     assert!((950_000.0..1_050_000.0).contains(&expected), "{expected}");
 }
+
+#[test]
+fn a_full_premium_pool_falls_back_and_prepaid_tenants_run_out_of_credits() {
+    let report = report("premium-fallback-and-credits");
+    let enterprise = &report.groups["enterprise"];
+    assert!(enterprise.fell_back > 10, "premium calls fell back to standard: {enterprise:?}");
+    assert_eq!(denied(enterprise, "PREMIUM_NOT_AVAILABLE"), 0, "with fallback, a full premium pool never denies");
+    assert_eq!(report.pools["premium_voice"].peak, 3);
+    assert!(report.pools["premium_voice"].at_capacity_ms > 0);
+    let prepaid = &report.groups["prepaid"];
+    assert!(prepaid.admitted > 0, "credits paid for calls first: {prepaid:?}");
+    assert!(denied(prepaid, "INSUFFICIENT_CREDITS") > 10, "then ran out: {prepaid:?}");
+    assert_eq!(enterprise.denied.get("INSUFFICIENT_CREDITS"), None, "postpaid tenants never do");
+}
