@@ -13,7 +13,8 @@
 //! - every bad input is a 4xx problem naming where: a TOML error by line and field, a JSON
 //!   scenario by its path, a bad seed, a wrong content type, a missing token;
 //! - a scenario past the calls bound or the tenants-and-lines bound is 422 before it runs; a run past the wall-time bound is
-//!   503 with `Retry-After`; unknown ids are 404.
+//!   503 with `Retry-After`; a second run while one runs is 503 `SIMULATIONS_BUSY` at once, and
+//!   the slot frees when the first stops; unknown ids are 404.
 //!
 //! Scenarios are tiny (a few calls on virtual time), so each run takes milliseconds.
 
@@ -294,6 +295,44 @@ traffic = { calls_per_hour = 100 }
     let problem = assert_problem(&response, 503, "SIMULATION_TIMEOUT");
     assert_eq!((problem["wall_time_ms_max"].as_u64(), response.header("retry-after")), (Some(1), Some("1")));
     assert_eq!(get_json(&mut client, "/v1/simulations").await["data"], json!([]));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_run_while_one_runs_is_503_busy_at_once_and_the_slot_frees_after() {
+    let dir = temp_dir();
+    let server = start_in(dir.path(), |config: &mut Config| config.simulations.wall_time_ms_max = 3_000).await;
+    // Hundreds of thousands of calls: it holds the only run slot until its wall-time bound.
+    let heavy = r#"name = "heavy"
+duration = "2h"
+[pools.standard_voice]
+capacity = 500
+[[groups]]
+name = "pro"
+count = 300
+plan = "PRO"
+traffic = { calls_per_hour = 1000 }
+"#;
+    let mut first_client = server.client().await;
+    let first = tokio::spawn(async move { post_toml(&mut first_client, "", heavy).await });
+    let mut client = server.client().await;
+    let mut busy = None;
+    for _ in 0..100 {
+        let response = post_toml(&mut client, "", TWO_BURSTS).await;
+        if response.status == 503 {
+            busy = Some(response);
+            break;
+        }
+        assert_eq!(response.status, 201, "before the heavy run starts, a run may still go: {}", response.text());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let busy = busy.expect("a second run is refused while the first holds the slot");
+    let problem = assert_problem(&busy, 503, "SIMULATIONS_BUSY");
+    assert_eq!((problem["runs_concurrent_max"].as_u64(), busy.header("retry-after")), (Some(1), Some("5")));
+    let first = first.await.expect("the first request");
+    assert_problem(&first, 503, "SIMULATION_TIMEOUT");
+    // The slot is free again once the first run has stopped.
+    simulate(&mut client, "", TWO_BURSTS).await;
     server.stop().await;
 }
 
