@@ -14,7 +14,8 @@
 //!   scenario by its path, a bad seed, a wrong content type, a missing token;
 //! - a scenario past the calls bound or the tenants-and-lines bound is 422 before it runs; a run past the wall-time bound is
 //!   503 with `Retry-After`; a second run while one runs is 503 `SIMULATIONS_BUSY` at once, and
-//!   the slot frees when the first stops; unknown ids are 404.
+//!   the slot frees when the first stops; a run whose client went away is still stored, and a
+//!   shutdown waits for it; unknown ids are 404.
 //!
 //! Scenarios are tiny (a few calls on virtual time), so each run takes milliseconds.
 
@@ -333,6 +334,45 @@ traffic = { calls_per_hour = 1000 }
     assert_problem(&first, 503, "SIMULATION_TIMEOUT");
     // The slot is free again once the first run has stopped.
     simulate(&mut client, "", TWO_BURSTS).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_run_whose_client_went_away_is_stored_before_the_server_stops() {
+    let dir = temp_dir();
+    let server = start_in(dir.path(), |_| {}).await;
+    // About 15,000 calls: seconds of work, so it is still running when the client leaves.
+    let medium = r#"name = "medium"
+duration = "1h"
+[pools.standard_voice]
+capacity = 200
+[[groups]]
+name = "pro"
+count = 50
+plan = "PRO"
+traffic = { calls_per_hour = 300 }
+"#;
+    let mut first_client = server.client().await;
+    let first = tokio::spawn(async move { post_toml(&mut first_client, "", medium).await });
+    // The run holds the slot once a second run is refused.
+    let mut client = server.client().await;
+    let mut running = false;
+    for _ in 0..100 {
+        if post_toml(&mut client, "", TWO_BURSTS).await.status == 503 {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(running, "the medium run took the slot");
+    first.abort();
+    server.stop().await;
+
+    let server = start_in(dir.path(), |_| {}).await;
+    let mut client = server.client().await;
+    let listed = get_json(&mut client, "/v1/simulations").await;
+    let names: Vec<&str> = listed["data"].as_array().expect("a list").iter().filter_map(|s| s["scenario"].as_str()).collect();
+    assert!(names.contains(&"medium"), "the run finished and was stored before the stop: {listed}");
     server.stop().await;
 }
 
