@@ -558,3 +558,67 @@ impl Watcher {
         (stats, self.timeline.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use switchboard_actors::model::{CallRecord, TenantRecord, Voice};
+
+    use super::*;
+
+    fn admitted(id: u64, at_ms: u64) -> Event {
+        let call = CallRecord {
+            id: CallId(id),
+            tenant_id: "t".into(),
+            line_id: None,
+            direction: Direction::Outbound,
+            provider_call_id: None,
+            to: None,
+            from: None,
+            over_limit: false,
+            plan: "PAYG".into(),
+            class: "standard".into(),
+            pool: "standard_voice".into(),
+            voice: Voice::Standard,
+            fallback_reason: None,
+            waited_ms: 0,
+            started_at_ms: at_ms,
+            last_activity_at_ms: at_ms,
+            callback_id: None,
+            campaign: None,
+        };
+        Event::CallAdmitted { call, idempotency: None }
+    }
+
+    fn ended(id: u64, at_ms: u64) -> Event {
+        Event::CallEnded { id: CallId(id), ended_at_ms: at_ms, outcome: "completed".into(), duration_s: 1, characters: 0, cost_cents: 0 }
+    }
+
+    /// A quiet stretch keeps the level from before the next event: a call admitted after a
+    /// silence did not start early, and one that ended after it was live all along.
+    #[test]
+    fn quiet_buckets_keep_the_level_before_the_next_event() {
+        let classes = vec!["standard".to_owned(), "priority".to_owned(), "premium".to_owned()];
+        // 200 s of traffic: 1 s buckets.
+        let mut watcher = Watcher::new(0, PlanTable::default(), classes, vec!["standard_voice".into()], 200_000);
+        let mut seq = 0;
+        let mut observe = |watcher: &mut Watcher, at_ms: u64, event: Event| {
+            seq += 1;
+            watcher.observe(at_ms, seq, &[], &event);
+        };
+        observe(&mut watcher, 0, Event::PoolConfigured { pool: "standard_voice".into(), capacity: 5, reserved: BTreeMap::new() });
+        observe(&mut watcher, 0, Event::TenantCreated(TenantRecord::new("t", "PAYG", None, 0)));
+        observe(&mut watcher, 0, admitted(1, 0));
+        observe(&mut watcher, 10_000, ended(1, 10_000));
+        observe(&mut watcher, 20_000, admitted(2, 20_000));
+        let (pools, timeline) = watcher.finish(25_000);
+        let standard = timeline.series("standard").expect("standard");
+        assert!(standard[..=10].iter().all(|n| *n == 1), "live from 0 s to 10 s: {standard:?}");
+        assert!(standard[11..20].iter().all(|n| *n == 0), "nothing live from 10 s to 20 s: {standard:?}");
+        assert!(standard[20..=25].iter().all(|n| *n == 1), "live again from 20 s: {standard:?}");
+        assert_eq!(timeline.capacity[..=25], [5; 26]);
+        let pool = &pools["standard_voice"];
+        assert_eq!((pool.peak, pool.at_capacity_ms, pool.over_capacity_ms), (1, 0, 0));
+        // 1 call for 15 of the 25 s: a mean over the 200 s traffic period.
+        assert!((pool.mean - 15_000.0 / 200_000.0).abs() < 1e-9, "{}", pool.mean);
+    }
+}
