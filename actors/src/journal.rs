@@ -218,7 +218,9 @@ impl Actor for JournalWriter {
             }
             JournalMsg::Written { result, started } => self.written(state, result, started),
         }
-        if !state.writing && state.failed.is_none() && !state.pending.is_empty() {
+        // A blocking store writes one batch at a time (`writing` until its `Written`); a store
+        // that does not block has written each batch on return, so every pending batch goes now.
+        while !state.writing && state.failed.is_none() && !state.pending.is_empty() {
             self.start_write(&myself, state)?;
         }
         Ok(())
@@ -339,8 +341,10 @@ impl JournalWriter {
                 let _ = myself.cast(JournalMsg::Written { result, started });
             });
         } else {
+            // A store that does not block (memory: tests, simulations) has written the batch
+            // when `write` returns: the replies go now, not after a message to ourselves.
             let result = store.write(batch).map_err(|e| e.to_string());
-            myself.cast(JournalMsg::Written { result, started })?;
+            self.written(state, result, started);
         }
         Ok(())
     }
