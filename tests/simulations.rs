@@ -299,6 +299,23 @@ traffic = { calls_per_hour = 100 }
     server.stop().await;
 }
 
+/// Posts `long` in a task of its own and waits (bounded) until it holds the run slot, which
+/// is when a second run is refused: returns its task, a client, and that refusal.
+async fn start_long_run(server: &TestServer, long: &'static str) -> (tokio::task::JoinHandle<Response>, Client, Response) {
+    let mut first_client = server.client().await;
+    let first = tokio::spawn(async move { post_toml(&mut first_client, "", long).await });
+    let mut client = server.client().await;
+    for _ in 0..100 {
+        let response = post_toml(&mut client, "", TWO_BURSTS).await;
+        if response.status == 503 {
+            return (first, client, response);
+        }
+        assert_eq!(response.status, 201, "before the long run starts, a run may still go: {}", response.text());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the long run never held the slot");
+}
+
 #[tokio::test]
 async fn a_second_run_while_one_runs_is_503_busy_at_once_and_the_slot_frees_after() {
     let dir = temp_dir();
@@ -314,20 +331,7 @@ count = 300
 plan = "PRO"
 traffic = { calls_per_hour = 1000 }
 "#;
-    let mut first_client = server.client().await;
-    let first = tokio::spawn(async move { post_toml(&mut first_client, "", heavy).await });
-    let mut client = server.client().await;
-    let mut busy = None;
-    for _ in 0..100 {
-        let response = post_toml(&mut client, "", TWO_BURSTS).await;
-        if response.status == 503 {
-            busy = Some(response);
-            break;
-        }
-        assert_eq!(response.status, 201, "before the heavy run starts, a run may still go: {}", response.text());
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let busy = busy.expect("a second run is refused while the first holds the slot");
+    let (first, mut client, busy) = start_long_run(&server, heavy).await;
     let problem = assert_problem(&busy, 503, "SIMULATIONS_BUSY");
     assert_eq!((problem["runs_concurrent_max"].as_u64(), busy.header("retry-after")), (Some(1), Some("5")));
     let first = first.await.expect("the first request");
@@ -352,19 +356,7 @@ count = 50
 plan = "PRO"
 traffic = { calls_per_hour = 300 }
 "#;
-    let mut first_client = server.client().await;
-    let first = tokio::spawn(async move { post_toml(&mut first_client, "", medium).await });
-    // The run holds the slot once a second run is refused.
-    let mut client = server.client().await;
-    let mut running = false;
-    for _ in 0..100 {
-        if post_toml(&mut client, "", TWO_BURSTS).await.status == 503 {
-            running = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(running, "the medium run took the slot");
+    let (first, _, _) = start_long_run(&server, medium).await;
     first.abort();
     server.stop().await;
 
