@@ -147,19 +147,13 @@ async fn end_with(client: &mut Client, call: &str, outcome: &str) -> Value {
     response.json()
 }
 
-/// Checks that `entry` is callback `id`, and returns it.
-fn is_callback(entry: Value, id: &str) -> Value {
-    assert_eq!((entry["object"].as_str(), entry["id"].as_str()), (Some("callback"), Some(id)), "{entry}");
-    entry
-}
-
 async fn callback(client: &mut Client, id: &str) -> Value {
-    is_callback(get_json(client, &format!("/v1/callbacks/{id}")).await, id)
+    get_object(client, "callback", id).await
 }
 
 /// Polls an entry (bounded) until `ready` holds; returns it as it was then.
 async fn wait_callback(client: &mut Client, id: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
-    is_callback(poll_json(client, &format!("/v1/callbacks/{id}"), what, ready).await, id)
+    wait_object(client, "callback", id, what, ready).await
 }
 
 async fn wait_status(client: &mut Client, id: &str, status: &str) -> Value {

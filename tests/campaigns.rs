@@ -188,19 +188,13 @@ async fn assert_refused(client: &mut Client, id: &str, action: &str) {
     assert_problem(&response, 409, "CAMPAIGN_WRONG_STATUS");
 }
 
-/// Checks that `campaign` is campaign `id`, and returns it.
-fn is_campaign(campaign: Value, id: &str) -> Value {
-    assert_eq!((campaign["object"].as_str(), campaign["id"].as_str()), (Some("campaign"), Some(id)), "{campaign}");
-    campaign
-}
-
 async fn campaign(client: &mut Client, id: &str) -> Value {
-    is_campaign(get_json(client, &format!("/v1/campaigns/{id}")).await, id)
+    get_object(client, "campaign", id).await
 }
 
 /// Polls a campaign (bounded) until `ready` holds; returns it as it was then.
 async fn wait_campaign(client: &mut Client, id: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
-    is_campaign(poll_json(client, &format!("/v1/campaigns/{id}"), what, ready).await, id)
+    wait_object(client, "campaign", id, what, ready).await
 }
 
 async fn wait_campaign_status(client: &mut Client, id: &str, status: &str) -> Value {

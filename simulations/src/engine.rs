@@ -44,6 +44,16 @@ pub struct Limits {
     pub wall_time_max: Option<Duration>,
 }
 
+impl Limits {
+    /// `WallTimeExceeded` once a run started at `started` has used up its wall time.
+    fn check_wall_time(&self, started: std::time::Instant) -> Result<(), RunError> {
+        match self.wall_time_max {
+            Some(limit) if started.elapsed() > limit => Err(RunError::WallTimeExceeded { limit_s: limit.as_secs() }),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits { calls_max: 5_000_000, wall_time_max: None }
@@ -207,10 +217,6 @@ impl Engine {
 
     /// Boots the actors and creates the tenants and lines (the wall-time bound covers this too).
     async fn boot(scenario: Scenario, seed: u64, limits: Limits, wall_started: std::time::Instant) -> Result<Engine, RunError> {
-        let over_time = |limits: &Limits| match limits.wall_time_max {
-            Some(limit) if wall_started.elapsed() > limit => Err(RunError::WallTimeExceeded { limit_s: limit.as_secs() }),
-            _ => Ok(()),
-        };
         let failed = |what: &'static str| move |e: String| RunError::Failed(format!("{what}: {e}"));
         let settings = Engine::settings(&scenario);
         let clock: Arc<dyn Clock> = TokioClock::new(scenario.start_ms);
@@ -232,7 +238,7 @@ impl Engine {
             let class = class_table.rank(class_table.class_of_plan(&group.plan));
             for n in 0..group.count.0 {
                 if n % 256 == 0 {
-                    over_time(&limits)?;
+                    limits.check_wall_time(wall_started)?;
                 }
                 let id = format!("{}-{n}", group.name);
                 let limit_override = group.limit_override.map(|l| l.0);
@@ -302,10 +308,7 @@ impl Engine {
     }
 
     fn check_wall_time(&self) -> Result<(), RunError> {
-        match self.limits.wall_time_max {
-            Some(limit) if self.wall_started.elapsed() > limit => Err(RunError::WallTimeExceeded { limit_s: limit.as_secs() }),
-            _ => Ok(()),
-        }
+        self.limits.check_wall_time(self.wall_started)
     }
 
     fn at(&self, ms: u64) -> tokio::time::Instant {

@@ -110,6 +110,23 @@ pub async fn poll_json(client: &mut Client, path: &str, what: &str, ready: impl 
     }
 }
 
+/// Checks that `value` is the API object `object` (`"callback"`, `"campaign"`, …) with this
+/// id, and returns it.
+pub fn is_object(value: Value, object: &str, id: &str) -> Value {
+    assert_eq!((value["object"].as_str(), value["id"].as_str()), (Some(object), Some(id)), "{value}");
+    value
+}
+
+/// `GET /v1/{object}s/{id}`, checked to be that object.
+pub async fn get_object(client: &mut Client, object: &str, id: &str) -> Value {
+    is_object(get_json(client, &format!("/v1/{object}s/{id}")).await, object, id)
+}
+
+/// Polls `/v1/{object}s/{id}` (bounded) until `ready` holds; returns it as it was then.
+pub async fn wait_object(client: &mut Client, object: &str, id: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    is_object(poll_json(client, &format!("/v1/{object}s/{id}"), what, ready).await, object, id)
+}
+
 /// Asserts a problem+json response with this status and code; returns its body.
 pub fn assert_problem(response: &Response, status: u16, code: &str) -> Value {
     assert_eq!(response.status, status, "{}", response.text());
