@@ -14,7 +14,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -120,7 +120,7 @@ struct SimTenant {
     lines: Vec<String>,
 }
 
-/// Calls offered so far, the bound's counter, and every outcome, in the order they happen.
+/// Every call's outcome, in the order they happen, by class, group and tenant.
 #[derive(Default)]
 struct Tally {
     classes: Vec<Outcomes>,
@@ -167,7 +167,8 @@ struct Engine {
     tally: Arc<Mutex<Tally>>,
     /// Call tasks still running (admitting, talking, or about to end).
     in_flight: Arc<AtomicUsize>,
-    offered: Arc<AtomicU64>,
+    /// Calls offered so far (the `calls_max` bound's counter).
+    offered: u64,
     loss_share: f64,
     wall_started: std::time::Instant,
 }
@@ -277,7 +278,7 @@ impl Engine {
             tenants: Arc::new(tenants),
             tally: Arc::new(Mutex::new(tally)),
             in_flight: Arc::new(AtomicUsize::new(0)),
-            offered: Arc::new(AtomicU64::new(0)),
+            offered: 0,
             loss_share: 0.0,
             wall_started,
         })
@@ -408,10 +409,10 @@ impl Engine {
     }
 
     /// Starts one call's life in a task of its own: admission, talk (with heartbeats), end.
-    fn spawn(&self, offer: Offer) -> Result<(), RunError> {
-        let offered = self.offered.fetch_add(1, Ordering::SeqCst) + 1;
-        if offered > self.limits.calls_max {
-            return Err(RunError::TooManyCalls { expected: offered, max: self.limits.calls_max });
+    fn spawn(&mut self, offer: Offer) -> Result<(), RunError> {
+        self.offered += 1;
+        if self.offered > self.limits.calls_max {
+            return Err(RunError::TooManyCalls { expected: self.offered, max: self.limits.calls_max });
         }
         let system = Arc::clone(&self.system);
         let tally = Arc::clone(&self.tally);
