@@ -38,7 +38,7 @@ pub enum CallMsg {
         reply: RpcReplyPort<CallCore>,
     },
     Heartbeat {
-        reply: RpcReplyPort<Result<CallRecord, CallError>>,
+        reply: RpcReplyPort<Result<Arc<CallRecord>, CallError>>,
     },
     End {
         end: EndReport,
@@ -71,9 +71,9 @@ pub struct CallActor {
 impl Actor for CallActor {
     type Msg = CallMsg;
     type State = CallCore;
-    type Arguments = CallRecord;
+    type Arguments = Arc<CallRecord>;
 
-    async fn pre_start(&self, _: ActorRef<CallMsg>, record: CallRecord) -> Result<CallCore, ActorProcessingErr> {
+    async fn pre_start(&self, _: ActorRef<CallMsg>, record: Arc<CallRecord>) -> Result<CallCore, ActorProcessingErr> {
         Ok(CallCore::new(record))
     }
 
@@ -135,7 +135,7 @@ impl Actor for CallActor {
 }
 
 impl CallActor {
-    async fn heartbeat(&self, core: &mut CallCore) -> Result<CallRecord, CallError> {
+    async fn heartbeat(&self, core: &mut CallCore) -> Result<Arc<CallRecord>, CallError> {
         if let Some(ended) = &core.ended {
             return Err(CallError::Ended(Box::new(ended.clone())));
         }

@@ -282,7 +282,7 @@ impl Context {
         Ok(())
     }
 
-    pub async fn spawn_call(&self, supervisor: ActorCell, record: CallRecord) -> Result<(), SpawnErr> {
+    pub async fn spawn_call(&self, supervisor: ActorCell, record: Arc<CallRecord>) -> Result<(), SpawnErr> {
         let journal = self.directory.read().journal();
         let actor = CallActor {
             journal,

@@ -5,7 +5,8 @@
 //! short read lock and clone what they need before awaiting anything. Our own ordered maps
 //! replace ractor's named registry, which is process-global and hash-ordered.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ractor::{ActorId, ActorRef};
@@ -41,7 +42,7 @@ pub struct LineSlot {
 pub struct LiveCall {
     pub actor: ActorRef<CallMsg>,
     /// As admitted (heartbeats live in the call actor).
-    pub record: CallRecord,
+    pub record: Arc<CallRecord>,
 }
 
 pub enum CallLookup {
@@ -50,12 +51,18 @@ pub enum CallLookup {
     Unknown,
 }
 
+/// A map for lookups by string id, where a `BTreeMap` pays a string comparison, often a cache
+/// miss, at every step down ten thousand keys. Its hasher has fixed keys, so runs are
+/// repeatable, but its order is the hash's: never iterate it without sorting first
+/// (`Directory::sorted`), so that no order leaks into messages or outputs.
+pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+
 #[derive(Default)]
 pub struct Directory {
     pub journal: Option<ActorRef<JournalMsg>>,
     pub platform: Option<Slot<PlatformMsg>>,
-    pub tenants: BTreeMap<TenantId, Slot<TenantMsg>>,
-    pub lines: BTreeMap<LineId, LineSlot>,
+    pub tenants: IdMap<TenantId, Slot<TenantMsg>>,
+    pub lines: IdMap<LineId, LineSlot>,
     pub callback_queues: BTreeMap<LineId, ActorRef<CallbackQueueMsg>>,
     /// Lines whose queue has something to dispatch (a pending entry or a running campaign),
     /// kept by the queue actors: only these are told a channel freed, and only these get the
@@ -69,6 +76,13 @@ pub struct Directory {
 }
 
 impl Directory {
+    /// `map`'s entries in key order: the only way to iterate an `IdMap`.
+    pub fn sorted<K: Ord, V>(map: &IdMap<K, V>) -> Vec<(&K, &V)> {
+        let mut entries: Vec<(&K, &V)> = map.iter().collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        entries
+    }
+
     pub fn call(&self, id: CallId) -> CallLookup {
         if let Some(live) = self.calls.get(&id) {
             CallLookup::Live(live.actor.clone())
@@ -79,7 +93,7 @@ impl Directory {
         }
     }
 
-    pub fn add_call(&mut self, actor: ActorRef<CallMsg>, record: CallRecord) {
+    pub fn add_call(&mut self, actor: ActorRef<CallMsg>, record: Arc<CallRecord>) {
         self.by_actor.insert(actor.get_id(), Entity::Call(record.id));
         self.calls.insert(record.id, LiveCall { actor, record });
     }

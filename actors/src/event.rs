@@ -3,6 +3,7 @@
 //! Replaying them through `DurableState::apply` rebuilds exactly the live state.
 
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use std::collections::BTreeMap;
 
@@ -93,7 +94,7 @@ pub enum Event {
         enabled: bool,
     },
     CallAdmitted {
-        call: CallRecord,
+        call: Arc<CallRecord>,
         idempotency: Option<IdempotencyStamp>,
     },
     CallHeartbeat {

@@ -101,7 +101,7 @@ pub enum Handover {
     Line(LineRecord, BTreeSet<CallId>),
     /// Every pool, and every live call's pool and class.
     Platform(BTreeMap<String, PoolRecord>, BTreeMap<CallId, (String, String)>),
-    Call(CallRecord),
+    Call(Arc<CallRecord>),
     /// The call's end is durable but its actor died before finishing it: the supervisor
     /// completes the end (moves it to ended calls, frees its slots).
     CallEnded(EndedCall),

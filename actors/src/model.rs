@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -437,7 +438,9 @@ pub struct Campaign {
 /// A call's final record. Ending is idempotent: a duplicate end returns this unchanged.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndedCall {
-    pub call: CallRecord,
+    /// Shared, not copied: a call's record is held by its actor, the directory, the durable
+    /// state and the caller at once. (Serialized exactly as a `CallRecord`.)
+    pub call: Arc<CallRecord>,
     pub ended_at_ms: u64,
     pub outcome: String,
     pub duration_s: u64,
@@ -467,8 +470,8 @@ pub fn month_of_ms(ms: u64) -> u32 {
 
 /// A plain outbound PRO call of tenant `t`, for unit tests.
 #[cfg(test)]
-pub(crate) fn test_call(n: u64, at_ms: u64) -> CallRecord {
-    CallRecord {
+pub(crate) fn test_call(n: u64, at_ms: u64) -> Arc<CallRecord> {
+    Arc::new(CallRecord {
         id: CallId(n),
         tenant_id: "t".into(),
         line_id: None,
@@ -487,7 +490,7 @@ pub(crate) fn test_call(n: u64, at_ms: u64) -> CallRecord {
         last_activity_at_ms: at_ms,
         callback_id: None,
         campaign: None,
-    }
+    })
 }
 
 /// A PRO tenant with no overrides, for unit tests.

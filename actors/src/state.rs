@@ -5,6 +5,7 @@
 //! one from the snapshot plus the log, and the equality test compares it with the live actors.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -130,7 +131,7 @@ pub type TenantUsage = BTreeMap<u32, BTreeMap<String, UsageTotals>>;
 pub struct IdempotencyRecord {
     pub body_hash: u64,
     /// The call as admitted: the replayed response is built from it.
-    pub call: CallRecord,
+    pub call: Arc<CallRecord>,
 }
 
 /// Remembered idempotency keys, oldest first.
@@ -172,7 +173,7 @@ impl IdempotencyTable {
 
     /// Records `stamp`, first forgetting keys that expired by the admission's own time (a pure
     /// function of the log, so the replay evicts exactly what the live table evicted).
-    fn insert(&mut self, stamp: &IdempotencyStamp, call: &CallRecord) {
+    fn insert(&mut self, stamp: &IdempotencyStamp, call: &Arc<CallRecord>) {
         let now_ms = call.started_at_ms;
         while let Some((at, _)) = self.order.front() {
             if !Self::expired(*at, now_ms) {
@@ -215,7 +216,7 @@ pub struct DurableState {
     pub campaigns: BTreeMap<CampaignId, Campaign>,
     /// (tenant, lead phone) → (local day `yyyymmdd`, calls that day).
     pub lead_calls: BTreeMap<(TenantId, String), (u32, u32)>,
-    pub live_calls: BTreeMap<CallId, CallRecord>,
+    pub live_calls: BTreeMap<CallId, Arc<CallRecord>>,
     pub ended_calls: BTreeMap<CallId, EndedCall>,
     pub idempotency: IdempotencyTable,
     /// The next call number to hand out: one past the largest ever admitted. Numbers taken by
@@ -355,6 +356,7 @@ impl DurableState {
             Event::CallAdmitted { call, idempotency } => self.admit(call, idempotency.as_ref()).map_err(contradiction)?,
             Event::CallHeartbeat { id, at_ms } => {
                 let call = self.live_calls.get_mut(id).ok_or_else(|| contradiction(format!("{id} not live")))?;
+                let call = Arc::make_mut(call);
                 call.last_activity_at_ms = call.last_activity_at_ms.max(*at_ms);
             }
             Event::CallEnded { id, ended_at_ms, outcome, duration_s, characters, cost_cents } => {
@@ -376,7 +378,7 @@ impl DurableState {
         Ok(())
     }
 
-    fn admit(&mut self, call: &CallRecord, idempotency: Option<&IdempotencyStamp>) -> Result<(), String> {
+    fn admit(&mut self, call: &Arc<CallRecord>, idempotency: Option<&IdempotencyStamp>) -> Result<(), String> {
         if !self.tenants.contains_key(&call.tenant_id) {
             return Err(format!("no tenant {}", call.tenant_id));
         }
@@ -546,7 +548,7 @@ pub struct StateDigest {
     pub campaigns: BTreeMap<LineId, BTreeMap<CampaignId, Campaign>>,
     pub pools: BTreeMap<String, PoolDigest>,
     pub flags: BTreeMap<String, bool>,
-    pub live_calls: BTreeMap<CallId, CallRecord>,
+    pub live_calls: BTreeMap<CallId, Arc<CallRecord>>,
     pub ended_calls: BTreeMap<CallId, EndedCall>,
 }
 
@@ -571,7 +573,7 @@ mod tests {
         Event::CallEnded { id: CallId(id), ended_at_ms: 0, outcome: "x".into(), duration_s: 0, characters: 0, cost_cents: 0 }
     }
 
-    fn call(n: u64, at_ms: u64) -> CallRecord {
+    fn call(n: u64, at_ms: u64) -> Arc<CallRecord> {
         crate::model::test_call(n, at_ms)
     }
 

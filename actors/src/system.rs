@@ -24,7 +24,7 @@ use crate::core::call::{CallCore, EndReport};
 use crate::core::features::{FeatureDecision, can_use};
 use crate::core::pool::{PoolDenial, PoolView, Request};
 use crate::core::slots::Full;
-use crate::directory::{CallLookup, SharedDirectory};
+use crate::directory::{CallLookup, Directory, SharedDirectory, Slot};
 use crate::event::{Event, IdempotencyStamp, WaitOutcome};
 use crate::journal::{AppendError, Entity, Guard, JournalMsg};
 use crate::model::{
@@ -135,7 +135,7 @@ impl AdmitRequest {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Admitted {
-    pub call: CallRecord,
+    pub call: Arc<CallRecord>,
     /// True when this is a replay of an earlier request with the same idempotency key.
     pub replayed: bool,
 }
@@ -201,7 +201,7 @@ pub enum SystemError {
 /// A live call as the API shows it: either still live, or its final record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CallState {
-    Live(CallRecord),
+    Live(Arc<CallRecord>),
     Ended(EndedCall),
 }
 
@@ -249,6 +249,23 @@ pub struct System {
 enum Attempt {
     Retry,
     Fail(AdmitError),
+}
+
+impl Attempt {
+    fn into_error(self) -> AdmitError {
+        match self {
+            Attempt::Fail(error) => error,
+            Attempt::Retry => AdmitError::Unavailable("actors were being rebuilt; retry".into()),
+        }
+    }
+}
+
+/// The actors an admission asks, as the directory had them when it looked.
+struct References {
+    tenant: Slot<TenantMsg>,
+    line: Option<Slot<LineMsg>>,
+    platform: Slot<PlatformMsg>,
+    journal: ActorRef<JournalMsg>,
 }
 
 /// One admission, across its attempts.
@@ -451,14 +468,23 @@ impl System {
     }
 
     async fn admit_new(&self, request: AdmitRequest, mut caller_gone: oneshot::Receiver<()>) -> Result<Admitted, AdmitError> {
-        self.check_references(&request)?;
+        let mut references = Some(self.references(&request, true).map_err(Attempt::into_error)?);
         let force = request.direction == Direction::Inbound && request.already_connected;
         let id = CallId(self.next_call_number.fetch_add(1, Ordering::SeqCst));
         let started_ms = self.context.clock.now_ms();
         let wait_ms = request.wait_ms.min(self.context.settings.arbitration.wait_ms_max);
         let admission = Admission { id, request: &request, force, started_ms, deadline_ms: started_ms.saturating_add(wait_ms) };
         for _ in 0..ADMISSION_ATTEMPTS_MAX {
-            match self.try_admit(&admission, &mut caller_gone).await {
+            // The first attempt uses the references just checked; a retry looks them up again.
+            let found = match references.take() {
+                Some(found) => Ok(found),
+                None => self.references(&request, false),
+            };
+            let attempt = match found {
+                Ok(found) => self.try_admit(&admission, found, &mut caller_gone).await,
+                Err(retry) => Err(retry),
+            };
+            match attempt {
                 Ok(call) => return Ok(self.admitted(call).await),
                 Err(Attempt::Retry) => tokio::task::yield_now().await,
                 Err(Attempt::Fail(error)) => {
@@ -469,39 +495,43 @@ impl System {
                 }
             }
         }
-        Err(AdmitError::Unavailable("actors were being rebuilt; retry".into()))
+        Err(Attempt::Retry.into_error())
     }
 
-    fn check_references(&self, request: &AdmitRequest) -> Result<(), AdmitError> {
+    /// The tenant's and line's actors, or why the request cannot be admitted. A reference
+    /// missing on a later attempt is an actor being rebuilt (`Retry`); on the first it is the
+    /// request's error.
+    fn references(&self, request: &AdmitRequest, first: bool) -> Result<References, Attempt> {
         let directory = self.context.directory.read();
-        if !directory.tenants.contains_key(&request.tenant_id) {
-            return Err(AdmitError::UnknownTenant(request.tenant_id.clone()));
-        }
-        if let Some(line_id) = &request.line_id {
-            let line = directory.lines.get(line_id).ok_or_else(|| AdmitError::UnknownLine(line_id.clone()))?;
-            if line.tenant_id != request.tenant_id {
-                return Err(AdmitError::LineNotOwned { line: line_id.clone(), owner: line.tenant_id.clone() });
+        let missing = |error: AdmitError| if first { Attempt::Fail(error) } else { Attempt::Retry };
+        let tenant =
+            directory.tenants.get(&request.tenant_id).ok_or_else(|| missing(AdmitError::UnknownTenant(request.tenant_id.clone())))?;
+        let line = match &request.line_id {
+            None => None,
+            Some(line_id) => {
+                let line = directory.lines.get(line_id).ok_or_else(|| missing(AdmitError::UnknownLine(line_id.clone())))?;
+                if line.tenant_id != request.tenant_id {
+                    return Err(Attempt::Fail(AdmitError::LineNotOwned { line: line_id.clone(), owner: line.tenant_id.clone() }));
+                }
+                Some(line.slot.clone())
             }
-        }
+        };
         let live_calls_max = self.context.settings.live_calls_max;
-        if directory.calls.len() >= live_calls_max {
-            return Err(AdmitError::LiveCallsMax(live_calls_max));
+        if first && directory.calls.len() >= live_calls_max {
+            return Err(Attempt::Fail(AdmitError::LiveCallsMax(live_calls_max)));
         }
-        Ok(())
+        Ok(References { tenant: tenant.clone(), line, platform: directory.platform(), journal: directory.journal() })
     }
 
-    async fn try_admit(&self, admission: &Admission<'_>, caller_gone: &mut oneshot::Receiver<()>) -> Result<CallRecord, Attempt> {
+    async fn try_admit(
+        &self,
+        admission: &Admission<'_>,
+        references: References,
+        caller_gone: &mut oneshot::Receiver<()>,
+    ) -> Result<Arc<CallRecord>, Attempt> {
         let request = admission.request;
         let id = admission.id;
-        let (tenant, line, platform, journal) = {
-            let directory = self.context.directory.read();
-            let tenant = directory.tenants.get(&request.tenant_id).cloned();
-            let line = request.line_id.as_ref().and_then(|l| directory.lines.get(l)).map(|l| l.slot.clone());
-            (tenant.ok_or(Attempt::Retry)?, line, directory.platform(), directory.journal())
-        };
-        if request.line_id.is_some() && line.is_none() {
-            return Err(Attempt::Retry);
-        }
+        let References { tenant, line, platform, journal } = references;
         let mut reserved = Reserved::default();
         let outcome =
             self.reserve_all(admission, &tenant.actor, line.as_ref().map(|l| &l.actor), &platform.actor, &mut reserved, caller_gone).await;
@@ -513,7 +543,7 @@ impl System {
             }
         };
         let now_ms = self.context.clock.now_ms();
-        let call = CallRecord {
+        let call = Arc::new(CallRecord {
             id,
             tenant_id: request.tenant_id.clone(),
             line_id: request.line_id.clone(),
@@ -532,7 +562,7 @@ impl System {
             last_activity_at_ms: now_ms,
             callback_id: request.callback_id,
             campaign: request.campaign,
-        };
+        });
         let guard = Guard {
             tenant: Some((request.tenant_id.clone(), tenant.generation)),
             line: line.as_ref().map(|l| (request.line_id.clone().expect("line slot implies line id"), l.generation)),
@@ -561,7 +591,7 @@ impl System {
     /// journal has processed everything before it, our append included; then the durable
     /// state says which way it went. If even that fails the journal is broken: the
     /// reservations stay (a held slot is safe, freeing one whose call is durable is not).
-    async fn settle_unknown(&self, call: CallRecord, reserved: &Reserved) -> Result<CallRecord, Attempt> {
+    async fn settle_unknown(&self, call: Arc<CallRecord>, reserved: &Reserved) -> Result<Arc<CallRecord>, Attempt> {
         let id = call.id;
         if let Err(why) = self.sync().await {
             tracing::error!(call_id = %id, error = %why, "admission outcome unknown; keeping its reservations until restart");
@@ -742,7 +772,7 @@ impl System {
     }
 
     /// The call is durable: give it its actor, count it, and raise the alert if it is over.
-    async fn admitted(&self, call: CallRecord) -> Admitted {
+    async fn admitted(&self, call: Arc<CallRecord>) -> Admitted {
         let telemetry = &self.context.telemetry;
         telemetry.active_calls(&call.plan, 1);
         if call.over_limit {
@@ -822,7 +852,7 @@ impl System {
         }
     }
 
-    pub async fn heartbeat(&self, id: CallId) -> Result<CallRecord, SystemError> {
+    pub async fn heartbeat(&self, id: CallId) -> Result<Arc<CallRecord>, SystemError> {
         let lookup = self.context.directory.read().call(id);
         match lookup {
             CallLookup::Ended(ended) => Err(SystemError::CallEnded(ended)),
@@ -852,7 +882,7 @@ impl System {
 
     /// Live calls in id order, filtered, starting after `after`, at most `limit` (+1 to tell
     /// whether there are more). Records are as admitted (heartbeats are on `get_call`).
-    pub fn list_calls(&self, tenant_id: Option<&str>, line_id: Option<&str>, after: Option<CallId>, limit: usize) -> Vec<CallRecord> {
+    pub fn list_calls(&self, tenant_id: Option<&str>, line_id: Option<&str>, after: Option<CallId>, limit: usize) -> Vec<Arc<CallRecord>> {
         let directory = self.context.directory.read();
         let start = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
         directory
@@ -1082,8 +1112,8 @@ impl System {
     pub async fn live_digest(&self) -> Result<StateDigest, String> {
         let (tenants, lines, calls, ended) = {
             let directory = self.context.directory.read();
-            let tenants: Vec<_> = directory.tenants.values().map(|t| t.actor.clone()).collect();
-            let lines: Vec<_> = directory.lines.values().map(|l| l.slot.actor.clone()).collect();
+            let tenants: Vec<_> = Directory::sorted(&directory.tenants).into_iter().map(|(_, t)| t.actor.clone()).collect();
+            let lines: Vec<_> = Directory::sorted(&directory.lines).into_iter().map(|(_, l)| l.slot.actor.clone()).collect();
             let calls: Vec<_> = directory.calls.values().map(|c| c.actor.clone()).collect();
             (tenants, lines, calls, directory.ended.clone())
         };

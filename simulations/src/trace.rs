@@ -586,7 +586,7 @@ mod tests {
             callback_id: None,
             campaign: None,
         };
-        Event::CallAdmitted { call, idempotency: None }
+        Event::CallAdmitted { call: call.into(), idempotency: None }
     }
 
     fn ended(id: u64, at_ms: u64) -> Event {

@@ -4,6 +4,7 @@
 //! `stale_after_ms` (seed 000 P0: the end webhook got lost). The sweep asks `verdict(now)`.
 
 use crate::model::{CallRecord, EndedCall};
+use std::sync::Arc;
 
 /// The watchdog's limits, from config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,12 +46,12 @@ impl EndReport {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CallCore {
-    pub record: CallRecord,
+    pub record: Arc<CallRecord>,
     pub ended: Option<EndedCall>,
 }
 
 impl CallCore {
-    pub fn new(record: CallRecord) -> Self {
+    pub fn new(record: Arc<CallRecord>) -> Self {
         CallCore { record, ended: None }
     }
 
@@ -81,7 +82,8 @@ impl CallCore {
     }
 
     pub fn heartbeat(&mut self, now_ms: u64) {
-        self.record.last_activity_at_ms = self.record.last_activity_at_ms.max(now_ms);
+        let record = Arc::make_mut(&mut self.record);
+        record.last_activity_at_ms = record.last_activity_at_ms.max(now_ms);
     }
 }
 
