@@ -5,14 +5,14 @@
 //! short read lock and clone what they need before awaiting anything. Our own ordered maps
 //! replace ractor's named registry, which is process-global and hash-ordered.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{BuildHasherDefault, DefaultHasher};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ractor::{ActorId, ActorRef};
 
 use crate::call::CallMsg;
 use crate::callback_queue::CallbackQueueMsg;
+use crate::id_map::IdMap;
 use crate::journal::{Entity, JournalMsg};
 use crate::model::{CallId, CallRecord, EndedCall, LineId, TenantId};
 use crate::phone_line::LineMsg;
@@ -51,12 +51,6 @@ pub enum CallLookup {
     Unknown,
 }
 
-/// A map for lookups by string id, where a `BTreeMap` pays a string comparison, often a cache
-/// miss, at every step down ten thousand keys. Its hasher has fixed keys, so runs are
-/// repeatable, but its order is the hash's: never iterate it without sorting first
-/// (`Directory::sorted`), so that no order leaks into messages or outputs.
-pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
-
 #[derive(Default)]
 pub struct Directory {
     pub journal: Option<ActorRef<JournalMsg>>,
@@ -76,13 +70,6 @@ pub struct Directory {
 }
 
 impl Directory {
-    /// `map`'s entries in key order: the only way to iterate an `IdMap`.
-    pub fn sorted<K: Ord, V>(map: &IdMap<K, V>) -> Vec<(&K, &V)> {
-        let mut entries: Vec<(&K, &V)> = map.iter().collect();
-        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        entries
-    }
-
     pub fn call(&self, id: CallId) -> CallLookup {
         if let Some(live) = self.calls.get(&id) {
             CallLookup::Live(live.actor.clone())

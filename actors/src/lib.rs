@@ -14,7 +14,8 @@
 //! - `system`: the facade the HTTP layer (and later the simulator) drives: the admission path.
 //! - `clock`, `telemetry`: the injected wall clock and the metrics sink.
 //!
-//! Determinism rules (DESIGN.md) hold throughout: ordered maps only, time only from the
+//! Determinism rules (DESIGN.md) hold throughout: ordered maps, or `IdMap`s iterated only in
+//! key order, time only from the
 //! injected clock and tokio time, no ractor registry lookups, no ActorIds in outputs.
 
 pub mod call;
@@ -26,6 +27,7 @@ pub mod core;
 pub mod dialer;
 pub mod directory;
 pub mod event;
+pub mod id_map;
 pub mod journal;
 pub mod model;
 pub mod phone_line;

@@ -24,7 +24,8 @@ use crate::core::call::{CallCore, EndReport};
 use crate::core::features::{FeatureDecision, can_use};
 use crate::core::pool::{PoolDenial, PoolView, Request};
 use crate::core::slots::Full;
-use crate::directory::{CallLookup, Directory, SharedDirectory, Slot};
+use crate::directory::{CallLookup, SharedDirectory, Slot};
+use crate::id_map;
 use crate::event::{Event, IdempotencyStamp, WaitOutcome};
 use crate::journal::{AppendError, Entity, Guard, JournalMsg};
 use crate::model::{
@@ -1112,8 +1113,8 @@ impl System {
     pub async fn live_digest(&self) -> Result<StateDigest, String> {
         let (tenants, lines, calls, ended) = {
             let directory = self.context.directory.read();
-            let tenants: Vec<_> = Directory::sorted(&directory.tenants).into_iter().map(|(_, t)| t.actor.clone()).collect();
-            let lines: Vec<_> = Directory::sorted(&directory.lines).into_iter().map(|(_, l)| l.slot.actor.clone()).collect();
+            let tenants: Vec<_> = id_map::sorted(&directory.tenants).into_iter().map(|(_, t)| t.actor.clone()).collect();
+            let lines: Vec<_> = id_map::sorted(&directory.lines).into_iter().map(|(_, l)| l.slot.actor.clone()).collect();
             let calls: Vec<_> = directory.calls.values().map(|c| c.actor.clone()).collect();
             (tenants, lines, calls, directory.ended.clone())
         };

@@ -15,7 +15,7 @@ use super::{AdmitError, AdmitRequest, CallState, System, SystemError, ask};
 use crate::callback_queue::{Busy, CallbackError, CallbackQueueMsg, Dispatch, Transition, Work};
 use crate::core::call::EndReport;
 use crate::dialer::{DialOutcome, DialRequest, Dialer};
-use crate::directory::Directory;
+use crate::id_map;
 use crate::model::{CallbackEntry, CallbackId, CallbackStatus, Campaign, CampaignId, Direction, MissedReason, OnBusy, mask_phone};
 
 /// Entries handed to the dispatcher and not yet started; past it a queue keeps its entry
@@ -255,7 +255,7 @@ impl System {
             return;
         }
         let directory = self.context.directory.read();
-        for (line_id, _) in Directory::sorted(&directory.lines).into_iter().filter(|(_, l)| l.tenant_id == tenant_id) {
+        for (line_id, _) in id_map::sorted(&directory.lines).into_iter().filter(|(_, l)| l.tenant_id == tenant_id) {
             if let Some(queue) = directory.callback_queues.get(line_id) {
                 let _ = queue.cast(CallbackQueueMsg::CreditsAdded);
             }
