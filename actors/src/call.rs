@@ -99,7 +99,7 @@ impl Actor for CallActor {
                 }
             }
             CallMsg::ProviderRejected { cooldown_ms, reply } => {
-                let result = self.provider_rejected(&myself, core, cooldown_ms).await;
+                let result = Box::pin(self.provider_rejected(&myself, core, cooldown_ms)).await;
                 let unknown = matches!(result, Err(CallError::Journal(AppendError::Unknown)));
                 let _ = reply.send(result);
                 if unknown {

@@ -213,7 +213,9 @@ impl Actor for PlatformActor {
                 let _ = reply.send(denial);
             }
             PlatformMsg::Configure { pool, capacity, reserved, reply } => {
-                let result = self.configure(state, pool, capacity, reserved, now_ms).await;
+                // Rare branches that wait on the journal are boxed: a handler's future is as large as
+                // its largest branch, and ractor moves it whole for every message, the hot ones too.
+                let result = Box::pin(self.configure(state, pool, capacity, reserved, now_ms)).await;
                 let unknown = matches!(result, Err(PoolError::Journal(AppendError::Unknown)));
                 let _ = reply.send(result);
                 if unknown {
@@ -221,7 +223,7 @@ impl Actor for PlatformActor {
                 }
             }
             PlatformMsg::ProviderRejected { pool, call, cooldown_ms, reply } => {
-                let result = self.provider_rejected(state, pool, call, cooldown_ms, now_ms).await;
+                let result = Box::pin(self.provider_rejected(state, pool, call, cooldown_ms, now_ms)).await;
                 let unknown = matches!(result, Err(PoolError::Journal(AppendError::Unknown)));
                 let _ = reply.send(result);
                 if unknown {
@@ -424,9 +426,12 @@ impl PlatformActor {
         let now_ms = self.clock.now_ms();
         for (name, slot) in &state.pools {
             let now = (slot.core.effective_capacity(now_ms), slot.core.active(), slot.core.waiters() as u32);
-            if state.reported.get(name) != Some(&now) {
+            let changed = match state.reported.get_mut(name) {
+                Some(reported) => std::mem::replace(reported, now) != now,
+                None => state.reported.insert(name.clone(), now).is_none(),
+            };
+            if changed {
                 self.telemetry.pool(name, now.0, now.1, now.2);
-                state.reported.insert(name.clone(), now);
             }
         }
     }

@@ -115,13 +115,13 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::CreateTenant { record, reply } => {
-                let _ = reply.send(self.create_tenant(&myself, state, record).await);
+                let _ = reply.send(Box::pin(self.create_tenant(&myself, state, record)).await);
             }
             SupervisorMsg::CreateLine { record, reply } => {
-                let _ = reply.send(self.create_line(&myself, state, record).await);
+                let _ = reply.send(Box::pin(self.create_line(&myself, state, record)).await);
             }
             SupervisorMsg::SetFlag { name, enabled, reply } => {
-                let _ = reply.send(self.set_flag(state, name, enabled).await);
+                let _ = reply.send(Box::pin(self.set_flag(state, name, enabled)).await);
             }
             SupervisorMsg::Sweep => {
                 // Only calls that may be stuck by the directory's (older) record are asked;
@@ -185,7 +185,9 @@ impl Actor for Supervisor {
             return Ok(());
         }
         tracing::warn!(entity = %entity, failure = failure.as_deref().unwrap_or("stopped"), "rebuilding actor from the journal");
-        self.rebuild(&myself, state, entity).await
+        // Boxed: this handler runs for every call actor's start and stop, and its future would
+        // otherwise be as large as a rebuild's, moved whole each time.
+        Box::pin(self.rebuild(&myself, state, entity)).await
     }
 }
 

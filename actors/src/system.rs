@@ -12,8 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ractor::rpc::CallResult;
-use ractor::{Actor, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorRef};
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::call::{CallError, CallMsg};
@@ -25,8 +24,8 @@ use crate::core::features::{FeatureDecision, can_use};
 use crate::core::pool::{PoolDenial, PoolView, Request};
 use crate::core::slots::Full;
 use crate::directory::{CallLookup, SharedDirectory, Slot};
-use crate::id_map;
 use crate::event::{Event, IdempotencyStamp, WaitOutcome};
+use crate::id_map;
 use crate::journal::{AppendError, Entity, Guard, JournalMsg};
 use crate::model::{
     CallId, CallRecord, CallbackId, CampaignId, Direction, EndedCall, LineRecord, OUTCOME_PROVIDER_REJECTED, TenantRecord, Voice,
@@ -39,6 +38,7 @@ use crate::store::Store;
 use crate::supervisor::{CreateError, Supervisor, SupervisorMsg};
 use crate::telemetry::{AdmissionOutcome, Telemetry};
 use crate::tenant::{FeatureQuery, TenantError, TenantMsg, TenantPatch, TenantRefusal, TenantView};
+use crate::{AskError, ask};
 
 mod callbacks;
 mod campaigns;
@@ -296,25 +296,6 @@ fn unanswered(error: AskError) -> Attempt {
     }
 }
 
-/// Why an actor did not answer.
-enum AskError {
-    Gone,
-    Timeout,
-}
-
-async fn ask<M, R, F>(actor: &ActorRef<M>, build: F, timeout: std::time::Duration) -> Result<R, AskError>
-where
-    M: ractor::Message,
-    R: Send + 'static,
-    F: FnOnce(RpcReplyPort<R>) -> M,
-{
-    match actor.call(build, Some(timeout)).await {
-        Ok(CallResult::Success(answer)) => Ok(answer),
-        Ok(CallResult::Timeout) => Err(AskError::Timeout),
-        Ok(CallResult::SenderError) | Err(_) => Err(AskError::Gone),
-    }
-}
-
 /// Slots taken so far by one admission attempt, released if it does not complete.
 #[derive(Default)]
 struct Reserved {
@@ -424,6 +405,14 @@ impl System {
             system.admit_to_completion(request, caller_gone).await
         });
         admission.await.unwrap_or_else(|failed| Err(AdmitError::Unavailable(format!("the admission failed: {failed}"))))
+    }
+
+    /// Admits a call in the caller's own task, under the same bound: for a caller that is
+    /// never dropped midway (the simulator's call tasks), which `admit`'s extra task would only
+    /// protect at the cost of a spawn per call.
+    pub async fn admit_in_task(&self, request: AdmitRequest) -> Result<Admitted, AdmitError> {
+        let _permit = self.admissions.try_acquire().map_err(|_| AdmitError::Overloaded)?;
+        self.admit_internal(request).await
     }
 
     /// The dispatcher's admissions: already in a task of their own, with no caller to lose.

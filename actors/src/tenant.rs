@@ -169,7 +169,9 @@ impl Actor for TenantActor {
                 state.slots.release(call);
             }
             TenantMsg::Credit { amount, reason, at_ms, reply } => {
-                let result = self.credit(state, amount, reason, at_ms).await;
+                // Rare branches that wait on the journal are boxed: a handler's future is as large as
+                // its largest branch, and ractor moves it whole for every message, the hot ones too.
+                let result = Box::pin(self.credit(state, amount, reason, at_ms)).await;
                 let unknown = matches!(result, Err(TenantError::Journal(AppendError::Unknown)));
                 let _ = reply.send(result);
                 if unknown {
@@ -177,7 +179,7 @@ impl Actor for TenantActor {
                 }
             }
             TenantMsg::Update { patch, reply } => {
-                let result = self.update(state, patch).await;
+                let result = Box::pin(self.update(state, patch)).await;
                 let unknown = matches!(result, Err(TenantError::Journal(AppendError::Unknown)));
                 let _ = reply.send(result);
                 if unknown {

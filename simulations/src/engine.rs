@@ -648,7 +648,7 @@ impl Engine {
 async fn call_life(system: &Arc<System>, tally: &Mutex<Tally>, tenant: &SimTenant, offer: Offer) {
     let asked_to_wait = offer.request.wait_ms > 0;
     let connected = offer.request.already_connected;
-    let result = system.admit(offer.request).await;
+    let result = system.admit_in_task(offer.request).await;
     {
         let mut tally = tally.lock().expect("tally lock");
         tally.tenants[offer.tenant].0 += 1;

@@ -305,6 +305,12 @@ impl PoolCore {
             let limit = u32::try_from(self.timing.waiting_per_class_max).unwrap_or(u32::MAX);
             return (Decision::Denied(PoolDenial::QueueFull { waiting: queue_len as u32, limit }), Vec::new());
         }
+        // Nobody waits: the request is first in line, so it is granted exactly when it fits,
+        // which is what the queue below would decide, without its bookkeeping.
+        if self.waiting.is_empty() && self.fits(class, now_ms) {
+            self.held.insert(request.call, class);
+            return (Decision::Granted { over_limit: false }, Vec::new());
+        }
         // A deadline already past when the request arrives (it spent its wait getting here)
         // makes it fail fast, like a deadline of now.
         let waiter = Waiter { call: request.call, enqueued_at_ms: now_ms, deadline_ms: request.deadline_ms.max(now_ms) };
