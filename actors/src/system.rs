@@ -402,7 +402,8 @@ impl System {
         let (_caller_alive, caller_gone) = oneshot::channel::<()>();
         let admission = tokio::spawn(async move {
             let _permit = permit;
-            system.admit_to_completion(request, caller_gone).await
+            // Boxed, so the task's own future is small: spawning copies it whole.
+            Box::pin(system.admit_to_completion(request, caller_gone)).await
         });
         admission.await.unwrap_or_else(|failed| Err(AdmitError::Unavailable(format!("the admission failed: {failed}"))))
     }
@@ -412,7 +413,8 @@ impl System {
     /// protect at the cost of a spawn per call.
     pub async fn admit_in_task(&self, request: AdmitRequest) -> Result<Admitted, AdmitError> {
         let _permit = self.admissions.try_acquire().map_err(|_| AdmitError::Overloaded)?;
-        self.admit_internal(request).await
+        // Boxed, so the caller's future stays small (the saga's is kilobytes).
+        Box::pin(self.admit_internal(request)).await
     }
 
     /// The dispatcher's admissions: already in a task of their own, with no caller to lose.

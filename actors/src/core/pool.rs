@@ -427,6 +427,7 @@ impl PoolCore {
             if !self.fits(class, now_ms) {
                 break;
             }
+            let tenant = tenant.clone();
             let waiter = self.queues[class].pop(&tenant);
             self.waiting.remove(&waiter.call);
             self.deadlines.remove(&(waiter.deadline_ms, waiter.call));
@@ -448,7 +449,7 @@ impl PoolCore {
     }
 
     /// The waiter to serve next: aged ones first (higher class first), else the highest class.
-    fn pick(&self, now_ms: u64) -> Option<(ClassRank, TenantId)> {
+    fn pick(&self, now_ms: u64) -> Option<(ClassRank, &TenantId)> {
         let aging_ms = self.timing.aging_ms;
         let aged = |enqueued_at_ms: u64| now_ms.saturating_sub(enqueued_at_ms) >= aging_ms;
         for class in (0..self.classes()).rev() {
@@ -457,10 +458,10 @@ impl PoolCore {
                 && self.could_ever_fit(class)
                 && let Some(tenant) = queue.next_tenant(|w| aged(w.enqueued_at_ms))
             {
-                return Some((class, tenant.clone()));
+                return Some((class, tenant));
             }
         }
-        (0..self.classes()).rev().find_map(|class| self.queues[class].rotation.front().map(|t| (class, t.clone())))
+        (0..self.classes()).rev().find_map(|class| self.queues[class].rotation.front().map(|t| (class, t)))
     }
 
     pub fn view(&self, now_ms: u64) -> PoolView {
