@@ -89,12 +89,12 @@ fn a_black_friday_degrades_by_priority_and_never_exceeds_the_pool() {
     assert!(admitted_share(enterprise) > admitted_share(pro) && admitted_share(pro) > admitted_share(small));
     let (pool, quiet_pool) = (&report.pools["standard_voice"], &quiet.pools["standard_voice"]);
     assert!(pool.peak <= 5 && pool.over_capacity_ms == 0);
-    assert!(
-        pool.at_capacity_ms > 10 * quiet_pool.at_capacity_ms,
-        "at capacity {} ms vs {} ms",
-        pool.at_capacity_ms,
-        quiet_pool.at_capacity_ms
-    );
+    // Shares of the traffic period, not a ratio of the two: the quiet day's time at capacity
+    // is small and varies several-fold from seed to seed (13-19 % against 0.3-2.4 % over seeds
+    // 1-12).
+    let share = |r: &Report, ms: u64| ms as f64 / r.traffic_ms as f64;
+    let (busy, calm) = (share(&report, pool.at_capacity_ms), share(&quiet, quiet_pool.at_capacity_ms));
+    assert!(busy >= 0.10 && calm <= 0.05, "at capacity {:.1} % of the day vs {:.1} %", busy * 100.0, calm * 100.0);
     assert!(pool.utilization > quiet_pool.utilization);
 }
 
