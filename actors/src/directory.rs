@@ -66,7 +66,8 @@ pub struct Directory {
     /// Recently ended calls, bounded like the durable state's (`ENDED_CALLS_RETAINED_MAX`).
     pub ended: BTreeMap<CallId, EndedCall>,
     /// Which entity each supervised actor is, to respawn the right one when it fails.
-    pub by_actor: BTreeMap<ActorId, Entity>,
+    /// (An `IdMap`: only looked up, and one insert and one removal per call.)
+    pub by_actor: IdMap<ActorId, Entity>,
 }
 
 impl Directory {
