@@ -2,8 +2,9 @@
 //!
 //! The supervisor is its only writer for tenants, lines and the platform (it publishes every
 //! respawned `ActorRef` here); the admission path writes live and ended calls. Readers take a
-//! short read lock and clone what they need before awaiting anything. Our own ordered maps
-//! replace ractor's named registry, which is process-global and hash-ordered.
+//! short read lock and clone what they need before awaiting anything. Our own maps replace
+//! ractor's named registry, which is process-global and hash-ordered: ordered maps where order
+//! is read, `IdMap`s (iterated only in key order) where only lookups are.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};

@@ -468,11 +468,7 @@ impl System {
         let admission = Admission { id, request: &request, force, started_ms, deadline_ms: started_ms.saturating_add(wait_ms) };
         for _ in 0..ADMISSION_ATTEMPTS_MAX {
             // The first attempt uses the references just checked; a retry looks them up again.
-            let found = match references.take() {
-                Some(found) => Ok(found),
-                None => self.references(&request, false),
-            };
-            let attempt = match found {
+            let attempt = match references.take().map_or_else(|| self.references(&request, false), Ok) {
                 Ok(found) => self.try_admit(&admission, found, &mut caller_gone).await,
                 Err(retry) => Err(retry),
             };
