@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::pool::Learned;
 use crate::event::{Event, IdempotencyStamp, WaitOutcome};
+use crate::id_map::IdMap;
 use crate::model::{
     CallId, CallRecord, CallbackEntry, CallbackId, Campaign, CampaignId, CampaignStatus, ContactState, ContactStatus, CreditTx, EndedCall,
     LineId, LineRecord, TenantId, TenantRecord, month_of_ms,
@@ -207,8 +208,12 @@ pub struct DurableState {
     pub pools: BTreeMap<String, PoolRecord>,
     /// Global feature flags (a missing flag is off).
     pub flags: BTreeMap<String, bool>,
-    pub usage: BTreeMap<TenantId, TenantUsage>,
-    pub ledgers: BTreeMap<TenantId, Ledger>,
+    /// Looked up on every end, never iterated: an `IdMap` (serialized in key order).
+    #[serde(serialize_with = "crate::id_map::serialize_sorted")]
+    pub usage: IdMap<TenantId, TenantUsage>,
+    /// Looked up on every end, never iterated in order: an `IdMap` (serialized in key order).
+    #[serde(serialize_with = "crate::id_map::serialize_sorted")]
+    pub ledgers: IdMap<TenantId, Ledger>,
     pub callbacks: BTreeMap<CallbackId, CallbackEntry>,
     /// Closed entries in the order they closed, for the retention bound.
     pub callbacks_closed: VecDeque<CallbackId>,
@@ -389,7 +394,10 @@ impl DurableState {
         }
         let pool = self.pools.get_mut(&call.pool).ok_or_else(|| format!("no pool {}", call.pool))?;
         if call.waited_ms > 0 {
-            pool.waits.entry(call.class.clone()).or_default().granted += 1;
+            match pool.waits.get_mut(&call.class) {
+                Some(waits) => waits.granted += 1,
+                None => pool.waits.entry(call.class.clone()).or_default().granted += 1,
+            }
         }
         self.next_call_number = self.next_call_number.max(call.id.0 + 1);
         self.live_calls.insert(call.id, call.clone());
