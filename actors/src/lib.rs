@@ -86,6 +86,34 @@ where
     }
 }
 
+/// Like [`ask`], but the wait ends at `deadline`, a timer the caller shares between several
+/// questions (an admission asks its tenant, line and platform before one deadline: one timer
+/// registered per admission, not one per question).
+pub(crate) fn ask_before<'d, M, R, F>(
+    actor: &ActorRef<M>,
+    build: F,
+    mut deadline: std::pin::Pin<&'d mut tokio::time::Sleep>,
+) -> impl Future<Output = Result<R, AskError>> + Send + use<'d, M, R, F>
+where
+    M: ractor::Message,
+    R: Send + 'static,
+    F: FnOnce(RpcReplyPort<R>) -> M,
+{
+    let (port, answer) = tokio::sync::oneshot::channel();
+    let patience = deadline.deadline().saturating_duration_since(tokio::time::Instant::now());
+    let sent = actor.cast(build((port, patience).into())).is_ok();
+    async move {
+        if !sent {
+            return Err(AskError::Gone);
+        }
+        tokio::select! {
+            biased;
+            answer = answer => answer.map_err(|_| AskError::Gone),
+            () = deadline.as_mut() => Err(AskError::Timeout),
+        }
+    }
+}
+
 /// Appends one event and waits until it is durable. Returns its sequence number.
 ///
 /// A timeout leaves the outcome unknown (the event may still become durable), so callers must

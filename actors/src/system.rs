@@ -38,7 +38,7 @@ use crate::store::Store;
 use crate::supervisor::{CreateError, Supervisor, SupervisorMsg};
 use crate::telemetry::{AdmissionOutcome, Telemetry};
 use crate::tenant::{FeatureQuery, TenantError, TenantMsg, TenantPatch, TenantRefusal, TenantView};
-use crate::{AskError, ask};
+use crate::{AskError, ask, ask_before};
 
 mod callbacks;
 mod campaigns;
@@ -612,7 +612,10 @@ impl System {
         caller_gone: &mut oneshot::Receiver<()>,
     ) -> Result<Granted, Attempt> {
         let (call, force) = (admission.id, admission.force);
-        let timeout = self.timeout();
+        // One deadline for the actors' answers (tenant, line, and a platform that is not
+        // asked to queue): one timer per admission.
+        let deadline = tokio::time::sleep(self.timeout());
+        tokio::pin!(deadline);
         let arbitration = &self.context.settings.arbitration;
         let feature = (admission.request.voice == Voice::Premium).then(|| FeatureQuery {
             name: arbitration.premium_feature.clone(),
@@ -621,8 +624,9 @@ impl System {
         });
         reserved.tenant = Some(tenant.clone());
         let outbound = admission.request.direction == Direction::Outbound;
-        let tenant_grant =
-            ask(tenant, |reply| TenantMsg::Reserve { call, force, outbound, feature, reply }, timeout).await.map_err(unanswered)?;
+        let tenant_grant = ask_before(tenant, |reply| TenantMsg::Reserve { call, force, outbound, feature, reply }, deadline.as_mut())
+            .await
+            .map_err(unanswered)?;
         let tenant_grant = tenant_grant.map_err(|refusal| match refusal {
             TenantRefusal::Full(full) => self.deny(DenialCode::TenantLimitReached, full),
             TenantRefusal::NoCredits => Attempt::Fail(AdmitError::InsufficientCredits),
@@ -630,14 +634,15 @@ impl System {
         let mut over_limit = tenant_grant.over_limit;
         if let Some(line) = line {
             reserved.line = Some(line.clone());
-            let granted = ask(line, |reply| LineMsg::Reserve { call, force, reply }, timeout).await.map_err(unanswered)?;
+            let granted = ask_before(line, |reply| LineMsg::Reserve { call, force, reply }, deadline.as_mut()).await.map_err(unanswered)?;
             over_limit |= granted.map_err(|full| self.deny(DenialCode::LineBusy, full))?.over_limit;
         }
         let (route, fallback_reason) = self.route(admission.request, tenant_grant.feature)?;
         let class = arbitration.classes.rank(&tenant_grant.class);
         let pool_request = Request { call, tenant: admission.request.tenant_id.clone(), class, force, deadline_ms: admission.deadline_ms };
         reserved.platform = Some(platform.clone());
-        let mut granted = self.reserve_pool(admission, platform, route, pool_request, &tenant_grant.class, caller_gone).await?;
+        let mut granted =
+            self.reserve_pool(admission, platform, route, pool_request, &tenant_grant.class, deadline.as_mut(), caller_gone).await?;
         granted.over_limit |= over_limit;
         granted.fallback_reason = fallback_reason.or(granted.fallback_reason);
         granted.plan = tenant_grant.plan;
@@ -671,7 +676,9 @@ impl System {
 
     /// Asks the platform for a slot and, if the request may wait, waits for it until its
     /// deadline or until its caller goes away, whichever comes first; then it leaves the queue
-    /// and the journal records how the wait ended.
+    /// and the journal records how the wait ended. A request that may not wait gets its answer
+    /// before `deadline` (the admission's); one that may is given its own.
+    #[allow(clippy::too_many_arguments)]
     async fn reserve_pool(
         &self,
         admission: &Admission<'_>,
@@ -679,6 +686,7 @@ impl System {
         route: Route,
         request: Request,
         class: &str,
+        mut deadline: std::pin::Pin<&mut tokio::time::Sleep>,
         caller_gone: &mut oneshot::Receiver<()>,
     ) -> Result<Granted, Attempt> {
         let waiting_pool = route.waiting_pool().to_owned();
@@ -687,14 +695,17 @@ impl System {
         platform.cast(PlatformMsg::Request { route, request, answer }).map_err(|_| Attempt::Retry)?;
         let now_ms = self.context.clock.now_ms();
         let waits = admission.deadline_ms > now_ms;
-        let patience = Duration::from_millis(admission.deadline_ms.saturating_sub(now_ms));
+        if waits {
+            let patience = Duration::from_millis(admission.deadline_ms - now_ms);
+            deadline.as_mut().reset(tokio::time::Instant::now() + patience);
+        }
         let ended = tokio::select! {
             biased;
             answer = &mut answered => match answer {
                 Ok(answer) => return self.pool_answer(admission, answer, class).await,
                 Err(_) => return Err(Attempt::Retry),
             },
-            _ = tokio::time::sleep(if waits { patience } else { self.timeout() }) => {
+            () = deadline.as_mut() => {
                 if waits { WaitOutcome::TimedOut } else {
                     return Err(Attempt::Fail(AdmitError::Unavailable("the platform actor did not answer in time".into())));
                 }
