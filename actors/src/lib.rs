@@ -72,15 +72,10 @@ where
     R: Send + 'static,
     F: FnOnce(RpcReplyPort<R>) -> M,
 {
-    let (port, answer) = tokio::sync::oneshot::channel();
-    let sent = actor.cast(build((port, timeout).into())).is_ok();
+    let answer = question(actor, build, timeout);
     async move {
-        if !sent {
-            return Err(AskError::Gone);
-        }
-        match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(_)) => Err(AskError::Gone),
+        match tokio::time::timeout(timeout, answer?).await {
+            Ok(answer) => answer.map_err(|_| AskError::Gone),
             Err(_) => Err(AskError::Timeout),
         }
     }
@@ -99,19 +94,25 @@ where
     R: Send + 'static,
     F: FnOnce(RpcReplyPort<R>) -> M,
 {
-    let (port, answer) = tokio::sync::oneshot::channel();
     let patience = deadline.deadline().saturating_duration_since(tokio::time::Instant::now());
-    let sent = actor.cast(build((port, patience).into())).is_ok();
+    let answer = question(actor, build, patience);
     async move {
-        if !sent {
-            return Err(AskError::Gone);
-        }
         tokio::select! {
             biased;
-            answer = answer => answer.map_err(|_| AskError::Gone),
+            answer = answer? => answer.map_err(|_| AskError::Gone),
             () = deadline.as_mut() => Err(AskError::Timeout),
         }
     }
+}
+
+/// Sends the question; its answer's receiving end, or `Gone` if the actor is.
+fn question<M, R, F>(actor: &ActorRef<M>, build: F, patience: Duration) -> Result<tokio::sync::oneshot::Receiver<R>, AskError>
+where
+    M: ractor::Message,
+    F: FnOnce(RpcReplyPort<R>) -> M,
+{
+    let (port, answer) = tokio::sync::oneshot::channel();
+    actor.cast(build((port, patience).into())).map(|()| answer).map_err(|_| AskError::Gone)
 }
 
 /// Appends one event and waits until it is durable. Returns its sequence number.
