@@ -1,6 +1,6 @@
 //! Races found in review, kept as regression tests (the production actors, in-memory store):
-//! a client that disconnects mid-admission, and an end that races the rebuild of the actor
-//! holding its slot.
+//! a client that disconnects mid-admission, an end that races the rebuild of the actor holding
+//! its slot, and operators racing to cancel the same callback.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,10 +11,10 @@ use switchboard_actors::clock::ManualClock;
 use switchboard_actors::context::{Arbitration, Settings};
 use switchboard_actors::core::call::EndReport;
 use switchboard_actors::journal::Entity;
-use switchboard_actors::model::TenantRecord;
+use switchboard_actors::model::{CallbackStatus, LineRecord, MissedReason, OnBusy, TenantRecord};
 use switchboard_actors::state::DurableState;
 use switchboard_actors::store::{MemoryStore, Store};
-use switchboard_actors::system::{AdmitRequest, System};
+use switchboard_actors::system::{AdmitRequest, CallbackApiError, System};
 use switchboard_actors::telemetry::NoTelemetry;
 
 async fn start() -> Arc<System> {
@@ -108,5 +108,31 @@ async fn an_end_racing_the_rebuild_of_its_tenant_is_released_in_the_new_actor() 
         let (live, durable) = (live.unwrap(), durable.unwrap());
         assert_eq!(live.tenants["t"].1, durable.tenants["t"].1, "round {round}: the rebuilt tenant holds ended calls");
         assert_eq!(live, durable, "round {round}");
+    }
+}
+
+/// Two operators cancel the same pending callback at once. Both read it pending from the
+/// journal; the first cancel closes it, so the second finds it gone from the line's open queue.
+/// That one must hear that the callback is now cancelled (a 409), never that it does not exist:
+/// the entry is still there, and a 404 would tell a client its id was wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_cancels_of_one_callback_close_it_once_and_the_loser_hears_its_status() {
+    let system = start().await;
+    let line = LineRecord { on_busy: OnBusy::Callback, ..LineRecord::new("line-1", "t", 1, 0) };
+    system.create_line(line).await.unwrap();
+    for round in 0..50u32 {
+        let caller = format!("+1555000{round:04}");
+        let (entry, created) = system.record_missed("line-1", caller, MissedReason::Busy).await.unwrap();
+        assert!(created, "round {round}");
+        let (first, second) = tokio::join!(system.cancel_callback(entry.id), system.cancel_callback(entry.id));
+        let mut results = [first, second];
+        results.sort_by_key(|r| r.is_err());
+        match &results {
+            [Ok(cancelled), Err(CallbackApiError::WrongStatus { status: CallbackStatus::Cancelled, .. })] => {
+                assert_eq!(cancelled.status, CallbackStatus::Cancelled, "round {round}");
+            }
+            other => panic!("round {round}: {other:?}"),
+        }
+        assert_eq!(system.get_callback(entry.id).await.unwrap().status, CallbackStatus::Cancelled, "round {round}");
     }
 }

@@ -316,7 +316,19 @@ impl System {
             return Err(CallbackApiError::WrongStatus { status: entry.status, expected: "pending or on-hold" });
         }
         let from = &[CallbackStatus::Pending, CallbackStatus::OnHold];
-        self.transition_callback(&entry, from, CallbackStatus::Cancelled, None, false, None).await.map_err(CallbackApiError::from)
+        match self.transition_callback(&entry, from, CallbackStatus::Cancelled, None, false, None).await {
+            // Closed between the read and the queue's turn (a concurrent cancel, a dial that
+            // failed): the entry still exists, so the answer is its status now, not a 404.
+            Err(CallbackError::NotFound(_)) => {
+                let now = self.get_callback(id).await.map_err(CallbackApiError::from)?;
+                if now.status.is_open() {
+                    // The queue does not hold an open entry: it is being rebuilt.
+                    return Err(CallbackApiError::Unavailable("the line's callback queue is restarting; retry".into()));
+                }
+                Err(CallbackApiError::WrongStatus { status: now.status, expected: "pending or on-hold" })
+            }
+            result => result.map_err(CallbackApiError::from),
+        }
     }
 
     /// Every line's open callback entries as the queue actors hold them (for the invariants).
