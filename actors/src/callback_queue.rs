@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::clock::Clock;
@@ -29,6 +29,7 @@ use crate::model::{
     CallId, CallbackEntry, CallbackId, CallbackStatus, Campaign, CampaignId, CampaignRecord, CampaignStatus, ContactState, ContactStatus,
     LineId, MissedReason, TenantId, mask_phone,
 };
+use crate::state::DurableState;
 use crate::telemetry::Telemetry;
 
 /// The outcome a callback call must end with to count as `completed`.
@@ -72,6 +73,8 @@ pub enum CallbackError {
     QueueFull { open: usize },
     #[error(transparent)]
     Journal(#[from] AppendError),
+    #[error("the journal did not answer a read in time; retry")]
+    ReadTimedOut,
 }
 
 /// How a transition asked for by the dispatcher or the API applies.
@@ -104,9 +107,10 @@ pub enum CallbackQueueMsg {
         transition: Transition,
         reply: RpcReplyPort<Result<CallbackEntry, CallbackError>>,
     },
-    /// A failed entry, reopened by `POST /v1/callbacks/{id}/retry` (it comes from the journal).
+    /// A failed entry, reopened by `POST /v1/callbacks/{id}/retry` (read from the journal in
+    /// the queue's turn).
     Retry {
-        entry: CallbackEntry,
+        id: CallbackId,
         reply: RpcReplyPort<Result<CallbackEntry, CallbackError>>,
     },
     /// The dispatcher is done with an entry. `progressed`: it left `pending` (the next one may
@@ -255,8 +259,8 @@ impl Actor for CallbackQueueActor {
                 let _ = reply.send(result);
                 unknown
             }
-            CallbackQueueMsg::Retry { entry, reply } => {
-                let result = self.retry(state, entry).await;
+            CallbackQueueMsg::Retry { id, reply } => {
+                let result = self.retry(state, id).await;
                 let unknown = matches!(result, Err(CallbackError::Journal(AppendError::Unknown)));
                 let _ = reply.send(result);
                 unknown
@@ -329,6 +333,19 @@ impl CallbackQueueActor {
         }
     }
 
+    /// Reads the journal's state (which includes every event accepted so far) in its turn.
+    pub(crate) async fn read_journal<R: Send + 'static>(
+        &self,
+        read: impl FnOnce(&DurableState) -> R + Send + 'static,
+    ) -> Result<R, CallbackError> {
+        let (sender, receiver) = oneshot::channel();
+        let inspector: crate::journal::Inspector = Box::new(move |durable| {
+            let _ = sender.send(read(durable));
+        });
+        self.journal.cast(JournalMsg::Inspect(inspector)).map_err(|_| CallbackError::ReadTimedOut)?;
+        tokio::time::timeout(self.journal_timeout, receiver).await.ok().and_then(Result::ok).ok_or(CallbackError::ReadTimedOut)
+    }
+
     async fn append(&self, event: Event) -> Result<(), AppendError> {
         crate::append(&self.journal, event, Guard::default(), self.journal_timeout).await.map(|_| ())
     }
@@ -393,12 +410,15 @@ impl CallbackQueueActor {
         Ok(updated)
     }
 
-    async fn retry(&self, state: &mut CallbackQueueState, entry: CallbackEntry) -> Result<CallbackEntry, CallbackError> {
-        // The entry comes from a read of the journal: if it is open here, that read is stale
-        // (a concurrent retry reopened it) and reopening it again could dial it twice.
-        if let Some(open) = state.queue.get(entry.id) {
-            return Err(CallbackError::WrongStatus { id: entry.id, status: open.status, expected: "failed" });
+    async fn retry(&self, state: &mut CallbackQueueState, id: CallbackId) -> Result<CallbackEntry, CallbackError> {
+        if let Some(open) = state.queue.get(id) {
+            return Err(CallbackError::WrongStatus { id, status: open.status, expected: "failed" });
         }
+        // The caller's copy may be stale: a concurrent retry can have reopened the entry and had
+        // it called back successfully since, and reopening that `completed` entry would call the
+        // caller again. Every change to an entry goes through this actor, so the journal's copy,
+        // read now, is current.
+        let entry = self.read_journal(move |durable| durable.callbacks.get(&id).cloned()).await?.ok_or(CallbackError::NotFound(id))?;
         if entry.status != CallbackStatus::Failed {
             return Err(CallbackError::WrongStatus { id: entry.id, status: entry.status, expected: "failed" });
         }

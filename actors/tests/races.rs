@@ -1,19 +1,26 @@
 //! Races found in review, kept as regression tests (the production actors, in-memory store):
 //! a client that disconnects mid-admission, an end that races the rebuild of the actor holding
-//! its slot, and operators racing to cancel the same callback.
+//! its slot, operators racing to cancel the same callback, and a pause racing a campaign dial.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
+use switchboard_actors::callback_queue::CampaignAction;
 use switchboard_actors::clock::ManualClock;
+use switchboard_actors::codec;
 use switchboard_actors::context::{Arbitration, Settings};
 use switchboard_actors::core::call::EndReport;
+use switchboard_actors::dialer::{DialFuture, DialOutcome, DialRequest, Dialer};
+use switchboard_actors::event::Event;
 use switchboard_actors::journal::Entity;
-use switchboard_actors::model::{CallbackStatus, LineRecord, MissedReason, OnBusy, TenantRecord};
+use switchboard_actors::model::{
+    CallbackStatus, CampaignId, CampaignRecord, CampaignStatus, Contact, ContactStatus, LineRecord, MissedReason, OnBusy, TenantRecord,
+};
 use switchboard_actors::state::DurableState;
-use switchboard_actors::store::{MemoryStore, Store};
+use switchboard_actors::store::{MemoryStore, Store, StoreError, Visit, WriteBatch};
 use switchboard_actors::system::{AdmitRequest, CallbackApiError, System};
 use switchboard_actors::telemetry::NoTelemetry;
 
@@ -135,4 +142,113 @@ async fn racing_cancels_of_one_callback_close_it_once_and_the_loser_hears_its_st
         }
         assert_eq!(system.get_callback(entry.id).await.unwrap().status, CallbackStatus::Cancelled, "round {round}");
     }
+}
+
+/// The in-memory store with a disk's latency, written off the async workers: a dispatch's
+/// admission then takes long enough for a pause to arrive in the middle of it.
+#[derive(Default)]
+struct SlowDisk(MemoryStore);
+
+impl Store for SlowDisk {
+    fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        std::thread::sleep(Duration::from_millis(3));
+        self.0.write(batch)
+    }
+    fn blocks(&self) -> bool {
+        true
+    }
+    fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.0.latest_snapshot()
+    }
+    fn scan_after(&self, seq: u64, visit: &mut Visit<'_>) -> Result<(), StoreError> {
+        self.0.scan_after(seq, visit)
+    }
+}
+
+/// Accepts every dial and counts them.
+#[derive(Default)]
+struct CountingDialer(AtomicU64);
+
+impl Dialer for CountingDialer {
+    fn dial(&self, _: DialRequest) -> DialFuture<'_> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { DialOutcome::Accepted })
+    }
+}
+
+/// An operator pauses a campaign just after starting it, while the dispatcher is admitting its
+/// first contact. Once the pause is journaled no contact may start calling: in journal order,
+/// every `calling` contact belongs to a running campaign. (The contact handed out before the
+/// pause stays pending and its admitted call ends `dispatch_abandoned`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_paused_while_its_contact_is_being_admitted_does_not_dial_it() {
+    const ROUNDS: u32 = 30;
+    let disk = Arc::new(SlowDisk::default());
+    let store: Arc<dyn Store> = disk.clone();
+    let settings = Settings { arbitration: Arc::new(Arbitration::single_pool(1000)), ..Settings::default() };
+    let system =
+        System::start(settings, store, DurableState::new(), ManualClock::new(1_800_000_000_000), Arc::new(NoTelemetry)).await.unwrap();
+    let system = Arc::new(system);
+    system.create_tenant(TenantRecord::new("t", "PRO", Some(1000), 0)).await.unwrap();
+    let dialer = Arc::new(CountingDialer::default());
+    system.start_dispatcher(dialer.clone()).await;
+    for round in 0..ROUNDS {
+        let line = format!("+1555100{round:04}");
+        system.create_line(LineRecord { on_busy: OnBusy::Callback, ..LineRecord::new(line.as_str(), "t", 5, 0) }).await.unwrap();
+        let record = CampaignRecord {
+            id: CampaignId(0),
+            tenant_id: "t".into(),
+            line_id: line.clone(),
+            contacts: vec![Contact { phone: format!("+1555200{round:04}"), name: None, timezone: None }],
+            concurrency: 1,
+            max_calls_per_lead_per_day: 2,
+            window_start_minute: 0,
+            window_end_minute: 24 * 60,
+            created_at_ms: 0,
+        };
+        let id = system.create_campaign(record).await.unwrap().record.id;
+        system.control_campaign(id, CampaignAction::Start).await.unwrap();
+        match system.control_campaign(id, CampaignAction::Pause).await {
+            // The contact was dialled (and the campaign completed) before the pause arrived.
+            Ok(_) | Err(switchboard_actors::system::CampaignApiError::WrongStatus { .. }) => {}
+            Err(error) => panic!("round {round}: {error:?}"),
+        }
+    }
+    // Let the dispatches finish (bounded), then read the journal in order.
+    for _ in 0..400 {
+        if system.callbacks_settled() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(system.callbacks_settled(), "dispatches still running");
+    system.sync().await.unwrap();
+    let mut status = std::collections::BTreeMap::new();
+    let (mut calling, mut refused_by_pause) = (0, 0);
+    disk.0
+        .scan_after(0, &mut |seq, bytes| {
+            match codec::decode::<Event>(bytes).unwrap() {
+                Event::CampaignCreated(record) => {
+                    status.insert(record.id, CampaignStatus::Draft);
+                }
+                Event::CampaignStatusSet { id, status: to, .. } => {
+                    status.insert(id, to);
+                }
+                Event::CampaignContactSet { id, state, .. } if state.status == ContactStatus::Calling => {
+                    assert_eq!(
+                        status[&id],
+                        CampaignStatus::Running,
+                        "event {seq}: a contact of a {:?} campaign started calling",
+                        status[&id]
+                    );
+                    calling += 1;
+                }
+                Event::CallEnded { outcome, .. } if outcome == "dispatch_abandoned" => refused_by_pause += 1,
+                _ => {}
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(dialer.0.load(Ordering::SeqCst), calling, "every dial was journaled calling first");
+    println!("{calling} contacts dialled before their pause, {refused_by_pause} admissions abandoned because of it");
 }

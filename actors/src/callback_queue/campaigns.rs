@@ -3,13 +3,11 @@
 //! settling contacts by their calls' ends. While a campaign runs, missed calls on its line wait
 //! `on-hold`; when it completes, pauses or is cancelled they return to `pending` (seed 002).
 
-use tokio::sync::oneshot;
-
 use super::{CallbackQueueActor, CallbackQueueState, Transition};
 use crate::core::campaign::{Next, finished, held_by_line, next};
 use crate::directory::CallLookup;
 use crate::event::Event;
-use crate::journal::{AppendError, JournalMsg};
+use crate::journal::AppendError;
 use crate::model::{CallId, CallbackStatus, Campaign, CampaignId, CampaignRecord, CampaignStatus, ContactState, ContactStatus};
 
 /// The outcome a campaign call must end with to count as `completed`.
@@ -166,6 +164,11 @@ impl CallbackQueueActor {
         day: Option<u32>,
     ) -> Result<(), CampaignError> {
         let campaign = state.campaigns.get(&id).ok_or(CampaignError::NotFound(id))?;
+        // A contact is handed out while its campaign runs, and admitted before it starts
+        // calling: a pause or cancel that came in between wins, and the contact stays pending.
+        if contact.status == ContactStatus::Calling && campaign.status != CampaignStatus::Running {
+            return Err(CampaignError::WrongStatus { action: "call a contact of", status: campaign.status });
+        }
         let current = campaign.contacts.get(index as usize).ok_or(CampaignError::NotFound(id))?.status;
         if !from.contains(&current) {
             return Err(CampaignError::WrongContact { id, index, status: current });
@@ -311,20 +314,11 @@ impl CallbackQueueActor {
 
     /// The tenant's calls per lead and day, as journaled (across every line's campaigns).
     async fn lead_calls(&self, tenant: &str) -> Vec<(String, u32, u32)> {
-        let (sender, receiver) = oneshot::channel();
         let tenant = tenant.to_owned();
-        let read: crate::journal::Inspector = Box::new(move |durable| {
-            let calls = durable
-                .lead_calls
-                .iter()
-                .filter(|((t, _), _)| *t == tenant)
-                .map(|((_, phone), (day, n))| (phone.clone(), *day, *n))
-                .collect();
-            let _ = sender.send(calls);
-        });
-        if self.journal.cast(JournalMsg::Inspect(read)).is_err() {
-            return Vec::new();
-        }
-        tokio::time::timeout(self.journal_timeout, receiver).await.ok().and_then(Result::ok).unwrap_or_default()
+        self.read_journal(move |durable| {
+            durable.lead_calls.iter().filter(|((t, _), _)| *t == tenant).map(|((_, phone), (day, n))| (phone.clone(), *day, *n)).collect()
+        })
+        .await
+        .unwrap_or_default()
     }
 }

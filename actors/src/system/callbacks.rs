@@ -22,6 +22,9 @@ use crate::model::{CallbackEntry, CallbackId, CallbackStatus, Campaign, Campaign
 /// pending and the backup scan tries again.
 pub const DISPATCH_BACKLOG_MAX: usize = 1_024;
 
+/// Reads and tries a cancel makes when the entry keeps changing under it; past it, 503.
+pub const CANCEL_ATTEMPTS_MAX: usize = 3;
+
 /// Outcomes the dispatcher gives the calls it ends itself.
 pub const OUTCOME_DIAL_FAILED: &str = "dial_failed";
 pub const OUTCOME_UNKNOWN_AFTER_RESTART: &str = "unknown_after_restart";
@@ -303,7 +306,7 @@ impl System {
     pub async fn retry_callback(&self, id: CallbackId) -> Result<CallbackEntry, CallbackApiError> {
         let entry = self.get_callback(id).await.map_err(CallbackApiError::from)?;
         let queue = self.queue(&entry.line_id).map_err(CallbackApiError::from)?;
-        match ask(&queue, |reply| CallbackQueueMsg::Retry { entry, reply }, self.context.settings.journal_timeout).await {
+        match ask(&queue, |reply| CallbackQueueMsg::Retry { id, reply }, self.context.settings.journal_timeout).await {
             Ok(result) => result.map_err(CallbackApiError::from),
             Err(_) => Err(CallbackApiError::Unavailable("the line's callback queue is restarting; retry".into())),
         }
@@ -311,24 +314,21 @@ impl System {
 
     /// `pending` or `on-hold` → `cancelled`.
     pub async fn cancel_callback(&self, id: CallbackId) -> Result<CallbackEntry, CallbackApiError> {
-        let entry = self.get_callback(id).await.map_err(CallbackApiError::from)?;
-        if !matches!(entry.status, CallbackStatus::Pending | CallbackStatus::OnHold) {
-            return Err(CallbackApiError::WrongStatus { status: entry.status, expected: "pending or on-hold" });
-        }
-        let from = &[CallbackStatus::Pending, CallbackStatus::OnHold];
-        match self.transition_callback(&entry, from, CallbackStatus::Cancelled, None, false, None).await {
-            // Closed between the read and the queue's turn (a concurrent cancel, a dial that
-            // failed): the entry still exists, so the answer is its status now, not a 404.
-            Err(CallbackError::NotFound(_)) => {
-                let now = self.get_callback(id).await.map_err(CallbackApiError::from)?;
-                if now.status.is_open() {
-                    // The queue does not hold an open entry: it is being rebuilt.
-                    return Err(CallbackApiError::Unavailable("the line's callback queue is restarting; retry".into()));
-                }
-                Err(CallbackApiError::WrongStatus { status: now.status, expected: "pending or on-hold" })
+        let (from, expected) = (&[CallbackStatus::Pending, CallbackStatus::OnHold], "pending or on-hold");
+        for _ in 0..CANCEL_ATTEMPTS_MAX {
+            let entry = self.get_callback(id).await.map_err(CallbackApiError::from)?;
+            if !from.contains(&entry.status) {
+                return Err(CallbackApiError::WrongStatus { status: entry.status, expected });
             }
-            result => result.map_err(CallbackApiError::from),
+            match self.transition_callback(&entry, from, CallbackStatus::Cancelled, None, false, None).await {
+                // Closed between the read and the queue's turn (a concurrent cancel, a dial that
+                // failed), perhaps reopened since: the entry exists, so read it again and answer
+                // by its status now, never a 404.
+                Err(CallbackError::NotFound(_)) => continue,
+                result => return result.map_err(CallbackApiError::from),
+            }
         }
+        Err(CallbackApiError::Unavailable("the callback kept changing while it was being cancelled; retry".into()))
     }
 
     /// Every line's open callback entries as the queue actors hold them (for the invariants).

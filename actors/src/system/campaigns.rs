@@ -38,6 +38,15 @@ pub fn status_name(status: CampaignStatus) -> &'static str {
     }
 }
 
+impl From<SystemError> for CampaignApiError {
+    fn from(error: SystemError) -> Self {
+        match error {
+            SystemError::NotFound => CampaignApiError::NotFound,
+            other => CampaignApiError::Unavailable(other.to_string()),
+        }
+    }
+}
+
 impl From<CampaignError> for CampaignApiError {
     fn from(error: CampaignError) -> Self {
         match error {
@@ -68,7 +77,7 @@ impl System {
 
     /// start, pause, resume or cancel. Answers the campaign as journaled afterwards.
     pub async fn control_campaign(&self, id: CampaignId, action: CampaignAction) -> Result<Campaign, CampaignApiError> {
-        let campaign = self.get_campaign(id).await.map_err(|_| CampaignApiError::NotFound)?;
+        let campaign = self.get_campaign(id).await.map_err(CampaignApiError::from)?;
         let queue =
             self.context.directory.read().callback_queues.get(&campaign.record.line_id).cloned().ok_or(CampaignApiError::NotFound)?;
         let answer =
@@ -76,7 +85,10 @@ impl System {
         match answer {
             Ok(Ok(_)) => {}
             Ok(Err(CampaignError::NotFound(_))) => {
-                return Err(CampaignApiError::WrongStatus { action: action.as_str(), status: campaign.status });
+                // Closed after our read (completed by its last call, or a concurrent cancel):
+                // the answer names its status now.
+                let now = self.get_campaign(id).await.map_err(CampaignApiError::from)?;
+                return Err(CampaignApiError::WrongStatus { action: action.as_str(), status: now.status });
             }
             Ok(Err(error)) => return Err(error.into()),
             Err(_) => return Err(CampaignApiError::Unavailable("the line's queue is restarting; retry".into())),
