@@ -85,6 +85,8 @@ pub enum AppendError {
     InsufficientBalance { balance: u64 },
     #[error("the lead was called as often today as its campaign allows")]
     DailyCapReached,
+    #[error("at most {} campaigns are kept", crate::state::CAMPAIGNS_MAX)]
+    CampaignsFull,
 }
 
 /// An actor whose own append timed out cannot know its state any more: it answers, then
@@ -280,6 +282,11 @@ impl JournalWriter {
         {
             return Err(AppendError::DailyCapReached);
         }
+        // The bound on kept campaigns, here for the same reason: creates on different lines
+        // run in different queue actors, and only here are they counted one at a time.
+        if matches!(event, Event::CampaignCreated(_)) && state.durable.campaigns.len() >= crate::state::CAMPAIGNS_MAX {
+            return Err(AppendError::CampaignsFull);
+        }
         if let Event::CreditsAdjusted { tenant_id, amount, .. } = event {
             let balance = state.durable.balance(tenant_id);
             if *amount < 0 && amount.unsigned_abs() > balance {
@@ -456,6 +463,38 @@ mod tests {
             usage_alerts: None,
             balances: Default::default(),
         }
+    }
+
+    /// The bound on kept campaigns holds however many lines create at once: the journal counts.
+    #[tokio::test]
+    async fn a_campaign_past_the_bound_is_refused_in_journal_order() {
+        use crate::model::{CampaignId, CampaignRecord, LineRecord};
+        use crate::state::CAMPAIGNS_MAX;
+        let mut durable = DurableState::new();
+        durable.apply(1, &Event::TenantCreated(crate::model::test_tenant("t"))).unwrap();
+        durable.apply(2, &Event::LineCreated(LineRecord::new("+14155550100", "t", 2, 0))).unwrap();
+        let created = |n: usize| {
+            Event::CampaignCreated(CampaignRecord {
+                id: CampaignId(n as u64),
+                tenant_id: "t".into(),
+                line_id: "+14155550100".into(),
+                contacts: Vec::new(),
+                concurrency: 1,
+                max_calls_per_lead_per_day: 1,
+                window_start_minute: 0,
+                window_end_minute: 1440,
+                created_at_ms: 0,
+            })
+        };
+        for n in 1..CAMPAIGNS_MAX {
+            durable.apply(n as u64 + 2, &created(n)).unwrap();
+        }
+        let (journal, _) = Actor::spawn(None, writer(), durable).await.unwrap();
+        let timeout = Duration::from_secs(5);
+        assert!(crate::append(&journal, created(CAMPAIGNS_MAX), Guard::default(), timeout).await.is_ok(), "the last one fits");
+        let refused = crate::append(&journal, created(CAMPAIGNS_MAX + 1), Guard::default(), timeout).await;
+        assert_eq!(refused, Err(AppendError::CampaignsFull));
+        journal.stop(None);
     }
 
     /// The per-lead daily cap is enforced where calls are counted, in order: a second count for

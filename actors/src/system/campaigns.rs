@@ -8,6 +8,7 @@ use super::{AdmitRequest, System, SystemError, ask};
 use crate::callback_queue::{CallbackQueueMsg, CampaignAction, CampaignError, ContactWork, Dispatch};
 use crate::core::call::EndReport;
 use crate::dialer::{DialOutcome, DialRequest, Dialer};
+use crate::journal::AppendError;
 use crate::model::{CallId, Campaign, CampaignId, CampaignRecord, CampaignStatus, ContactState, ContactStatus, mask_phone};
 use crate::state::CAMPAIGNS_MAX;
 use crate::system::callbacks::{OUTCOME_DIAL_FAILED, OUTCOME_DISPATCH_ABANDONED, OUTCOME_UNKNOWN_AFTER_RESTART};
@@ -53,6 +54,7 @@ impl From<CampaignError> for CampaignApiError {
             CampaignError::NotFound(_) => CampaignApiError::NotFound,
             CampaignError::WrongStatus { action, status } => CampaignApiError::WrongStatus { action, status },
             CampaignError::LineBusy(other) => CampaignApiError::LineBusy(other),
+            CampaignError::Journal(AppendError::CampaignsFull) => CampaignApiError::TooMany(CAMPAIGNS_MAX),
             other => CampaignApiError::Unavailable(other.to_string()),
         }
     }
@@ -63,10 +65,6 @@ impl System {
     pub async fn create_campaign(&self, mut record: CampaignRecord) -> Result<Campaign, CampaignApiError> {
         let queue = self.context.directory.read().callback_queues.get(&record.line_id).cloned();
         let queue = queue.ok_or_else(|| CampaignApiError::UnknownLine(record.line_id.clone()))?;
-        let kept = self.inspect(|durable| durable.campaigns.len()).await.map_err(CampaignApiError::Unavailable)?;
-        if kept >= CAMPAIGNS_MAX {
-            return Err(CampaignApiError::TooMany(CAMPAIGNS_MAX));
-        }
         record.id = CampaignId(self.next_campaign_number.fetch_add(1, Ordering::SeqCst));
         record.created_at_ms = self.now_ms();
         match ask(&queue, |reply| CallbackQueueMsg::CreateCampaign { record, reply }, self.context.settings.journal_timeout).await {
