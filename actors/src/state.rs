@@ -203,7 +203,10 @@ pub enum ReplayError {
 pub struct DurableState {
     /// Sequence number of the last applied event (0: none).
     pub last_seq: u64,
-    pub tenants: BTreeMap<TenantId, TenantRecord>,
+    /// Looked up on every admission; iterated only through `id_map::sorted` or into ordered
+    /// collections: an `IdMap` (serialized in key order).
+    #[serde(serialize_with = "crate::id_map::serialize_sorted")]
+    pub tenants: IdMap<TenantId, TenantRecord>,
     pub lines: BTreeMap<LineId, LineRecord>,
     pub pools: BTreeMap<String, PoolRecord>,
     /// Global feature flags (a missing flag is off).

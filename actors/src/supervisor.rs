@@ -230,7 +230,7 @@ impl Supervisor {
         let context = &self.context;
         let cell = myself.get_cell();
         context.spawn_platform(cell.clone(), durable.pools.clone(), durable.pool_held(), 0).await?;
-        for tenant in durable.tenants.values() {
+        for (_, tenant) in crate::id_map::sorted(&durable.tenants) {
             context.spawn_tenant(cell.clone(), tenant.clone(), durable.tenant_active(&tenant.id), 0).await?;
         }
         for line in durable.lines.values() {
