@@ -1008,7 +1008,7 @@ impl System {
             .read_durable(move |durable| {
                 let mut total = 0u64;
                 let mut premium = 0u64;
-                for tenant in durable.tenants.values() {
+                for (_, tenant) in id_map::sorted(&durable.tenants) {
                     let limit = u64::from(plans.effective_limit(&tenant.plan, tenant.concurrent_limit_override));
                     total += limit;
                     let feature = &arbitration.premium_feature;

@@ -1,6 +1,7 @@
 //! Races found in review, kept as regression tests (the production actors, in-memory store):
 //! a client that disconnects mid-admission, an end that races the rebuild of the actor holding
-//! its slot, operators racing to cancel the same callback, and a pause racing a campaign dial.
+//! its slot, operators racing to cancel the same callback, a pause racing a campaign dial, and
+//! campaigns created at once on many lines against the bound on kept campaigns.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -250,5 +251,52 @@ async fn a_campaign_paused_while_its_contact_is_being_admitted_does_not_dial_it(
         })
         .unwrap();
     assert_eq!(dialer.0.load(Ordering::SeqCst), calling, "every dial was journaled calling first");
+    assert!(refused_by_pause > 0, "no pause landed inside an admission: the test did not exercise the race");
     println!("{calling} contacts dialled before their pause, {refused_by_pause} admissions abandoned because of it");
+}
+
+/// Campaigns created at once on many lines (each line's queue actor creates its own) stop at
+/// exactly `CAMPAIGNS_MAX`: the bound is counted where creates are serialized, in the journal,
+/// and every create past it is a `TooMany` (422), never a 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_on_many_lines_stop_exactly_at_the_campaign_bound() {
+    use switchboard_actors::state::CAMPAIGNS_MAX;
+    use switchboard_actors::system::CampaignApiError;
+    const LINES: usize = 8;
+    const EXTRA: usize = 40;
+    let system = start().await;
+    for line in 0..LINES {
+        system.create_line(LineRecord::new(format!("+1555300{line:04}"), "t", 1, 0)).await.unwrap();
+    }
+    let mut creates = Vec::new();
+    for n in 0..CAMPAIGNS_MAX + EXTRA {
+        let system = Arc::clone(&system);
+        creates.push(tokio::spawn(async move {
+            let record = CampaignRecord {
+                id: CampaignId(0),
+                tenant_id: "t".into(),
+                line_id: format!("+1555300{:04}", n % LINES),
+                contacts: Vec::new(),
+                concurrency: 1,
+                max_calls_per_lead_per_day: 1,
+                window_start_minute: 0,
+                window_end_minute: 24 * 60,
+                created_at_ms: 0,
+            };
+            system.create_campaign(record).await
+        }));
+    }
+    let (mut created, mut refused) = (0, 0);
+    for create in creates {
+        match create.await.unwrap() {
+            Ok(_) => created += 1,
+            Err(CampaignApiError::TooMany(max)) => {
+                assert_eq!(max, CAMPAIGNS_MAX);
+                refused += 1;
+            }
+            Err(error) => panic!("a create past the bound must be TooMany: {error:?}"),
+        }
+    }
+    assert_eq!((created, refused), (CAMPAIGNS_MAX, EXTRA));
+    assert_eq!(system.inspect(|d| d.campaigns.len()).await.unwrap(), CAMPAIGNS_MAX);
 }

@@ -306,7 +306,9 @@ impl System {
     pub async fn retry_callback(&self, id: CallbackId) -> Result<CallbackEntry, CallbackApiError> {
         let entry = self.get_callback(id).await.map_err(CallbackApiError::from)?;
         let queue = self.queue(&entry.line_id).map_err(CallbackApiError::from)?;
-        match ask(&queue, |reply| CallbackQueueMsg::Retry { id, reply }, self.context.settings.journal_timeout).await {
+        // The queue's turn reads the journal and appends, each bounded by the journal timeout.
+        let turn = self.context.settings.journal_timeout.saturating_mul(2);
+        match ask(&queue, |reply| CallbackQueueMsg::Retry { id, reply }, turn).await {
             Ok(result) => result.map_err(CallbackApiError::from),
             Err(_) => Err(CallbackApiError::Unavailable("the line's callback queue is restarting; retry".into())),
         }
