@@ -390,6 +390,9 @@ async fn a_running_campaign_dials_at_most_its_concurrency_and_completes_when_eve
     for action in ["start", "pause", "resume", "cancel"] {
         assert_refused(&mut client, &cmp, action).await;
     }
+    // The line's queue no longer holds a completed campaign; it answers by the journaled status.
+    let refused = control(&mut client, &cmp, "pause").await.json();
+    assert_eq!(refused["detail"], "cannot pause a completed campaign", "{refused}");
     assert_live_equals_durable(&server.system).await;
 }
 

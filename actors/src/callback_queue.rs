@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
@@ -333,19 +333,6 @@ impl CallbackQueueActor {
         }
     }
 
-    /// Reads the journal's state (which includes every event accepted so far) in its turn.
-    pub(crate) async fn read_journal<R: Send + 'static>(
-        &self,
-        read: impl FnOnce(&DurableState) -> R + Send + 'static,
-    ) -> Result<R, CallbackError> {
-        let (sender, receiver) = oneshot::channel();
-        let inspector: crate::journal::Inspector = Box::new(move |durable| {
-            let _ = sender.send(read(durable));
-        });
-        self.journal.cast(JournalMsg::Inspect(inspector)).map_err(|_| CallbackError::ReadTimedOut)?;
-        tokio::time::timeout(self.journal_timeout, receiver).await.ok().and_then(Result::ok).ok_or(CallbackError::ReadTimedOut)
-    }
-
     async fn append(&self, event: Event) -> Result<(), AppendError> {
         crate::append(&self.journal, event, Guard::default(), self.journal_timeout).await.map(|_| ())
     }
@@ -383,10 +370,23 @@ impl CallbackQueueActor {
         }
     }
 
+    /// An entry as journaled, read in this actor's turn. Every change to an entry goes through
+    /// this actor, so the copy is current (a caller's earlier read may not be).
+    async fn journaled_entry(&self, id: CallbackId) -> Result<CallbackEntry, CallbackError> {
+        let read = move |durable: &DurableState| durable.callbacks.get(&id).cloned();
+        let entry = crate::read_journal(&self.journal, read, self.journal_timeout).await.map_err(|_| CallbackError::ReadTimedOut)?;
+        entry.ok_or(CallbackError::NotFound(id))
+    }
+
     async fn transition(&self, state: &mut CallbackQueueState, transition: Transition) -> Result<CallbackEntry, CallbackError> {
-        let entry = state.queue.get(transition.id).ok_or(CallbackError::NotFound(transition.id))?;
+        let expected = transition.from.first().map_or("open", |s| s.as_str());
+        let Some(entry) = state.queue.get(transition.id) else {
+            // Not open here: closed since the caller read it (a concurrent cancel, a failed
+            // dial). It exists, so the answer is its status now, never "not found".
+            let closed = self.journaled_entry(transition.id).await?;
+            return Err(CallbackError::WrongStatus { id: closed.id, status: closed.status, expected });
+        };
         if !transition.from.contains(&entry.status) {
-            let expected = transition.from.first().map_or("open", |s| s.as_str());
             return Err(CallbackError::WrongStatus { id: entry.id, status: entry.status, expected });
         }
         let at_ms = self.clock.now_ms();
@@ -414,11 +414,10 @@ impl CallbackQueueActor {
         if let Some(open) = state.queue.get(id) {
             return Err(CallbackError::WrongStatus { id, status: open.status, expected: "failed" });
         }
-        // The caller's copy may be stale: a concurrent retry can have reopened the entry and had
-        // it called back successfully since, and reopening that `completed` entry would call the
-        // caller again. Every change to an entry goes through this actor, so the journal's copy,
-        // read now, is current.
-        let entry = self.read_journal(move |durable| durable.callbacks.get(&id).cloned()).await?.ok_or(CallbackError::NotFound(id))?;
+        // Read here, not taken from the caller: a concurrent retry can have reopened the entry
+        // and had it called back successfully since the caller's read, and reopening that
+        // `completed` entry would call the caller again.
+        let entry = self.journaled_entry(id).await?;
         if entry.status != CallbackStatus::Failed {
             return Err(CallbackError::WrongStatus { id: entry.id, status: entry.status, expected: "failed" });
         }

@@ -115,6 +115,24 @@ where
     actor.cast(build((port, patience).into())).map(|()| answer).map_err(|_| AskError::Gone)
 }
 
+/// Runs `read` against the journal writer's state in its turn (every event accepted so far,
+/// some perhaps not yet durable) and waits at most `timeout` for the result.
+pub(crate) async fn read_journal<R: Send + 'static>(
+    journal: &ActorRef<JournalMsg>,
+    read: impl FnOnce(&state::DurableState) -> R + Send + 'static,
+    timeout: Duration,
+) -> Result<R, AskError> {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let inspector: journal::Inspector = Box::new(move |durable| {
+        let _ = sender.send(read(durable));
+    });
+    journal.cast(JournalMsg::Inspect(inspector)).map_err(|_| AskError::Gone)?;
+    match tokio::time::timeout(timeout, receiver).await {
+        Ok(answer) => answer.map_err(|_| AskError::Gone),
+        Err(_) => Err(AskError::Timeout),
+    }
+}
+
 /// Appends one event and waits until it is durable. Returns its sequence number.
 ///
 /// A timeout leaves the outcome unknown (the event may still become durable), so callers must

@@ -16,7 +16,7 @@ use crate::call::CallMsg;
 use crate::callback_queue::CallbackQueueMsg;
 use crate::context::Context;
 use crate::event::Event;
-use crate::journal::{AppendError, Entity, Guard, Handover, Inspector, JournalMsg, JournalWriter};
+use crate::journal::{AppendError, Entity, Guard, Handover, JournalMsg, JournalWriter};
 use crate::model::CallId;
 use crate::model::{LineRecord, TenantRecord};
 use crate::phone_line::LineMsg;
@@ -25,7 +25,6 @@ use crate::state::DurableState;
 use crate::store::Store;
 use crate::tenant::TenantMsg;
 use std::collections::BTreeSet;
-use tokio::sync::oneshot;
 
 /// Global feature flags at once; past it a new flag is refused.
 pub const GLOBAL_FLAGS_MAX: usize = 256;
@@ -297,12 +296,10 @@ impl Supervisor {
     /// whose release read the directory after the publication reached the new actor anyway:
     /// releasing twice changes nothing.)
     async fn ended_since(&self, state: &SupervisorState, held: BTreeSet<CallId>) -> Result<Vec<CallId>, ActorProcessingErr> {
-        let (sender, receiver) = oneshot::channel();
-        let inspect: Inspector = Box::new(move |durable| {
-            let _ = sender.send(held.into_iter().filter(|id| !durable.live_calls.contains_key(id)).collect());
-        });
-        state.journal.cast(JournalMsg::Inspect(inspect))?;
-        Ok(tokio::time::timeout(self.context.settings.journal_timeout, receiver).await??)
+        let read = move |durable: &DurableState| held.into_iter().filter(|id| !durable.live_calls.contains_key(id)).collect();
+        crate::read_journal(&state.journal, read, self.context.settings.journal_timeout)
+            .await
+            .map_err(|error| format!("reading which handed-over calls ended: {error:?}").into())
     }
 
     async fn create_tenant(

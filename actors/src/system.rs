@@ -1079,15 +1079,10 @@ impl System {
 
     /// Runs `read` against the journal's durable state.
     pub async fn inspect<R: Send + 'static>(&self, read: impl FnOnce(&DurableState) -> R + Send + 'static) -> Result<R, String> {
-        let (sender, receiver) = oneshot::channel();
-        let inspector = Box::new(move |durable: &DurableState| {
-            let _ = sender.send(read(durable));
-        });
-        self.journal().cast(JournalMsg::Inspect(inspector)).map_err(|_| "the journal writer is gone".to_owned())?;
-        tokio::time::timeout(self.timeout(), receiver)
-            .await
-            .map_err(|_| "the journal did not answer in time".to_owned())?
-            .map_err(|_| "the journal writer is gone".to_owned())
+        crate::read_journal(&self.journal(), read, self.timeout()).await.map_err(|error| match error {
+            AskError::Gone => "the journal writer is gone".to_owned(),
+            AskError::Timeout => "the journal did not answer in time".to_owned(),
+        })
     }
 
     /// Like `inspect`, for what is shown to a client: answers only once everything the read saw

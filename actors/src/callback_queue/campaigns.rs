@@ -44,6 +44,8 @@ pub enum CampaignError {
     WrongContact { id: CampaignId, index: u32, status: ContactStatus },
     #[error(transparent)]
     Journal(#[from] AppendError),
+    #[error("the journal did not answer a read in time; retry")]
+    ReadTimedOut,
 }
 
 /// A contact handed to the dispatcher.
@@ -74,7 +76,15 @@ impl CallbackQueueActor {
         id: CampaignId,
         action: CampaignAction,
     ) -> Result<Campaign, CampaignError> {
-        let status = state.campaigns.get(&id).ok_or(CampaignError::NotFound(id))?.status;
+        let Some(status) = state.campaigns.get(&id).map(|c| c.status) else {
+            // Closed since the caller read it (completed by its last call, a concurrent cancel):
+            // the answer is its status as journaled now.
+            let read = move |durable: &crate::state::DurableState| durable.campaigns.get(&id).map(|c| c.status);
+            let journaled =
+                crate::read_journal(&self.journal, read, self.journal_timeout).await.map_err(|_| CampaignError::ReadTimedOut)?;
+            let status = journaled.ok_or(CampaignError::NotFound(id))?;
+            return Err(CampaignError::WrongStatus { action: action.as_str(), status });
+        };
         let wrong = || CampaignError::WrongStatus { action: action.as_str(), status };
         let to = match (action, status) {
             (CampaignAction::Start, CampaignStatus::Draft) => {
@@ -315,10 +325,9 @@ impl CallbackQueueActor {
     /// The tenant's calls per lead and day, as journaled (across every line's campaigns).
     async fn lead_calls(&self, tenant: &str) -> Vec<(String, u32, u32)> {
         let tenant = tenant.to_owned();
-        self.read_journal(move |durable| {
+        let read = move |durable: &crate::state::DurableState| {
             durable.lead_calls.iter().filter(|((t, _), _)| *t == tenant).map(|((_, phone), (day, n))| (phone.clone(), *day, *n)).collect()
-        })
-        .await
-        .unwrap_or_default()
+        };
+        crate::read_journal(&self.journal, read, self.journal_timeout).await.unwrap_or_default()
     }
 }

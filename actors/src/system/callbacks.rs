@@ -22,9 +22,6 @@ use crate::model::{CallbackEntry, CallbackId, CallbackStatus, Campaign, Campaign
 /// pending and the backup scan tries again.
 pub const DISPATCH_BACKLOG_MAX: usize = 1_024;
 
-/// Reads and tries a cancel makes when the entry keeps changing under it; past it, 503.
-pub const CANCEL_ATTEMPTS_MAX: usize = 3;
-
 /// Outcomes the dispatcher gives the calls it ends itself.
 pub const OUTCOME_DIAL_FAILED: &str = "dial_failed";
 pub const OUTCOME_UNKNOWN_AFTER_RESTART: &str = "unknown_after_restart";
@@ -316,21 +313,14 @@ impl System {
 
     /// `pending` or `on-hold` → `cancelled`.
     pub async fn cancel_callback(&self, id: CallbackId) -> Result<CallbackEntry, CallbackApiError> {
-        let (from, expected) = (&[CallbackStatus::Pending, CallbackStatus::OnHold], "pending or on-hold");
-        for _ in 0..CANCEL_ATTEMPTS_MAX {
-            let entry = self.get_callback(id).await.map_err(CallbackApiError::from)?;
-            if !from.contains(&entry.status) {
-                return Err(CallbackApiError::WrongStatus { status: entry.status, expected });
-            }
-            match self.transition_callback(&entry, from, CallbackStatus::Cancelled, None, false, None).await {
-                // Closed between the read and the queue's turn (a concurrent cancel, a dial that
-                // failed), perhaps reopened since: the entry exists, so read it again and answer
-                // by its status now, never a 404.
-                Err(CallbackError::NotFound(_)) => continue,
-                result => return result.map_err(CallbackApiError::from),
-            }
+        let entry = self.get_callback(id).await.map_err(CallbackApiError::from)?;
+        if !matches!(entry.status, CallbackStatus::Pending | CallbackStatus::OnHold) {
+            return Err(CallbackApiError::WrongStatus { status: entry.status, expected: "pending or on-hold" });
         }
-        Err(CallbackApiError::Unavailable("the callback kept changing while it was being cancelled; retry".into()))
+        // The queue decides on the entry as it is in its turn: a cancel that lost a race to
+        // another cancel or a dial hears the status it found there (409).
+        let from = &[CallbackStatus::Pending, CallbackStatus::OnHold];
+        self.transition_callback(&entry, from, CallbackStatus::Cancelled, None, false, None).await.map_err(CallbackApiError::from)
     }
 
     /// Every line's open callback entries as the queue actors hold them (for the invariants).

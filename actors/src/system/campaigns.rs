@@ -82,12 +82,6 @@ impl System {
             ask(&queue, |reply| CallbackQueueMsg::ControlCampaign { id, action, reply }, self.context.settings.journal_timeout).await;
         match answer {
             Ok(Ok(_)) => {}
-            Ok(Err(CampaignError::NotFound(_))) => {
-                // Closed after our read (completed by its last call, or a concurrent cancel):
-                // the answer names its status now.
-                let now = self.get_campaign(id).await.map_err(CampaignApiError::from)?;
-                return Err(CampaignApiError::WrongStatus { action: action.as_str(), status: now.status });
-            }
             Ok(Err(error)) => return Err(error.into()),
             Err(_) => return Err(CampaignApiError::Unavailable("the line's queue is restarting; retry".into())),
         }
