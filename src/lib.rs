@@ -8,6 +8,7 @@
 //! - `metrics`: Prometheus metrics (the actors' `Telemetry`).
 //! - `token`: the admin bearer token.
 //! - `client`, `loadgen`: a tiny HTTP client and the `switchboard loadgen` benchmark driver.
+//! - `wire`: the bare HTTP/1.1 connection of loadgen's load phase.
 //! - `simulate`: the `switchboard simulate` command (the engine is `switchboard-simulations`).
 //!
 //! The domain itself (cores, actors, the admission path) is the `switchboard-actors` crate.
@@ -22,3 +23,4 @@ pub mod metrics;
 pub mod server;
 pub mod simulate;
 pub mod token;
+pub mod wire;

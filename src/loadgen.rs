@@ -17,6 +17,18 @@
 //!    pairs. Worker `w` uses tenant `(w + k*N) % K` for its `k`-th pair.
 //!    Every failed pair (wrong status, bad body, I/O error, timeout) counts
 //!    one error; a worker stops after [`MAX_CONSECUTIVE_ERRORS`] in a row.
+//!
+//!    The load generator shares the CPU with the server it measures (on the
+//!    2-core development machine, a quarter of the machine went to it), so
+//!    the load phase is lean, like `wrk`: each worker owns a plain TCP
+//!    connection ([`WireConn`]) that it writes and reads itself, with no
+//!    connection-driver task (one task wake-up per request, not two). A
+//!    request is assembled in a reusable buffer and written at once; the
+//!    response is read into a reusable buffer and framed by its
+//!    `content-length`; the admit response is deserialised into just its
+//!    `call_id`, borrowed from that buffer. No JSON tree is built for either
+//!    request or response. The setup phase keeps the general
+//!    [`Client`].
 //! 3. **Report** – latencies are kept in fixed-size per-worker
 //!    [`Histogram`]s (no per-sample storage) that are merged at the end.
 //!    `p50_ms`/`p99_ms`/`max_ms` are per HTTP request (admit and end are one
@@ -27,6 +39,7 @@
 //! ([`run_and_print`] / [`report_json`]); setup progress and the first few
 //! errors go to stderr.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,10 +49,12 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_json::json;
 
 use crate::client::{Client, Response, parse_http_url};
+use crate::wire::{self, WireConn};
 
 /// Upper bound for `--connections`. Each connection is one TCP socket, one
-/// tokio task and two histograms (~20 KiB each); past ~1k a single load
-/// generator process is the bottleneck and file-descriptor limits bite.
+/// tokio task, two histograms (~20 KiB each) and a 4 KiB response buffer;
+/// past ~1k a single load generator process is the bottleneck and
+/// file-descriptor limits bite.
 pub const CONNECTIONS_MAX: usize = 1024;
 /// Upper bound for `--duration` in seconds (one hour); longer soaks should
 /// be separate runs so a typo can't tie up a server for days.
@@ -144,30 +159,17 @@ pub async fn run(args: LoadgenArgs) -> Result<Report> {
 
     let run_id = run_id();
     let tenants: Arc<[String]> = (0..args.tenants).map(|i| format!("lg-{run_id}-{i}")).collect();
+    // The load phase writes them into JSON bodies verbatim.
+    assert!(tenants.iter().all(|t| is_plain_id(t)), "tenant ids need no JSON escaping");
     eprintln!("loadgen: creating {} tenants (lg-{run_id}-*) over {n} connections", tenants.len());
     let mut clients = create_tenants(clients, &tenants).await?;
     ensure_capacity(&mut clients[0], (n as u64) * 2).await?;
+    // The load phase opens its own connections.
+    drop(clients);
 
     eprintln!("loadgen: running {n} connections for {}s against {addr}", args.duration_s);
-    let logged = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(args.duration_s);
-    let handles: Vec<_> = clients
-        .into_iter()
-        .enumerate()
-        .map(|(w, client)| {
-            let worker =
-                Worker { index: w, connections: n, addr, token: token.clone(), tenants: tenants.clone(), deadline, logged: logged.clone() };
-            tokio::spawn(worker.run(client))
-        })
-        .collect();
-
-    let mut total = WorkerStats::new();
-    for h in handles {
-        let stats = h.await.context("load worker panicked")?;
-        total.merge(&stats);
-    }
-    let elapsed = start.elapsed().as_secs_f64();
+    let (total, elapsed) = load(addr, &args.token, n, tenants, Duration::from_secs(args.duration_s)).await?;
+    let elapsed = elapsed.as_secs_f64();
     let report = Report {
         pairs_per_s: round_to(total.pairs as f64 / elapsed, 2),
         p50_ms: round_to(total.requests.percentile_ms(0.50), 3),
@@ -181,6 +183,38 @@ pub async fn run(args: LoadgenArgs) -> Result<Report> {
     };
     eprintln!("loadgen: done: {} pairs, {} errors in {:.3}s", report.pairs, report.errors, elapsed);
     Ok(report)
+}
+
+/// The load phase: `connections` workers, each on its own [`WireConn`],
+/// doing admit+end pairs on `tenants` (which must exist and need no JSON
+/// escaping) for `duration`. Returns the merged counters and the measured
+/// time (the deadline plus the completion of the pairs in flight).
+async fn load(
+    addr: SocketAddr,
+    token: &str,
+    connections: usize,
+    tenants: Arc<[String]>,
+    duration: Duration,
+) -> Result<(WorkerStats, Duration)> {
+    let conns = (0..connections).map(|_| WireConn::new(addr, token)).collect::<std::io::Result<Vec<_>>>().context("--token")?;
+    let logged = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + duration;
+    let handles: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(w, conn)| {
+            let worker = Worker { index: w, connections, tenants: tenants.clone(), deadline, logged: logged.clone() };
+            tokio::spawn(worker.run(conn))
+        })
+        .collect();
+
+    let mut total = WorkerStats::new();
+    for h in handles {
+        let stats = h.await.context("load worker panicked")?;
+        total.merge(&stats);
+    }
+    Ok((total, start.elapsed()))
 }
 
 fn round_to(v: f64, decimals: i32) -> f64 {
@@ -334,40 +368,39 @@ enum PairError {
 struct Worker {
     index: usize,
     connections: usize,
-    addr: SocketAddr,
-    token: Option<String>,
     tenants: Arc<[String]>,
     deadline: Instant,
     logged: Arc<AtomicU64>,
 }
 
 impl Worker {
-    async fn run(self, client: Client) -> WorkerStats {
+    async fn run(self, mut conn: WireConn) -> WorkerStats {
         let mut stats = WorkerStats::new();
-        let mut client = Some(client);
+        let mut admit_body = Vec::with_capacity(128);
         let mut consecutive: u32 = 0;
         let k_count = self.tenants.len();
         // `k` is kept modulo K: (w + k*N) % K == (w + (k % K)*N) % K.
         let mut k: usize = 0;
 
         while Instant::now() < self.deadline {
-            let c = match client.as_mut() {
-                Some(c) => c,
-                None => match connect_with_timeout(self.addr, self.token.clone()).await {
-                    Ok(c) => client.insert(c),
-                    Err(e) => {
-                        if self.error(&mut stats, &mut consecutive, format!("{e:#}")) {
-                            break;
-                        }
-                        tokio::time::sleep(RECONNECT_BACKOFF).await;
-                        continue;
+            if !conn.is_connected() {
+                let failure = match tokio::time::timeout(REQUEST_TIMEOUT, conn.connect()).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(format!("connecting to {}: {e}", conn.addr())),
+                    Err(_) => Some(format!("connecting to {} timed out after {REQUEST_TIMEOUT:?}", conn.addr())),
+                };
+                if let Some(msg) = failure {
+                    if self.error(&mut stats, &mut consecutive, msg) {
+                        break;
                     }
-                },
-            };
+                    tokio::time::sleep(RECONNECT_BACKOFF).await;
+                    continue;
+                }
+            }
             let tenant = &self.tenants[(self.index + k * self.connections) % k_count];
             k = (k + 1) % k_count;
 
-            match one_pair(c, tenant, &mut stats).await {
+            match one_pair(&mut conn, tenant, &mut admit_body, &mut stats).await {
                 Ok(()) => {
                     stats.pairs += 1;
                     consecutive = 0;
@@ -378,7 +411,7 @@ impl Worker {
                     }
                 }
                 Err(PairError::Io(msg)) => {
-                    client = None;
+                    conn.disconnect();
                     if self.error(&mut stats, &mut consecutive, msg) {
                         break;
                     }
@@ -404,31 +437,58 @@ impl Worker {
 }
 
 /// One timed POST; records the latency of every request that got a response.
-async fn timed_post(c: &mut Client, hist: &mut Histogram, path: &str, body: &serde_json::Value) -> Result<Response, PairError> {
+async fn timed_post<'c>(c: &'c mut WireConn, hist: &mut Histogram, path: &str, body: &[u8]) -> Result<wire::Response<'c>, PairError> {
     let t0 = Instant::now();
     match tokio::time::timeout(REQUEST_TIMEOUT, c.post(path, body)).await {
         Ok(Ok(r)) => {
             hist.record(t0.elapsed());
             Ok(r)
         }
-        Ok(Err(e)) => Err(PairError::Io(format!("POST {path}: {e:#}"))),
+        Ok(Err(e)) => Err(PairError::Io(format!("POST {path}: {e}"))),
         Err(_) => Err(PairError::Io(format!("POST {path}: timed out after {REQUEST_TIMEOUT:?}"))),
     }
 }
 
-async fn one_pair(c: &mut Client, tenant: &str, stats: &mut WorkerStats) -> Result<(), PairError> {
+/// The only field of the admit response the load phase reads; the others
+/// are skipped. Borrowed from the response buffer unless it has escapes.
+#[derive(serde::Deserialize)]
+struct Admitted<'a> {
+    #[serde(borrow)]
+    call_id: Cow<'a, str>,
+}
+
+/// Whether `s` can be written into a JSON string (or a URL path) verbatim:
+/// loadgen's own tenant ids (`lg-<base36>-<i>`) always can.
+fn is_plain_id(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// The admit request body for `tenant`, written into `out`.
+fn write_admit_body(out: &mut Vec<u8>, tenant: &str) {
+    debug_assert!(is_plain_id(tenant), "{tenant:?} would need JSON escaping");
+    out.clear();
+    out.extend_from_slice(br#"{"tenant_id":""#);
+    out.extend_from_slice(tenant.as_bytes());
+    out.extend_from_slice(br#"","direction":"outbound"}"#);
+}
+
+async fn one_pair(c: &mut WireConn, tenant: &str, admit_body: &mut Vec<u8>, stats: &mut WorkerStats) -> Result<(), PairError> {
     let t0 = Instant::now();
-    let admit = json!({ "tenant_id": tenant, "direction": "outbound" });
-    let r = timed_post(c, &mut stats.requests, "/v1/calls", &admit).await?;
+    write_admit_body(admit_body, tenant);
+    let r = timed_post(c, &mut stats.requests, "/v1/calls", admit_body).await?;
     if r.status != 201 {
-        return Err(PairError::Response(format!("POST /v1/calls returned {} (expected 201): {}", r.status, r.text())));
+        return Err(PairError::Response(format!(
+            "POST /v1/calls returned {} (expected 201): {}",
+            r.status,
+            String::from_utf8_lossy(r.body)
+        )));
     }
-    let body = r.json();
-    let call_id = body["call_id"].as_str().ok_or_else(|| PairError::Response(format!("POST /v1/calls: no \"call_id\" in {}", r.text())))?;
-    let path = format!("/v1/calls/{}/end", encode_path_segment(call_id));
-    let r = timed_post(c, &mut stats.requests, &path, &json!({})).await?;
+    let admitted: Admitted<'_> = serde_json::from_slice(r.body)
+        .map_err(|e| PairError::Response(format!("POST /v1/calls: no \"call_id\" in {} ({e})", String::from_utf8_lossy(r.body))))?;
+    let path = format!("/v1/calls/{}/end", encode_path_segment(&admitted.call_id));
+    let r = timed_post(c, &mut stats.requests, &path, b"{}").await?;
     if r.status != 200 {
-        return Err(PairError::Response(format!("POST {path} returned {} (expected 200): {}", r.status, r.text())));
+        return Err(PairError::Response(format!("POST {path} returned {} (expected 200): {}", r.status, String::from_utf8_lossy(r.body))));
     }
     stats.pair_latency.record(t0.elapsed());
     Ok(())
@@ -715,6 +775,8 @@ mod tests {
             pub next_call: u64,
             pub capacity: u64,
             pub ended: u64,
+            /// When set, `end` still ends the call but answers this status.
+            pub end_status: Option<StatusCode>,
         }
 
         pub type Shared = Arc<Mutex<Inner>>;
@@ -781,12 +843,17 @@ mod tests {
                 return Err((StatusCode::NOT_FOUND, Json(json!({}))));
             }
             s.ended += 1;
-            Ok((StatusCode::OK, Json(json!({"call_id": id}))))
+            Ok((s.end_status.unwrap_or(StatusCode::OK), Json(json!({"call_id": id}))))
         }
 
         /// Starts the fake server on 127.0.0.1:0 with platform capacity 1.
         pub async fn start() -> (String, Shared) {
-            let state: Shared = Arc::new(Mutex::new(Inner { capacity: 1, ..Inner::default() }));
+            start_with(Inner { capacity: 1, ..Inner::default() }).await
+        }
+
+        /// Starts the fake server on 127.0.0.1:0 with this state.
+        pub async fn start_with(inner: Inner) -> (String, Shared) {
+            let state: Shared = Arc::new(Mutex::new(inner));
             let app = Router::new()
                 .route("/v1/tenants", post(create_tenant))
                 .route("/v1/platform", get(get_platform).patch(patch_platform))
@@ -825,5 +892,77 @@ mod tests {
         let msg = format!("{err:#}");
         assert!(msg.contains("401"), "{msg}");
         assert_eq!(state.lock().unwrap().tenants.len(), 3, "nothing created");
+    }
+
+    /// A fake server that already has `tenants` (and capacity for the
+    /// load), for running the load phase alone.
+    async fn fake_with_tenants(tenants: &[&str], end_status: Option<axum::http::StatusCode>) -> (SocketAddr, fake::Shared, Arc<[String]>) {
+        let inner =
+            fake::Inner { tenants: tenants.iter().map(|t| t.to_string()).collect(), capacity: 100, end_status, ..fake::Inner::default() };
+        let (url, state) = fake::start_with(inner).await;
+        (parse_http_url(&url).unwrap(), state, tenants.iter().map(|t| t.to_string()).collect())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lean_load_phase_runs_pairs_without_errors() {
+        let (addr, state, tenants) = fake_with_tenants(&["lg-t-0", "lg-t-1", "lg-t-2"], None).await;
+        let (stats, elapsed) = load(addr, fake::TOKEN, 2, tenants, Duration::from_secs(1)).await.unwrap();
+        assert!(stats.pairs > 0, "no pairs");
+        assert_eq!(stats.errors, 0);
+        assert!(elapsed >= Duration::from_secs(1));
+        assert_eq!(stats.requests.count(), 2 * stats.pairs, "admit and end are one sample each");
+        assert_eq!(stats.pair_latency.count(), stats.pairs);
+        let s = state.lock().unwrap();
+        assert_eq!(s.ended, stats.pairs, "every pair ended its call");
+        assert!(s.calls.is_empty(), "every admitted call was ended");
+        assert_eq!(s.next_call, stats.pairs, "every admit was one pair");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lean_load_phase_counts_a_wrong_end_status_as_an_error() {
+        let (addr, state, tenants) = fake_with_tenants(&["lg-t-0"], Some(axum::http::StatusCode::ACCEPTED)).await;
+        let (stats, _) = load(addr, fake::TOKEN, 2, tenants, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(stats.pairs, 0);
+        assert!(stats.errors > 0, "no errors counted");
+        assert!(stats.errors <= 2 * u64::from(MAX_CONSECUTIVE_ERRORS), "workers stop after MAX_CONSECUTIVE_ERRORS");
+        assert_eq!(stats.pair_latency.count(), 0);
+        // The connection stays up after a wrong status: both requests of every failed pair
+        // got a response and were timed.
+        assert_eq!(stats.requests.count(), 2 * stats.errors);
+        let s = state.lock().unwrap();
+        assert_eq!(s.ended, stats.errors, "one error per end answered 202");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lean_load_phase_counts_refused_connections_and_rejects_bad_tokens() {
+        // A port nobody listens on: every connect fails, each one error, paced by the backoff.
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let tenants: Arc<[String]> = vec!["lg-t-0".to_owned()].into();
+        let (stats, _) = load(addr, "t", 1, tenants.clone(), Duration::from_millis(300)).await.unwrap();
+        assert_eq!(stats.pairs, 0);
+        assert!(stats.errors > 0);
+        assert!(stats.errors <= 300 / RECONNECT_BACKOFF.as_millis() as u64 + 1, "{} errors: not paced", stats.errors);
+
+        let err = load(addr, "a\nb", 1, tenants, Duration::from_millis(1)).await.err().expect("a bad token is refused");
+        assert!(format!("{err:#}").contains("--token"), "{err:#}");
+    }
+
+    #[test]
+    fn admit_body_and_admitted() {
+        let mut body = b"stale".to_vec();
+        write_admit_body(&mut body, "lg-abc-7");
+        let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(j, serde_json::json!({"tenant_id": "lg-abc-7", "direction": "outbound"}));
+        assert!(is_plain_id("lg-0-1") && !is_plain_id("a\"b") && !is_plain_id("a b") && !is_plain_id(""));
+
+        let a: Admitted<'_> = serde_json::from_slice(br#"{"object":"call","call_id":"c-1","nested":{"x":[1,2]}}"#).unwrap();
+        assert!(matches!(a.call_id, Cow::Borrowed("c-1")));
+        let a: Admitted<'_> = serde_json::from_slice(br#"{"call_id":"c\/2"}"#).unwrap();
+        assert_eq!(a.call_id, "c/2");
+        assert!(serde_json::from_slice::<Admitted<'_>>(br#"{"id":"c-1"}"#).is_err());
+        assert!(serde_json::from_slice::<Admitted<'_>>(br#"{"call_id":7}"#).is_err());
     }
 }
