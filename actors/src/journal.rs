@@ -173,6 +173,8 @@ pub struct JournalState {
     events_since_snapshot: u64,
     last_durable_seq: u64,
     failed: Option<String>,
+    /// For a blocking store: the journal's own I/O thread, which writes one batch at a time.
+    io: Option<std::sync::mpsc::SyncSender<(WriteBatch, Instant)>>,
 }
 
 impl Actor for JournalWriter {
@@ -180,8 +182,10 @@ impl Actor for JournalWriter {
     type State = JournalState;
     type Arguments = DurableState;
 
-    async fn pre_start(&self, _: ActorRef<JournalMsg>, durable: DurableState) -> Result<JournalState, ActorProcessingErr> {
+    async fn pre_start(&self, myself: ActorRef<JournalMsg>, durable: DurableState) -> Result<JournalState, ActorProcessingErr> {
+        let io = if self.store.blocks() { Some(spawn_io_thread(Arc::clone(&self.store), myself)?) } else { None };
         Ok(JournalState {
+            io,
             last_durable_seq: durable.last_seq,
             durable,
             generations: BTreeMap::new(),
@@ -195,7 +199,7 @@ impl Actor for JournalWriter {
         })
     }
 
-    async fn handle(&self, myself: ActorRef<JournalMsg>, msg: JournalMsg, state: &mut JournalState) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, _: ActorRef<JournalMsg>, msg: JournalMsg, state: &mut JournalState) -> Result<(), ActorProcessingErr> {
         match msg {
             JournalMsg::Append { event, guard, reply } => match self.accept(state, &event, &guard) {
                 Ok(bytes) => state.pending.push((state.durable.last_seq, bytes, reply)),
@@ -223,7 +227,7 @@ impl Actor for JournalWriter {
         // A blocking store writes one batch at a time (`writing` until its `Written`); a store
         // that does not block has written each batch on return, so every pending batch goes now.
         while !state.writing && state.failed.is_none() && !state.pending.is_empty() {
-            self.start_write(&myself, state)?;
+            self.start_write(state)?;
         }
         Ok(())
     }
@@ -322,7 +326,7 @@ impl JournalWriter {
         Ok(bytes)
     }
 
-    fn start_write(&self, myself: &ActorRef<JournalMsg>, state: &mut JournalState) -> Result<(), ActorProcessingErr> {
+    fn start_write(&self, state: &mut JournalState) -> Result<(), ActorProcessingErr> {
         let take = state.pending.len().min(JOURNAL_BATCH_EVENTS_MAX);
         let mut batch = WriteBatch { events: Vec::with_capacity(take), snapshot: None };
         for (seq, bytes, reply) in state.pending.drain(..take) {
@@ -337,21 +341,19 @@ impl JournalWriter {
             state.events_since_snapshot = 0;
         }
         state.writing = true;
-        let store = Arc::clone(&self.store);
-        let myself = myself.clone();
         let started = Instant::now();
-        if store.blocks() {
-            tokio::spawn(async move {
-                let result = tokio::task::spawn_blocking(move || store.write(batch).map_err(|e| e.to_string()))
-                    .await
-                    .unwrap_or_else(|join| Err(format!("journal write task died: {join}")));
-                let _ = myself.cast(JournalMsg::Written { result, started });
-            });
-        } else {
-            // A store that does not block (memory: tests, simulations) has written the batch
-            // when `write` returns: the replies go now, not after a message to ourselves.
-            let result = store.write(batch).map_err(|e| e.to_string());
-            self.written(state, result, started);
+        match &state.io {
+            Some(io) => {
+                if io.send((batch, started)).is_err() {
+                    self.written(state, Err("the journal's I/O thread died".into()), started);
+                }
+            }
+            None => {
+                // A store that does not block (memory: tests, simulations) has written the batch
+                // when `write` returns: the replies go now, not after a message to ourselves.
+                let result = self.store.write(batch).map_err(|e| e.to_string());
+                self.written(state, result, started);
+            }
         }
         Ok(())
     }
@@ -389,6 +391,30 @@ impl JournalWriter {
             }
         }
     }
+}
+
+/// The journal's I/O thread: one long-lived thread that writes the batches the writer hands it
+/// (at most one at a time: the channel holds one and the writer waits for `Written`) and reports
+/// each back. One thread for the process's life, where a blocking-pool task per write cost a
+/// task spawn and an extra wake-up on every group commit. It ends when the writer stops (its
+/// sender is dropped with the writer's state). A panicking write fails the journal, as any
+/// failed write does.
+fn spawn_io_thread(
+    store: Arc<dyn Store>,
+    writer: ActorRef<JournalMsg>,
+) -> Result<std::sync::mpsc::SyncSender<(WriteBatch, Instant)>, ActorProcessingErr> {
+    let (sender, batches) = std::sync::mpsc::sync_channel::<(WriteBatch, Instant)>(1);
+    std::thread::Builder::new().name("journal-io".into()).spawn(move || {
+        for (batch, started) in batches {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.write(batch)))
+                .unwrap_or_else(|_| Err(crate::store::StoreError::Io("the journal write panicked".into())))
+                .map_err(|e| e.to_string());
+            if writer.cast(JournalMsg::Written { result, started }).is_err() {
+                break;
+            }
+        }
+    })?;
+    Ok(sender)
 }
 
 fn handover(durable: &DurableState, entity: &Entity) -> Handover {

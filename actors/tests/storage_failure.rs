@@ -14,22 +14,27 @@ use switchboard_actors::store::{MemoryStore, Store, StoreError, Visit, WriteBatc
 use switchboard_actors::system::{AdmitError, AdmitRequest, System};
 use switchboard_actors::telemetry::NoTelemetry;
 
-/// The in-memory store, with a switch that makes every write fail like a dying disk.
+/// The in-memory store, with a switch that makes every write fail like a dying disk (or
+/// panic, like a bug in the storage engine). A store that `blocks` is written on the
+/// journal's own I/O thread, one that does not in the writer's turn: both are covered.
 #[derive(Default)]
 struct FailingStore {
     inner: MemoryStore,
     failing: AtomicBool,
+    panics: bool,
+    blocking: bool,
 }
 
 impl Store for FailingStore {
     fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
         if self.failing.load(Ordering::SeqCst) {
+            assert!(!self.panics, "injected: the storage engine panicked");
             return Err(StoreError::Io("injected: no space left on device".into()));
         }
         self.inner.write(batch)
     }
     fn blocks(&self) -> bool {
-        false
+        self.blocking
     }
     fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         self.inner.latest_snapshot()
@@ -41,7 +46,21 @@ impl Store for FailingStore {
 
 #[tokio::test]
 async fn a_failed_write_acknowledges_nothing_and_turns_the_system_unhealthy() {
-    let store = Arc::new(FailingStore::default());
+    a_failed_write_is_fatal(FailingStore::default()).await;
+}
+
+#[tokio::test]
+async fn a_failed_write_on_the_journals_io_thread_is_fatal_too() {
+    a_failed_write_is_fatal(FailingStore { blocking: true, ..FailingStore::default() }).await;
+}
+
+#[tokio::test]
+async fn a_write_that_panics_on_the_journals_io_thread_fails_the_journal_rather_than_hanging_it() {
+    a_failed_write_is_fatal(FailingStore { blocking: true, panics: true, ..FailingStore::default() }).await;
+}
+
+async fn a_failed_write_is_fatal(store: FailingStore) {
+    let store = Arc::new(store);
     let shared: Arc<dyn Store> = store.clone();
     let system = System::start(Settings::default(), shared, DurableState::new(), ManualClock::new(0), Arc::new(NoTelemetry))
         .await
