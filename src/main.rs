@@ -59,7 +59,15 @@ struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "SWITCHBOARD_LISTEN")]
     listen: Option<std::net::SocketAddr>,
+    /// Async worker threads [default: one per core]. The journal's disk writes run on a thread
+    /// of their own either way. On a machine shared with other busy processes (a load
+    /// generator), fewer workers than cores spend less time waking each other.
+    #[arg(long, env = "SWITCHBOARD_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=WORKER_THREADS_MAX))]
+    worker_threads: Option<u16>,
 }
+
+/// The most async worker threads `--worker-threads` accepts.
+const WORKER_THREADS_MAX: i64 = 256;
 
 #[derive(Args)]
 struct LoadgenCli {
@@ -74,6 +82,10 @@ struct LoadgenCli {
     duration: u64,
     #[arg(long, default_value_t = 1000)]
     tenants: usize,
+    /// Async worker threads of the load generator. One keeps it from competing with the
+    /// server it measures for more than a core.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=WORKER_THREADS_MAX))]
+    worker_threads: u16,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -84,7 +96,16 @@ fn main() -> anyhow::Result<()> {
         let passed = switchboard::simulate::run(args)?;
         std::process::exit(if passed { 0 } else { 1 });
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let worker_threads = match &cli.command {
+        Some(Command::Loadgen(args)) => Some(args.worker_threads),
+        Some(Command::Serve(args)) => args.worker_threads,
+        _ => cli.serve.worker_threads,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = worker_threads {
+        builder.worker_threads(usize::from(threads));
+    }
+    let runtime = builder.enable_all().build()?;
     match cli.command {
         Some(Command::Loadgen(args)) => runtime.block_on(loadgen::run_and_print(LoadgenArgs {
             url: args.url,

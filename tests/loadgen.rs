@@ -4,6 +4,9 @@
 
 mod common;
 
+use std::process::Command;
+
+use common::process::{Launcher, Server};
 use common::*;
 use serde_json::{Value, json};
 use switchboard::loadgen::{self, LoadgenArgs};
@@ -78,4 +81,29 @@ async fn a_short_loadgen_run_completes_pairs_without_errors() {
 
     assert_live_equals_durable(&server.system).await;
     server.stop().await;
+}
+
+/// The README's HTTP benchmark as real processes: the server started with `--worker-threads 1`,
+/// and `switchboard loadgen` in a process of its own whose last line on stdout is the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_benchmark_commands_run_as_processes() {
+    let dir = temp_dir();
+    let mut launcher = Launcher::new(dir.path(), TOKEN, &[]);
+    launcher.args = vec!["--worker-threads".into(), "1".into()];
+    let configure = |_| std::fs::write(&launcher.config, "").map(|()| "defaults".to_owned()).map_err(Into::into);
+    let (mut server, _, _) = Server::start(&launcher, "one worker", configure).await.unwrap();
+
+    let url = format!("http://{}", server.addr);
+    let load = ["loadgen", "--url", &url, "--token", TOKEN, "--connections", "4", "--duration", "1", "--tenants", "10"];
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard")).args(load).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "loadgen failed: {}\n{}", stdout, String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_str(stdout.lines().last().expect("a report line")).unwrap();
+    assert!(report["pairs"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_switchboard")).args(["--worker-threads", "0"]).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--worker-threads"), "{}", String::from_utf8_lossy(&refused.stderr));
+    server.sigterm().await.unwrap();
 }

@@ -24,6 +24,8 @@ pub struct Launcher {
     pub log: PathBuf,
     token: &'static str,
     env_remove: &'static [&'static str],
+    /// Extra command-line arguments for every child.
+    pub args: Vec<String>,
 }
 
 impl Launcher {
@@ -37,6 +39,7 @@ impl Launcher {
             log: root.join("server.log"),
             token,
             env_remove,
+            args: Vec::new(),
         }
     }
 
@@ -86,6 +89,7 @@ impl Server {
             .arg(addr.to_string())
             .arg("--config")
             .arg(&launcher.config)
+            .args(&launcher.args)
             .env("SWITCHBOARD_ADMIN_TOKEN", launcher.token)
             .env("SWITCHBOARD_LOG", "warn");
         for name in launcher.env_remove {
