@@ -85,11 +85,18 @@ impl Store for SledStore {
     }
 
     fn close(&self) {
-        if let Ok(mut guard) = self.inner.lock()
-            && let Some(inner) = guard.take()
-        {
-            let _ = inner.db.flush();
-            let _ = inner.log_file.sync_data();
+        match self.inner.lock() {
+            Ok(mut guard) => {
+                if let Some(inner) = guard.take() {
+                    let _ = inner.db.flush();
+                    let _ = inner.log_file.sync_data();
+                }
+            }
+            // A write panicked inside sled (the journal has failed, and a restart replays what
+            // is on disk). sled's own drop would flush again and could wait forever on a buffer
+            // the panic left half-written, so its handles are leaked instead; the process is
+            // about to exit, which releases the files and the lock.
+            Err(poisoned) => std::mem::forget(poisoned.into_inner().take()),
         }
     }
 

@@ -102,8 +102,29 @@ async fn the_benchmark_commands_run_as_processes() {
     assert!(report["pairs"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(report["errors"], 0, "{report}");
 
-    let refused = Command::new(env!("CARGO_BIN_EXE_switchboard")).args(["--worker-threads", "0"]).output().unwrap();
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--worker-threads"), "{}", String::from_utf8_lossy(&refused.stderr));
+    // Sandboxed and bounded: were the flag not checked, this would start a server (not on :8080
+    // in the current directory), which is killed and fails the test.
+    let data_dir = dir.path().join("refused").display().to_string();
+    let mut refused = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["--worker-threads", "0", "--data-dir", &data_dir, "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = refused.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            refused.kill().unwrap();
+            panic!("--worker-threads 0 started a server");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut refused.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("--worker-threads"), "{stderr}");
     server.sigterm().await.unwrap();
 }

@@ -34,6 +34,10 @@ use crate::telemetry::Telemetry;
 
 /// Events in one write. A larger backlog is written as several batches, one after another.
 pub const JOURNAL_BATCH_EVENTS_MAX: usize = 8_192;
+/// Batches handed to the journal's I/O thread and not yet reported written. The writer starts a
+/// write only after the previous one's `Written`, so the slot is always free when it sends;
+/// finding it taken is a bug, and fails the journal.
+pub const JOURNAL_WRITES_IN_FLIGHT: usize = 1;
 /// Appends waiting for a write. Past it appends are refused with `Overloaded` (503), which
 /// bounds memory if the disk stalls; the HTTP layer's in-flight limit normally keeps far below.
 pub const JOURNAL_PENDING_MAX: usize = 65_536;
@@ -343,11 +347,15 @@ impl JournalWriter {
         state.writing = true;
         let started = Instant::now();
         match &state.io {
-            Some(io) => {
-                if io.send((batch, started)).is_err() {
+            Some(io) => match io.try_send((batch, started)) {
+                Ok(()) => {}
+                Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                    self.written(state, Err("a journal write started while another was in flight".into()), started);
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
                     self.written(state, Err("the journal's I/O thread died".into()), started);
                 }
-            }
+            },
             None => {
                 // A store that does not block (memory: tests, simulations) has written the batch
                 // when `write` returns: the replies go now, not after a message to ourselves.
@@ -403,11 +411,14 @@ fn spawn_io_thread(
     store: Arc<dyn Store>,
     writer: ActorRef<JournalMsg>,
 ) -> Result<std::sync::mpsc::SyncSender<(WriteBatch, Instant)>, ActorProcessingErr> {
-    let (sender, batches) = std::sync::mpsc::sync_channel::<(WriteBatch, Instant)>(1);
+    let (sender, batches) = std::sync::mpsc::sync_channel::<(WriteBatch, Instant)>(JOURNAL_WRITES_IN_FLIGHT);
     std::thread::Builder::new().name("journal-io".into()).spawn(move || {
         for (batch, started) in batches {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.write(batch)))
-                .unwrap_or_else(|_| Err(crate::store::StoreError::Io("the journal write panicked".into())))
+                .unwrap_or_else(|panic| {
+                    let why = panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str));
+                    Err(crate::store::StoreError::Io(format!("the journal write panicked: {}", why.unwrap_or("(no message)"))))
+                })
                 .map_err(|e| e.to_string());
             if writer.cast(JournalMsg::Written { result, started }).is_err() {
                 break;

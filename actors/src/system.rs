@@ -1169,7 +1169,9 @@ impl System {
         let synced = self.sync().await;
         self.supervisor.stop_children_and_wait(None, Some(self.timeout())).await;
         let _ = self.supervisor.stop_and_wait(None, Some(self.timeout())).await;
-        self.store.close();
+        // Closing flushes and syncs a disk store: off the async workers.
+        let store = Arc::clone(&self.store);
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
         synced
     }
 }
