@@ -362,14 +362,6 @@ impl WorkerStats {
     }
 }
 
-/// Why a pair failed.
-enum PairError {
-    /// Got a response, but not the expected one. The connection is fine.
-    Response(String),
-    /// Transport failure or timeout; the connection must be replaced.
-    Io(String),
-}
-
 struct Worker {
     index: usize,
     connections: usize,
@@ -410,13 +402,9 @@ impl Worker {
                     stats.pairs += 1;
                     consecutive = 0;
                 }
-                Err(PairError::Response(msg)) => {
-                    if self.error(&mut stats, &mut consecutive, msg) {
-                        break;
-                    }
-                }
-                Err(PairError::Io(msg)) => {
-                    conn.disconnect();
+                // A transport error or a timeout has already dropped the connection (the
+                // request owned it); a wrong answer keeps it.
+                Err(msg) => {
                     if self.error(&mut stats, &mut consecutive, msg) {
                         break;
                     }
@@ -442,15 +430,15 @@ impl Worker {
 }
 
 /// One timed POST; records the latency of every request that got a response.
-async fn timed_post<'c>(c: &'c mut WireConn, hist: &mut Histogram, path: &str, body: &[u8]) -> Result<wire::Response<'c>, PairError> {
+async fn timed_post<'c>(c: &'c mut WireConn, hist: &mut Histogram, path: &str, body: &[u8]) -> Result<wire::Response<'c>, String> {
     let t0 = Instant::now();
     match tokio::time::timeout(REQUEST_TIMEOUT, c.post(path, body)).await {
         Ok(Ok(r)) => {
             hist.record(t0.elapsed());
             Ok(r)
         }
-        Ok(Err(e)) => Err(PairError::Io(format!("POST {path}: {e}"))),
-        Err(_) => Err(PairError::Io(format!("POST {path}: timed out after {REQUEST_TIMEOUT:?}"))),
+        Ok(Err(e)) => Err(format!("POST {path}: {e}")),
+        Err(_) => Err(format!("POST {path}: timed out after {REQUEST_TIMEOUT:?}")),
     }
 }
 
@@ -477,23 +465,19 @@ fn write_admit_body(out: &mut Vec<u8>, tenant: &str) {
     out.extend_from_slice(br#"","direction":"outbound"}"#);
 }
 
-async fn one_pair(c: &mut WireConn, tenant: &str, admit_body: &mut Vec<u8>, stats: &mut WorkerStats) -> Result<(), PairError> {
+async fn one_pair(c: &mut WireConn, tenant: &str, admit_body: &mut Vec<u8>, stats: &mut WorkerStats) -> Result<(), String> {
     let t0 = Instant::now();
     write_admit_body(admit_body, tenant);
     let r = timed_post(c, &mut stats.requests, "/v1/calls", admit_body).await?;
     if r.status != 201 {
-        return Err(PairError::Response(format!(
-            "POST /v1/calls returned {} (expected 201): {}",
-            r.status,
-            String::from_utf8_lossy(r.body)
-        )));
+        return Err(format!("POST /v1/calls returned {} (expected 201): {}", r.status, String::from_utf8_lossy(r.body)));
     }
     let admitted: Admitted<'_> = serde_json::from_slice(r.body)
-        .map_err(|e| PairError::Response(format!("POST /v1/calls: no \"call_id\" in {} ({e})", String::from_utf8_lossy(r.body))))?;
+        .map_err(|e| format!("POST /v1/calls: no \"call_id\" in {} ({e})", String::from_utf8_lossy(r.body)))?;
     let path = format!("/v1/calls/{}/end", encode_path_segment(&admitted.call_id));
     let r = timed_post(c, &mut stats.requests, &path, b"{}").await?;
     if r.status != 200 {
-        return Err(PairError::Response(format!("POST {path} returned {} (expected 200): {}", r.status, String::from_utf8_lossy(r.body))));
+        return Err(format!("POST {path} returned {} (expected 200): {}", r.status, String::from_utf8_lossy(r.body)));
     }
     stats.pair_latency.record(t0.elapsed());
     Ok(())

@@ -101,11 +101,6 @@ impl WireConn {
         Ok(())
     }
 
-    /// Drops the current connection, if any.
-    pub fn disconnect(&mut self) {
-        self.stream = None;
-    }
-
     /// Sends `POST path` with the JSON `body` and reads the whole response, connecting first
     /// if not connected. On any error the connection is dropped.
     pub async fn post(&mut self, path: &str, body: &[u8]) -> io::Result<Response<'_>> {
