@@ -830,3 +830,62 @@ async fn a_removal_racing_a_call_end_is_answered_201_or_422_never_503() {
     assert_live_equals_durable(&server.system).await;
     server.stop().await;
 }
+
+/// More charges at once than the ledger keeps transactions.
+const CONCURRENT_CHARGES: usize = CREDIT_TRANSACTIONS_RETAINED + 100;
+const CONCURRENT_ADJUSTMENTS: usize = 20;
+
+/// Every adjustment answers its own transaction and the balance right after it, as the ledger
+/// posted them, while more charges than the ledger keeps land around it. (The answer used to
+/// be read back from the ledger after the write, where over 200 newer transactions could have
+/// pushed it out: a 201 with a null balance and transaction. That window was too narrow to hit
+/// over HTTP; the journal now answers with the transaction itself, so there is no read-back.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_adjustment_answers_its_own_transaction_while_charges_flood_the_ledger() {
+    const OPENING: u64 = 100_000;
+    let dir = temp_dir();
+    let server = start_in(dir.path(), roomy).await;
+    let mut admin = server.client().await;
+    new_tenant(&mut admin, "busy", true).await;
+    adjust(&mut admin, "busy", OPENING as i64, "opening").await;
+    // Already-connected inbound calls are recorded over every limit: each end charges 1.
+    let mut calls = Vec::new();
+    for _ in 0..CONCURRENT_CHARGES {
+        let response = admit(&mut admin, json!({"tenant_id": "busy", "direction": "inbound", "already_connected": true})).await;
+        assert_eq!(response.status, 201, "{}", response.text());
+        calls.push(response.json()["call_id"].as_str().unwrap().to_owned());
+    }
+    let mut ends = Vec::new();
+    for call_id in calls {
+        let mut client = server.client().await;
+        ends.push(tokio::spawn(async move { end_call(&mut client, &call_id, Some(1)).await }));
+    }
+    let mut adjustments = Vec::new();
+    for _ in 0..CONCURRENT_ADJUSTMENTS {
+        let mut client = server.client().await;
+        adjustments.push(tokio::spawn(async move { adjust(&mut client, "busy", 1_000, "top-up").await }));
+    }
+    for end in ends {
+        end.await.expect("an end");
+    }
+    let mut answers = Vec::new();
+    for adjustment in adjustments {
+        answers.push(adjustment.await.expect("an adjustment"));
+    }
+    let page = credits_page(&mut admin, "busy", "?limit=200").await;
+    let expected = OPENING - CONCURRENT_CHARGES as u64 + 1_000 * CONCURRENT_ADJUSTMENTS as u64;
+    assert_eq!(page["balance"].as_u64(), Some(expected), "{page}");
+    // `adjust` checked each answer's shape (a transaction, its balance after); it is the one
+    // the ledger posted, wherever the ledger still keeps it.
+    let mut numbers: Vec<u64> = answers.iter().map(|a| a["transaction"]["number"].as_u64().expect("a number")).collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    assert_eq!(numbers.len(), CONCURRENT_ADJUSTMENTS, "each adjustment has its own transaction");
+    for answer in &answers {
+        if let Some(kept) = page["data"].as_array().expect("data").iter().find(|tx| tx["number"] == answer["transaction"]["number"]) {
+            assert_eq!(&answer["transaction"], kept);
+        }
+    }
+    assert_live_equals_durable(&server.system).await;
+    server.stop().await;
+}

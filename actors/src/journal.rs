@@ -27,7 +27,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use crate::codec;
 use crate::core::features::{UsageAlert, usage_alert};
 use crate::event::Event;
-use crate::model::{CallId, CallRecord, EndedCall, LineId, LineRecord, TenantId, TenantRecord};
+use crate::model::{CallId, CallRecord, CreditTx, EndedCall, LineId, LineRecord, TenantId, TenantRecord};
 use crate::state::{DurableState, PoolRecord};
 use crate::store::{Store, WriteBatch};
 use crate::telemetry::Telemetry;
@@ -124,6 +124,43 @@ pub enum Handover {
 /// Where an append's acknowledgement goes.
 pub type AppendReply = RpcReplyPort<Result<u64, AppendError>>;
 
+/// Where a credit adjustment's acknowledgement goes: the transaction the ledger posted, or
+/// `None` for an amount of zero, which posts nothing.
+pub type CreditReply = RpcReplyPort<Result<Option<CreditTx>, AppendError>>;
+
+/// Who waits for an accepted event to become durable.
+enum Waiter {
+    Append(AppendReply),
+    /// The transaction is known when the event is applied, in journal order; it is answered
+    /// with the acknowledgement, so the caller never has to find it in the ledger later
+    /// (where it may already have been pushed out by newer ones).
+    Credit(CreditReply, Option<CreditTx>),
+}
+
+impl Waiter {
+    fn durable(self, seq: u64) {
+        match self {
+            Waiter::Append(reply) => {
+                let _ = reply.send(Ok(seq));
+            }
+            Waiter::Credit(reply, tx) => {
+                let _ = reply.send(Ok(tx));
+            }
+        }
+    }
+
+    fn refused(self, error: AppendError) {
+        match self {
+            Waiter::Append(reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Waiter::Credit(reply, _) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}
+
 pub type Inspector = Box<dyn FnOnce(&DurableState) + Send>;
 
 // Appends are nearly every message: boxing them would add an allocation per event.
@@ -133,6 +170,16 @@ pub enum JournalMsg {
         event: Event,
         guard: Guard,
         reply: AppendReply,
+    },
+    /// Appends a `CreditsAdjusted` event and answers, once durable, with the transaction the
+    /// ledger posted for it (its number and the balance after it).
+    AdjustCredits {
+        tenant_id: TenantId,
+        amount: i64,
+        reason: String,
+        at_ms: u64,
+        guard: Guard,
+        reply: CreditReply,
     },
     /// Bumps `entity`'s generation and hands over its state (supervisor only).
     Handover {
@@ -169,8 +216,8 @@ pub struct JournalWriter {
 pub struct JournalState {
     durable: DurableState,
     generations: BTreeMap<Entity, u32>,
-    pending: Vec<(u64, Vec<u8>, AppendReply)>,
-    in_flight: Vec<(u64, AppendReply)>,
+    pending: Vec<(u64, Vec<u8>, Waiter)>,
+    in_flight: Vec<(u64, Waiter)>,
     syncs_waiting: Vec<(u64, RpcReplyPort<Result<(), AppendError>>)>,
     writing: bool,
     snapshot_due: bool,
@@ -206,11 +253,25 @@ impl Actor for JournalWriter {
     async fn handle(&self, _: ActorRef<JournalMsg>, msg: JournalMsg, state: &mut JournalState) -> Result<(), ActorProcessingErr> {
         match msg {
             JournalMsg::Append { event, guard, reply } => match self.accept(state, &event, &guard) {
-                Ok(bytes) => state.pending.push((state.durable.last_seq, bytes, reply)),
+                Ok(bytes) => state.pending.push((state.durable.last_seq, bytes, Waiter::Append(reply))),
                 Err(error) => {
                     let _ = reply.send(Err(error));
                 }
             },
+            JournalMsg::AdjustCredits { tenant_id, amount, reason, at_ms, guard, reply } => {
+                let event = Event::CreditsAdjusted { tenant_id, amount, reason, at_ms };
+                match self.accept(state, &event, &guard) {
+                    Ok(bytes) => {
+                        let seq = state.durable.last_seq;
+                        let Event::CreditsAdjusted { tenant_id, .. } = &event else { unreachable!("built above") };
+                        let posted = state.durable.ledgers.get(tenant_id).and_then(|l| l.transactions.back()).filter(|tx| tx.seq == seq);
+                        state.pending.push((seq, bytes, Waiter::Credit(reply, posted.cloned())));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
             JournalMsg::Handover { entity, reply } => {
                 let generation = state.generations.entry(entity.clone()).or_insert(0);
                 *generation += 1;
@@ -371,9 +432,9 @@ impl JournalWriter {
         match result {
             Ok(()) => {
                 self.telemetry.journal_flushed(started.elapsed().as_secs_f64(), state.in_flight.len());
-                for (seq, reply) in state.in_flight.drain(..) {
+                for (seq, waiter) in state.in_flight.drain(..) {
                     state.last_durable_seq = seq;
-                    let _ = reply.send(Ok(seq));
+                    waiter.durable(seq);
                 }
                 let durable = state.last_durable_seq;
                 let (ready, waiting): (Vec<_>, Vec<_>) = state.syncs_waiting.drain(..).partition(|(seq, _)| *seq <= durable);
@@ -385,11 +446,11 @@ impl JournalWriter {
             Err(why) => {
                 tracing::error!(error = %why, "journal write failed; refusing all further writes");
                 let error = AppendError::Failed(why.clone());
-                for (_, reply) in state.in_flight.drain(..) {
-                    let _ = reply.send(Err(error.clone()));
+                for (_, waiter) in state.in_flight.drain(..) {
+                    waiter.refused(error.clone());
                 }
-                for (_, _, reply) in state.pending.drain(..) {
-                    let _ = reply.send(Err(error.clone()));
+                for (_, _, waiter) in state.pending.drain(..) {
+                    waiter.refused(error.clone());
                 }
                 for (_, reply) in state.syncs_waiting.drain(..) {
                     let _ = reply.send(Err(error.clone()));

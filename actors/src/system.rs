@@ -28,7 +28,7 @@ use crate::event::{Event, IdempotencyStamp, WaitOutcome};
 use crate::id_map;
 use crate::journal::{AppendError, Entity, Guard, JournalMsg};
 use crate::model::{
-    CallId, CallRecord, CallbackId, CampaignId, Direction, EndedCall, LineRecord, OUTCOME_PROVIDER_REJECTED, TenantRecord, Voice,
+    CallId, CallRecord, CallbackId, CampaignId, CreditTx, Direction, EndedCall, LineRecord, OUTCOME_PROVIDER_REJECTED, TenantRecord, Voice,
     mask_phone,
 };
 use crate::phone_line::{LineMsg, LineView};
@@ -930,17 +930,17 @@ impl System {
         }
     }
 
-    /// Adds (positive) or removes (negative) credits, durably. Returns the journal sequence
-    /// number of the adjustment (its transaction carries it).
-    pub async fn credit(&self, tenant_id: &str, amount: i64, reason: String) -> Result<u64, TenantUpdateError> {
+    /// Adds (positive) or removes (negative) credits, durably. Returns the transaction as the
+    /// ledger posted it, with the balance after it (`None` for an amount of zero).
+    pub async fn credit(&self, tenant_id: &str, amount: i64, reason: String) -> Result<Option<CreditTx>, TenantUpdateError> {
         let tenant = self.context.directory.read().tenants.get(tenant_id).cloned().ok_or(TenantUpdateError::NotFound)?;
         let at_ms = self.now_ms();
         match ask(&tenant.actor, |reply| TenantMsg::Credit { amount, reason, at_ms, reply }, self.context.settings.journal_timeout).await {
-            Ok(Ok(seq)) => {
+            Ok(Ok(tx)) => {
                 if amount > 0 {
                     self.credits_added(tenant_id, self.context.balance(tenant_id));
                 }
-                Ok(seq)
+                Ok(tx)
             }
             Ok(Err(TenantError::InsufficientBalance { balance, amount })) => {
                 Err(TenantUpdateError::InsufficientBalance { balance, amount })

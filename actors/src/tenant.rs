@@ -14,7 +14,7 @@ use crate::core::features::{FeatureDecision, can_use};
 use crate::core::slots::{Full, SlotTable};
 use crate::event::Event;
 use crate::journal::{AppendError, Guard, JournalMsg, unknown_outcome};
-use crate::model::{Addon, CallId, PlanTable, TenantRecord};
+use crate::model::{Addon, CallId, CreditTx, PlanTable, TenantRecord};
 
 /// Feature-flag overrides one tenant may have; past it a new one is refused.
 pub const TENANT_FLAGS_MAX: usize = 64;
@@ -90,13 +90,13 @@ pub enum TenantMsg {
     Release {
         call: CallId,
     },
-    /// An administrator adds or removes credits (journaled first). Answers the journal event's
-    /// sequence number.
+    /// An administrator adds or removes credits (journaled first). Answers the transaction
+    /// the ledger posted (`None` for an amount of zero).
     Credit {
         amount: i64,
         reason: String,
         at_ms: u64,
-        reply: RpcReplyPort<Result<u64, TenantError>>,
+        reply: RpcReplyPort<Result<Option<CreditTx>, TenantError>>,
     },
     Update {
         patch: TenantPatch,
@@ -201,12 +201,19 @@ impl TenantActor {
     }
 
     /// The journal checks a removal against the balance in its own order (a charge may land
-    /// just before it) and refuses one that would go below zero.
-    async fn credit(&self, state: &mut TenantState, amount: i64, reason: String, at_ms: u64) -> Result<u64, TenantError> {
+    /// just before it) and refuses one that would go below zero. It answers with the
+    /// transaction as posted in that order.
+    async fn credit(&self, state: &mut TenantState, amount: i64, reason: String, at_ms: u64) -> Result<Option<CreditTx>, TenantError> {
         let guard = Guard { tenant: Some((state.record.id.clone(), self.generation)), ..Guard::default() };
-        let event = Event::CreditsAdjusted { tenant_id: state.record.id.clone(), amount, reason, at_ms };
-        match crate::append(&self.journal, event, guard, self.journal_timeout).await {
-            Ok(seq) => Ok(seq),
+        let tenant_id = state.record.id.clone();
+        let message = |reply| JournalMsg::AdjustCredits { tenant_id, amount, reason, at_ms, guard, reply };
+        let outcome = match crate::ask(&self.journal, message, self.journal_timeout).await {
+            Ok(result) => result,
+            Err(crate::AskError::Timeout) => Err(AppendError::Unknown),
+            Err(crate::AskError::Gone) => Err(AppendError::Failed("the journal writer is gone".into())),
+        };
+        match outcome {
+            Ok(tx) => Ok(tx),
             Err(AppendError::InsufficientBalance { balance }) => {
                 Err(TenantError::InsufficientBalance { balance, amount: amount.unsigned_abs() })
             }

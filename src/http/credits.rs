@@ -59,11 +59,12 @@ pub async fn adjust(
     validate::range("amount", body.amount, -AMOUNT_MAX, AMOUNT_MAX)?;
     validate::text("reason", &body.reason, 200)?;
     let system = state.system()?;
-    let seq = system.credit(&id, body.amount, body.reason).await.map_err(|e| update_problem(e, &id))?;
-    let ledger = system.ledger(&id).await.map_err(|e| system_problem(e, "tenant", &id))?;
-    let transaction = ledger.transactions.iter().rev().find(|tx| tx.seq == seq);
-    let balance_after = transaction.map(|tx| tx.balance_after);
-    let body = json!({"object": "credits", "tenant_id": id, "balance": balance_after, "transaction": transaction.map(tx_json)});
+    // The journal answers with the transaction as posted in its order, so the balance is the
+    // one right after this adjustment even when charges and other adjustments interleave.
+    let Some(transaction) = system.credit(&id, body.amount, body.reason).await.map_err(|e| update_problem(e, &id))? else {
+        return Err(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "a non-zero credit adjustment posted no transaction"));
+    };
+    let body = json!({"object": "credits", "tenant_id": id, "balance": transaction.balance_after, "transaction": tx_json(&transaction)});
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
 
