@@ -59,6 +59,7 @@ pub struct Metrics {
     journal_batch_events: Histogram,
     stuck_calls_reclaimed: Counter,
     inbound_over_limit: Counter,
+    worker_threads: Gauge,
 }
 
 impl Default for Metrics {
@@ -80,7 +81,12 @@ impl Default for Metrics {
             journal_batch_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             stuck_calls_reclaimed: Counter::default(),
             inbound_over_limit: Counter::default(),
+            worker_threads: Gauge::default(),
         };
+        // The runtime is built before the config is read (`--worker-threads`), so the
+        // operator sees here what it really runs on.
+        let workers = tokio::runtime::Handle::try_current().map_or(0, |runtime| runtime.metrics().num_workers());
+        metrics.worker_threads.set(i64::try_from(workers).unwrap_or(i64::MAX));
         metrics.register()
     }
 }
@@ -130,6 +136,11 @@ impl Metrics {
             "switchboard_inbound_over_limit",
             "Inbound calls already connected, recorded over a limit",
             self.inbound_over_limit.clone(),
+        );
+        r.register(
+            "switchboard_runtime_worker_threads",
+            "Async worker threads of the server's runtime (--worker-threads, default one per core)",
+            self.worker_threads.clone(),
         );
         self
     }

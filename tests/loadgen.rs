@@ -101,6 +101,16 @@ async fn the_benchmark_commands_run_as_processes() {
     let report: Value = serde_json::from_str(stdout.lines().last().expect("a report line")).unwrap();
     assert!(report["pairs"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(worker_threads(&server).await, 1, "--worker-threads 1 took effect");
+    server.sigterm().await.unwrap();
+
+    // Without the flag: one worker per core.
+    std::fs::create_dir(dir.path().join("default")).unwrap();
+    let launcher = Launcher::new(&dir.path().join("default"), TOKEN, &["SWITCHBOARD_WORKER_THREADS"]);
+    let configure = |_| std::fs::write(&launcher.config, "").map(|()| "defaults".to_owned()).map_err(Into::into);
+    let (mut server, _, _) = Server::start(&launcher, "default workers", configure).await.unwrap();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(worker_threads(&server).await, cores, "one worker per core by default");
 
     // Sandboxed and bounded: were the flag not checked, this would start a server (not on :8080
     // in the current directory), which is killed and fails the test.
@@ -127,4 +137,12 @@ async fn the_benchmark_commands_run_as_processes() {
     assert!(!status.success());
     assert!(stderr.contains("--worker-threads"), "{stderr}");
     server.sigterm().await.unwrap();
+}
+
+/// The `switchboard_runtime_worker_threads` gauge of a server process.
+async fn worker_threads(server: &Server) -> usize {
+    let mut client = switchboard::client::Client::connect(server.addr, None).await.unwrap();
+    let metrics = client.get("/metrics").await.unwrap().text();
+    let line = metrics.lines().find(|l| l.starts_with("switchboard_runtime_worker_threads ")).expect("the gauge");
+    line.rsplit(' ').next().unwrap().parse().unwrap()
 }
