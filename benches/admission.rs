@@ -5,6 +5,10 @@
 //! `TENANTS` tenants. Prints one JSON line: pairs per second and per-pair latency percentiles.
 //! Bounded: runs for `SWITCHBOARD_BENCH_SECONDS` (default 5, at most 120) seconds.
 
+// The allocator the `switchboard` binary uses, so these figures are the product's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -11,6 +11,10 @@
 //!
 //! Bounded: part 2 runs `SWITCHBOARD_BENCH_SECONDS` (default 5, at most 120) seconds.
 
+// The allocator the `switchboard` binary uses, so these figures are the product's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -6,6 +6,10 @@
 //! for under 5 s). The dialer accepts at once; the callback call is then ended, which frees the
 //! channel for the next round. Prints one JSON line with the percentiles.
 
+// The allocator the `switchboard` binary uses, so these figures are the product's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
