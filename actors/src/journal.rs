@@ -133,8 +133,9 @@ enum Waiter {
     Append(AppendReply),
     /// The transaction is known when the event is applied, in journal order; it is answered
     /// with the acknowledgement, so the caller never has to find it in the ledger later
-    /// (where it may already have been pushed out by newer ones).
-    Credit(CreditReply, Option<CreditTx>),
+    /// (where it may already have been pushed out by newer ones). Boxed: every append sits in
+    /// the pending batch, and this rare one should not make them all larger.
+    Credit(Box<(CreditReply, Option<CreditTx>)>),
 }
 
 impl Waiter {
@@ -143,7 +144,8 @@ impl Waiter {
             Waiter::Append(reply) => {
                 let _ = reply.send(Ok(seq));
             }
-            Waiter::Credit(reply, tx) => {
+            Waiter::Credit(credit) => {
+                let (reply, tx) = *credit;
                 let _ = reply.send(Ok(tx));
             }
         }
@@ -154,8 +156,8 @@ impl Waiter {
             Waiter::Append(reply) => {
                 let _ = reply.send(Err(error));
             }
-            Waiter::Credit(reply, _) => {
-                let _ = reply.send(Err(error));
+            Waiter::Credit(credit) => {
+                let _ = credit.0.send(Err(error));
             }
         }
     }
@@ -265,7 +267,7 @@ impl Actor for JournalWriter {
                         let seq = state.durable.last_seq;
                         let Event::CreditsAdjusted { tenant_id, .. } = &event else { unreachable!("built above") };
                         let posted = state.durable.ledgers.get(tenant_id).and_then(|l| l.transactions.back()).filter(|tx| tx.seq == seq);
-                        state.pending.push((seq, bytes, Waiter::Credit(reply, posted.cloned())));
+                        state.pending.push((seq, bytes, Waiter::Credit(Box::new((reply, posted.cloned())))));
                     }
                     Err(error) => {
                         let _ = reply.send(Err(error));
