@@ -144,7 +144,21 @@ pub fn append(
     guard: Guard,
     timeout: Duration,
 ) -> impl Future<Output = Result<u64, AppendError>> + Send + use<> {
-    let answer = ask(journal, |reply| JournalMsg::Append { event, guard, reply }, timeout);
+    ask_journal(journal, |reply| JournalMsg::Append { event, guard, reply }, timeout)
+}
+
+/// Sends the journal writer a message that appends, and waits for its answer. A timeout is
+/// an unknown outcome, as for `append`.
+pub(crate) fn ask_journal<R, F>(
+    journal: &ActorRef<JournalMsg>,
+    message: F,
+    timeout: Duration,
+) -> impl Future<Output = Result<R, AppendError>> + Send + use<R, F>
+where
+    R: Send + 'static,
+    F: FnOnce(RpcReplyPort<Result<R, AppendError>>) -> JournalMsg,
+{
+    let answer = ask(journal, message, timeout);
     async move {
         match answer.await {
             Ok(result) => result,

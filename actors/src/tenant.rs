@@ -207,12 +207,7 @@ impl TenantActor {
         let guard = Guard { tenant: Some((state.record.id.clone(), self.generation)), ..Guard::default() };
         let tenant_id = state.record.id.clone();
         let message = |reply| JournalMsg::AdjustCredits { tenant_id, amount, reason, at_ms, guard, reply };
-        let outcome = match crate::ask(&self.journal, message, self.journal_timeout).await {
-            Ok(result) => result,
-            Err(crate::AskError::Timeout) => Err(AppendError::Unknown),
-            Err(crate::AskError::Gone) => Err(AppendError::Failed("the journal writer is gone".into())),
-        };
-        match outcome {
+        match crate::ask_journal(&self.journal, message, self.journal_timeout).await {
             Ok(tx) => Ok(tx),
             Err(AppendError::InsufficientBalance { balance }) => {
                 Err(TenantError::InsufficientBalance { balance, amount: amount.unsigned_abs() })
