@@ -56,7 +56,7 @@ fn core_bench() {
         let n = next_call as usize;
         let request = Request {
             call: CallId(next_call),
-            tenant: format!("t{}", n % TENANTS),
+            tenant: format!("t{}", n % TENANTS).into(),
             class: n % 3,
             force: false,
             deadline_ms: if wait { now_ms + 3_600_000 } else { now_ms },

@@ -233,8 +233,8 @@ impl Default for ArbitrationConfig {
         let defaults = Arbitration::default();
         ArbitrationConfig {
             classes: defaults.classes.classes,
-            default_pool: defaults.default_pool,
-            premium_pool: defaults.premium_pool,
+            default_pool: defaults.default_pool.to_string(),
+            premium_pool: defaults.premium_pool.map(|p| p.to_string()),
             premium_feature: defaults.premium_feature,
             wait_ms_max: defaults.wait_ms_max,
             starvation_bound_ms: defaults.starvation_bound_ms,
@@ -428,8 +428,8 @@ impl Config {
         Arbitration {
             classes: ClassTable { classes: a.classes.clone(), plan_classes: self.plans.classes.clone() },
             pools,
-            default_pool: a.default_pool.clone(),
-            premium_pool: a.premium_pool.clone(),
+            default_pool: a.default_pool.as_str().into(),
+            premium_pool: a.premium_pool.as_deref().map(Into::into),
             premium_feature: a.premium_feature.clone(),
             timing: PoolTiming {
                 aging_ms: a.starvation_bound_ms / 2,

@@ -259,7 +259,7 @@ async fn assert_ledger_matches(server: &TestServer, client: &mut Client, tenant:
     assert_eq!(get_json(client, &format!("/v1/tenants/{tenant}")).await["credits"], model.balance, "{tenant}: the tenant's credits");
 
     let id = tenant.to_owned();
-    let durable: Ledger = server.system.inspect(move |d| d.ledgers.get(&id).cloned().unwrap_or_default()).await.unwrap();
+    let durable: Ledger = server.system.inspect(move |d| d.ledgers.get(id.as_str()).cloned().unwrap_or_default()).await.unwrap();
     assert_eq!(durable.balance, model.balance, "{tenant}: the journal's balance");
     assert_eq!(durable.opening_balance, model.opening_balance(), "{tenant}: the journal's opening balance");
     assert_eq!(durable.transactions_total, model.txs.len() as u64, "{tenant}: the journal's transaction count");
@@ -740,7 +740,7 @@ async fn balances_and_transactions_survive_a_restart() {
 
     // A rebuilt tenant actor takes its balance from the journal and charges the call it held
     // exactly once.
-    let tenant = Entity::Tenant("pre".to_owned());
+    let tenant = Entity::Tenant("pre".into());
     let generation = server.system.generation(&tenant).expect("pre exists");
     assert!(server.system.inject_crash(&tenant), "crash delivered");
     let mut rebuilt = false;

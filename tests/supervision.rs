@@ -102,8 +102,8 @@ async fn crashed_actors_are_rebuilt_during_concurrent_admissions_without_losing_
     for round in 0..12 {
         tokio::time::sleep(Duration::from_millis(40)).await;
         let entity = match round % 4 {
-            0 => Entity::Tenant(TENANTS[round % 3].to_owned()),
-            1 => Entity::Line(LINES[round % 2].to_owned()),
+            0 => Entity::Tenant(TENANTS[round % 3].into()),
+            1 => Entity::Line(LINES[round % 2].into()),
             2 => Entity::Platform,
             _ => {
                 let live = system.list_calls(None, None, None, 1);

@@ -153,7 +153,7 @@ impl CallActor {
             return Ok(ended.clone());
         }
         let platform = self.directory.read().platform();
-        let (pool, call) = (core.record.pool.clone(), core.record.id);
+        let (pool, call) = (core.record.pool.to_string(), core.record.id);
         let timeout = Some(self.journal_timeout);
         match platform.actor.call(|reply| PlatformMsg::ProviderRejected { pool, call, cooldown_ms, reply }, timeout).await {
             Ok(ractor::rpc::CallResult::Success(Ok(()))) => {

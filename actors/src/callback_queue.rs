@@ -122,7 +122,7 @@ pub enum CallbackQueueMsg {
     /// A callback's or a campaign contact's call ended (from the call's end).
     CallEnded {
         call: CallId,
-        outcome: String,
+        outcome: crate::model::Name,
         callback: Option<CallbackId>,
         campaign: Option<(CampaignId, u32)>,
     },
@@ -465,7 +465,7 @@ impl CallbackQueueActor {
     async fn settle_if_ended(&self, state: &mut CallbackQueueState, id: CallbackId, call: CallId) -> Result<(), AppendError> {
         let ended = match self.directory.read().call(call) {
             CallLookup::Ended(ended) => Some(ended.outcome),
-            CallLookup::Unknown => Some("unknown_after_restart".to_owned()),
+            CallLookup::Unknown => Some("unknown_after_restart".into()),
             CallLookup::Live(_) => None,
         };
         match ended {

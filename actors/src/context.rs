@@ -40,9 +40,9 @@ pub struct Arbitration {
     pub classes: ClassTable,
     pub pools: BTreeMap<String, PoolSpec>,
     /// Where standard-voice calls (and any call without a voice) take their slot.
-    pub default_pool: String,
+    pub default_pool: crate::model::Name,
     /// Where premium-voice calls take their slot; `None`: premium is never available.
-    pub premium_pool: Option<String>,
+    pub premium_pool: Option<crate::model::Name>,
     /// The feature flag (and add-on type) that unlocks premium voices.
     pub premium_feature: String,
     pub timing: PoolTiming,

@@ -104,7 +104,7 @@ pub enum Event {
     CallEnded {
         id: CallId,
         ended_at_ms: u64,
-        outcome: String,
+        outcome: crate::model::Name,
         duration_s: u64,
         characters: u64,
         cost_cents: u64,

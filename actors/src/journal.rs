@@ -306,11 +306,11 @@ impl JournalWriter {
     fn premium_characters_before(&self, durable: &DurableState, event: &Event) -> Option<(String, u64, u64, u64)> {
         let Event::CallEnded { id, ended_at_ms, characters, .. } = event else { return None };
         let (pool, feature) = self.usage_alerts.as_ref()?;
-        let call = durable.live_calls.get(id).filter(|c| &c.pool == pool && *characters > 0)?;
+        let call = durable.live_calls.get(id).filter(|c| c.pool == pool && *characters > 0)?;
         let limit = durable.tenants.get(&call.tenant_id)?.addons.get(feature)?.monthly_character_limit?;
         let month = crate::model::month_of_ms(*ended_at_ms);
         let before = durable.usage.get(&call.tenant_id).and_then(|m| m.get(&month)).and_then(|p| p.get(pool)).map_or(0, |t| t.characters);
-        Some((call.tenant_id.clone(), limit, before, *characters))
+        Some((call.tenant_id.to_string(), limit, before, *characters))
     }
 
     /// Checks, sequences, encodes and applies one event. Refusals change nothing.

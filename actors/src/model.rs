@@ -11,9 +11,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 /// A tenant's id as the platform names it (validated at the HTTP boundary).
-pub type TenantId = String;
+pub type TenantId = smol_str::SmolStr;
 /// A phone line's id: its E.164 number.
-pub type LineId = String;
+pub type LineId = smol_str::SmolStr;
+/// A plan's, class's or pool's name: short, so copied inline rather than allocated.
+pub type Name = smol_str::SmolStr;
 
 /// An id numbered by a counter the journal persists, shown as a prefix and twelve digits
 /// (`call_000000000042`) and parsed back strictly.
@@ -164,7 +166,7 @@ pub struct TenantRecord {
 
 impl TenantRecord {
     /// A tenant with no name, no flag overrides and no add-ons.
-    pub fn new(id: impl Into<String>, plan: impl Into<String>, concurrent_limit_override: Option<u32>, created_at_ms: u64) -> Self {
+    pub fn new(id: impl Into<TenantId>, plan: impl Into<String>, concurrent_limit_override: Option<u32>, created_at_ms: u64) -> Self {
         TenantRecord {
             id: id.into(),
             name: None,
@@ -226,7 +228,7 @@ pub struct LineRecord {
 }
 
 impl LineRecord {
-    pub fn new(id: impl Into<String>, tenant_id: impl Into<String>, channels: u32, created_at_ms: u64) -> Self {
+    pub fn new(id: impl Into<LineId>, tenant_id: impl Into<TenantId>, channels: u32, created_at_ms: u64) -> Self {
         LineRecord { id: id.into(), tenant_id: tenant_id.into(), channels, created_at_ms, on_busy: OnBusy::Track, agent_id: None }
     }
 }
@@ -332,11 +334,11 @@ pub struct CallRecord {
     /// True when the call was force-admitted (inbound, already connected) over some limit.
     pub over_limit: bool,
     /// The tenant's plan at admission (the label its metrics carry until it ends).
-    pub plan: String,
+    pub plan: Name,
     /// The plan's priority class at admission.
-    pub class: String,
+    pub class: Name,
     /// The provider pool the call holds a slot in.
-    pub pool: String,
+    pub pool: Name,
     pub voice: Voice,
     /// A premium call placed on the standard pool instead, and why.
     pub fallback_reason: Option<String>,
@@ -442,7 +444,7 @@ pub struct EndedCall {
     /// state and the caller at once. (Serialized exactly as a `CallRecord`.)
     pub call: Arc<CallRecord>,
     pub ended_at_ms: u64,
-    pub outcome: String,
+    pub outcome: Name,
     pub duration_s: u64,
     /// Characters synthesised, as reported by the end webhook (0 when not reported).
     pub characters: u64,

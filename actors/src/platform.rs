@@ -20,19 +20,19 @@ use crate::context::Arbitration;
 use crate::core::pool::{ClassRank, Decision, Grant, PoolCore, PoolDenial, PoolLimits, PoolView, Request};
 use crate::event::Event;
 use crate::journal::{AppendError, Guard, JournalMsg, unknown_outcome};
-use crate::model::CallId;
+use crate::model::{CallId, Name};
 use crate::state::{PoolDigest, PoolRecord};
 use crate::telemetry::Telemetry;
 
 /// Where an admission may take its slot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
-    Pool(String),
+    Pool(Name),
     /// A premium voice: the premium pool if it has room now; otherwise `fallback` (with the
     /// request's wait), or, without a fallback, the premium pool with the request's wait.
     Premium {
-        premium: String,
-        fallback: Option<String>,
+        premium: Name,
+        fallback: Option<Name>,
     },
 }
 
@@ -52,7 +52,7 @@ pub const FALLBACK_PREMIUM_POOL_COOLDOWN: &str = "premium_pool_cooldown";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PoolAnswer {
     Granted {
-        pool: String,
+        pool: Name,
         over_limit: bool,
         waited_ms: u64,
         fallback_reason: Option<&'static str>,
@@ -155,7 +155,7 @@ struct PoolSlot {
 }
 
 struct Waiting {
-    pool: String,
+    pool: Name,
     answer: oneshot::Sender<PoolAnswer>,
     fallback_reason: Option<&'static str>,
 }
@@ -271,7 +271,7 @@ impl PlatformActor {
                 self.ask_pool(state, pool, request, answer, None, now_ms)
             }
             Route::Premium { premium, fallback: Some(fallback) } => {
-                let Some(slot) = state.pools.get_mut(&premium) else {
+                let Some(slot) = state.pools.get_mut(premium.as_str()) else {
                     return self.ask_pool(state, fallback, request, answer, Some(FALLBACK_PREMIUM_POOL_FULL), now_ms);
                 };
                 let fail_fast = Request { deadline_ms: now_ms, ..request.clone() };
@@ -296,15 +296,19 @@ impl PlatformActor {
     fn ask_pool(
         &self,
         state: &mut PlatformState,
-        pool: String,
+        pool: Name,
         request: Request,
         answer: oneshot::Sender<PoolAnswer>,
         fallback_reason: Option<&'static str>,
         now_ms: u64,
     ) {
         let call = request.call;
-        let Some(slot) = state.pools.get_mut(&pool) else {
-            let _ = answer.send(PoolAnswer::Denied { pool, denial: PoolDenial::Full { current_active: 0, limit: 0 }, was_waiting: false });
+        let Some(slot) = state.pools.get_mut(pool.as_str()) else {
+            let _ = answer.send(PoolAnswer::Denied {
+                pool: pool.to_string(),
+                denial: PoolDenial::Full { current_active: 0, limit: 0 },
+                was_waiting: false,
+            });
             return;
         };
         let (decision, grants) = slot.core.request(request, now_ms);
@@ -317,7 +321,7 @@ impl PlatformActor {
                 state.waiting.insert(call, Waiting { pool: pool.clone(), answer, fallback_reason });
             }
             Decision::Denied(denial) => {
-                let _ = answer.send(PoolAnswer::Denied { pool: pool.clone(), denial, was_waiting: false });
+                let _ = answer.send(PoolAnswer::Denied { pool: pool.to_string(), denial, was_waiting: false });
             }
         }
         self.deliver(state, &pool, grants, now_ms);
@@ -345,12 +349,8 @@ impl PlatformActor {
         while let Some(Grant { call, waited_ms }) = pending.pop() {
             let delivered = match state.waiting.remove(&call) {
                 Some(waiting) => {
-                    let granted = PoolAnswer::Granted {
-                        pool: pool.to_owned(),
-                        over_limit: false,
-                        waited_ms,
-                        fallback_reason: waiting.fallback_reason,
-                    };
+                    let granted =
+                        PoolAnswer::Granted { pool: pool.into(), over_limit: false, waited_ms, fallback_reason: waiting.fallback_reason };
                     waiting.answer.send(granted).is_ok()
                 }
                 None => false,
@@ -403,7 +403,7 @@ impl PlatformActor {
         for waiter in turned_away {
             if let Some(waiting) = state.waiting.remove(&waiter) {
                 let denial = PoolDenial::Cooldown { until_ms: cooldown_until_ms };
-                let _ = waiting.answer.send(PoolAnswer::Denied { pool: waiting.pool, denial, was_waiting: true });
+                let _ = waiting.answer.send(PoolAnswer::Denied { pool: waiting.pool.to_string(), denial, was_waiting: true });
             }
         }
         Ok(())

@@ -395,11 +395,11 @@ impl DurableState {
         if self.live_calls.contains_key(&call.id) || self.ended_calls.contains_key(&call.id) {
             return Err(format!("{} was already admitted", call.id));
         }
-        let pool = self.pools.get_mut(&call.pool).ok_or_else(|| format!("no pool {}", call.pool))?;
+        let pool = self.pools.get_mut(call.pool.as_str()).ok_or_else(|| format!("no pool {}", call.pool))?;
         if call.waited_ms > 0 {
-            match pool.waits.get_mut(&call.class) {
+            match pool.waits.get_mut(call.class.as_str()) {
                 Some(waits) => waits.granted += 1,
-                None => pool.waits.entry(call.class.clone()).or_default().granted += 1,
+                None => pool.waits.entry(call.class.to_string()).or_default().granted += 1,
             }
         }
         self.next_call_number = self.next_call_number.max(call.id.0 + 1);
@@ -465,7 +465,7 @@ impl DurableState {
 
     /// How often `tenant` called `phone` on `day`.
     pub fn lead_calls_on(&self, tenant: &str, phone: &str, day: u32) -> u32 {
-        self.lead_calls.get(&(tenant.to_owned(), phone.to_owned())).filter(|(d, _)| *d == day).map_or(0, |(_, n)| *n)
+        self.lead_calls.get(&(tenant.into(), phone.to_owned())).filter(|(d, _)| *d == day).map_or(0, |(_, n)| *n)
     }
 
     /// A line's open campaigns (its queue actor's).
@@ -495,7 +495,7 @@ impl DurableState {
 
     /// Every live call's pool and class (the platform actor's slots).
     pub fn pool_held(&self) -> BTreeMap<CallId, (String, String)> {
-        self.live_calls.values().map(|c| (c.id, (c.pool.clone(), c.class.clone()))).collect()
+        self.live_calls.values().map(|c| (c.id, (c.pool.to_string(), c.class.to_string()))).collect()
     }
 
     /// The same projection the live actors produce, for the replay-equals-live invariant.
@@ -504,7 +504,7 @@ impl DurableState {
             .pools
             .iter()
             .map(|(name, pool)| {
-                let held = self.live_calls.values().filter(|c| &c.pool == name).map(|c| c.id).collect();
+                let held = self.live_calls.values().filter(|c| c.pool == name).map(|c| c.id).collect();
                 let digest = PoolDigest {
                     capacity: pool.capacity,
                     reserved: pool.reserved.clone(),
@@ -556,9 +556,9 @@ pub struct StateDigest {
 
 fn add_usage(months: &mut TenantUsage, ended: &EndedCall) {
     let pools = months.entry(month_of_ms(ended.ended_at_ms)).or_default();
-    let totals = match pools.get_mut(&ended.call.pool) {
+    let totals = match pools.get_mut(ended.call.pool.as_str()) {
         Some(totals) => totals,
-        None => pools.entry(ended.call.pool.clone()).or_default(),
+        None => pools.entry(ended.call.pool.to_string()).or_default(),
     };
     totals.calls += 1;
     totals.seconds += ended.duration_s;

@@ -93,7 +93,7 @@ impl Actor for Supervisor {
             balances: Arc::clone(&self.context.balances),
             usage_alerts: {
                 let arbitration = &self.context.settings.arbitration;
-                arbitration.premium_pool.clone().map(|pool| (pool, arbitration.premium_feature.clone()))
+                arbitration.premium_pool.as_ref().map(|pool| (pool.to_string(), arbitration.premium_feature.clone()))
             },
         };
         let (journal, _) = Actor::spawn_linked(None, writer, durable.clone(), myself.get_cell()).await?;
@@ -324,7 +324,7 @@ impl Supervisor {
                 return Err(CreateError::Exists);
             }
             if !directory.tenants.contains_key(&record.tenant_id) {
-                return Err(CreateError::UnknownTenant(record.tenant_id.clone()));
+                return Err(CreateError::UnknownTenant(record.tenant_id.to_string()));
             }
         }
         let event = Event::LineCreated(record.clone());

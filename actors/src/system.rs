@@ -28,8 +28,8 @@ use crate::event::{Event, IdempotencyStamp, WaitOutcome};
 use crate::id_map;
 use crate::journal::{AppendError, Entity, Guard, JournalMsg};
 use crate::model::{
-    CallId, CallRecord, CallbackId, CampaignId, CreditTx, Direction, EndedCall, LineRecord, OUTCOME_PROVIDER_REJECTED, TenantRecord, Voice,
-    mask_phone,
+    CallId, CallRecord, CallbackId, CampaignId, CreditTx, Direction, EndedCall, LineId, LineRecord, Name, OUTCOME_PROVIDER_REJECTED,
+    TenantId, TenantRecord, Voice, mask_phone,
 };
 use crate::phone_line::{LineMsg, LineView};
 use crate::platform::{PlatformMsg, PoolAnswer, PoolError, Route};
@@ -92,8 +92,8 @@ pub struct Denial {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdmitRequest {
-    pub tenant_id: String,
-    pub line_id: Option<String>,
+    pub tenant_id: TenantId,
+    pub line_id: Option<LineId>,
     pub direction: Direction,
     /// Inbound only: the provider has already connected the call, so it is recorded whatever
     /// the limits say (seed 000 §2.2).
@@ -115,7 +115,7 @@ pub struct AdmitRequest {
 
 impl AdmitRequest {
     /// The plainest admission: an outbound call for `tenant_id`, no line, no key, no wait.
-    pub fn outbound(tenant_id: impl Into<String>) -> AdmitRequest {
+    pub fn outbound(tenant_id: impl Into<TenantId>) -> AdmitRequest {
         AdmitRequest {
             tenant_id: tenant_id.into(),
             line_id: None,
@@ -281,9 +281,9 @@ struct Admission<'a> {
 
 /// What the reservations granted.
 struct Granted {
-    plan: String,
-    class: String,
-    pool: String,
+    plan: Name,
+    class: Name,
+    pool: Name,
     over_limit: bool,
     waited_ms: u64,
     fallback_reason: Option<&'static str>,
@@ -493,13 +493,13 @@ impl System {
         let directory = self.context.directory.read();
         let missing = |error: AdmitError| if first { Attempt::Fail(error) } else { Attempt::Retry };
         let tenant =
-            directory.tenants.get(&request.tenant_id).ok_or_else(|| missing(AdmitError::UnknownTenant(request.tenant_id.clone())))?;
+            directory.tenants.get(&request.tenant_id).ok_or_else(|| missing(AdmitError::UnknownTenant(request.tenant_id.to_string())))?;
         let line = match &request.line_id {
             None => None,
             Some(line_id) => {
-                let line = directory.lines.get(line_id).ok_or_else(|| missing(AdmitError::UnknownLine(line_id.clone())))?;
+                let line = directory.lines.get(line_id).ok_or_else(|| missing(AdmitError::UnknownLine(line_id.to_string())))?;
                 if line.tenant_id != request.tenant_id {
-                    return Err(Attempt::Fail(AdmitError::LineNotOwned { line: line_id.clone(), owner: line.tenant_id.clone() }));
+                    return Err(Attempt::Fail(AdmitError::LineNotOwned { line: line_id.to_string(), owner: line.tenant_id.to_string() }));
                 }
                 Some(line.slot.clone())
             }
@@ -731,7 +731,7 @@ impl System {
     async fn pool_answer(&self, admission: &Admission<'_>, answer: PoolAnswer, class: &str) -> Result<Granted, Attempt> {
         match answer {
             PoolAnswer::Granted { pool, over_limit, waited_ms, fallback_reason } => {
-                Ok(Granted { plan: String::new(), class: class.to_owned(), pool, over_limit, waited_ms, fallback_reason })
+                Ok(Granted { plan: Name::default(), class: class.into(), pool, over_limit, waited_ms, fallback_reason })
             }
             PoolAnswer::Denied { pool, denial, was_waiting } => {
                 let waited_ms = self.context.clock.now_ms().saturating_sub(admission.started_ms);
@@ -748,7 +748,7 @@ impl System {
     async fn record_wait_end(&self, pool: &str, class: &str, tenant_id: &str, waited_ms: u64, outcome: WaitOutcome) {
         self.context.telemetry.wait_ended(class, outcome.as_str(), waited_ms as f64 / 1000.0);
         let event =
-            Event::WaitAbandoned { pool: pool.to_owned(), class: class.to_owned(), tenant_id: tenant_id.to_owned(), waited_ms, outcome };
+            Event::WaitAbandoned { pool: pool.to_owned(), class: class.to_owned(), tenant_id: tenant_id.into(), waited_ms, outcome };
         if let Err(error) = crate::append(&self.journal(), event, Guard::default(), self.context.settings.journal_timeout).await {
             tracing::error!(%error, outcome = outcome.as_str(), "could not journal the end of a wait");
         }
@@ -956,7 +956,9 @@ impl System {
             return Err(SystemError::NotFound);
         }
         let id = tenant_id.to_owned();
-        self.read_durable(move |durable| durable.ledgers.get(&id).cloned().unwrap_or_default()).await.map_err(SystemError::Unavailable)
+        self.read_durable(move |durable| durable.ledgers.get(id.as_str()).cloned().unwrap_or_default())
+            .await
+            .map_err(SystemError::Unavailable)
     }
 
     /// Seed 004's `canUseFeature` for a tenant, by the service clock.
@@ -984,7 +986,7 @@ impl System {
         let view = self.get_tenant(tenant_id).await?;
         let id = tenant_id.to_owned();
         let totals = self
-            .read_durable(move |durable| durable.usage.get(&id).and_then(|months| months.get(&month)).cloned().unwrap_or_default())
+            .read_durable(move |durable| durable.usage.get(id.as_str()).and_then(|months| months.get(&month)).cloned().unwrap_or_default())
             .await
             .map_err(SystemError::Unavailable)?;
         Ok((totals, view.record))
@@ -1043,7 +1045,7 @@ impl System {
                 (name, summary)
             })
             .collect();
-        Ok(PlatformSummary { default_pool: arbitration.default_pool.clone(), sold_limits_total, pools })
+        Ok(PlatformSummary { default_pool: arbitration.default_pool.to_string(), sold_limits_total, pools })
     }
 
     /// Changes a pool's capacity and/or reservations live (journaled first).

@@ -72,8 +72,8 @@ pub struct TenantView {
 
 #[derive(Clone, Debug)]
 pub struct TenantGrant {
-    pub plan: String,
-    pub class: String,
+    pub plan: crate::model::Name,
+    pub class: crate::model::Name,
     pub over_limit: bool,
     pub feature: Option<FeatureDecision>,
 }
@@ -155,8 +155,8 @@ impl Actor for TenantActor {
                 let limit = state.limit(&self.plans);
                 let result = state.slots.reserve(call, limit, force).map_err(TenantRefusal::Full);
                 let grant = result.map(|g| TenantGrant {
-                    plan: state.record.plan.clone(),
-                    class: self.arbitration.classes.class_of_plan(&state.record.plan).to_owned(),
+                    plan: state.record.plan.as_str().into(),
+                    class: self.arbitration.classes.class_of_plan(&state.record.plan).into(),
                     over_limit: g.over_limit,
                     feature: feature.map(|query| {
                         let record = &state.record;

@@ -435,7 +435,7 @@ fn request(core: &mut PoolCore, model: &mut Model, class: usize, tenant: usize, 
     let call = model.new_call();
     let now = model.now;
     let deadline_ms = now + wait_ms.unwrap_or(0);
-    let request = Request { call, tenant: TENANTS[tenant].to_string(), class, force, deadline_ms };
+    let request = Request { call, tenant: TENANTS[tenant].into(), class, force, deadline_ms };
     if force {
         // Already live at the provider: recorded whatever the limits or the cooldown say.
         let over_limit = model.active() >= model.effective_capacity();

@@ -199,7 +199,7 @@ async fn a_campaign_paused_while_its_contact_is_being_admitted_does_not_dial_it(
         let record = CampaignRecord {
             id: CampaignId(0),
             tenant_id: "t".into(),
-            line_id: line.clone(),
+            line_id: line.as_str().into(),
             contacts: vec![Contact { phone: format!("+1555200{round:04}"), name: None, timezone: None }],
             concurrency: 1,
             max_calls_per_lead_per_day: 2,
@@ -275,7 +275,7 @@ async fn concurrent_creates_on_many_lines_stop_exactly_at_the_campaign_bound() {
             let record = CampaignRecord {
                 id: CampaignId(0),
                 tenant_id: "t".into(),
-                line_id: format!("+1555300{:04}", n % LINES),
+                line_id: format!("+1555300{:04}", n % LINES).into(),
                 contacts: Vec::new(),
                 concurrency: 1,
                 max_calls_per_lead_per_day: 1,

@@ -197,7 +197,7 @@ async fn crash(system: &System, target: usize) {
 
 fn request(tenant: usize, line: Option<usize>, direction: Direction, connected: bool) -> AdmitRequest {
     let (tenant, line_id) = match line {
-        Some(l) => (LINES[l].1, Some(LINES[l].0.to_owned())),
+        Some(l) => (LINES[l].1, Some(LINES[l].0.into())),
         None => (tenant, None),
     };
     AdmitRequest {

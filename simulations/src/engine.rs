@@ -22,7 +22,7 @@ use switchboard_actors::clock::{Clock, TokioClock};
 use switchboard_actors::context::{Arbitration, PoolSpec, Settings};
 use switchboard_actors::core::call::{EndReport, Watchdog};
 use switchboard_actors::journal::Entity;
-use switchboard_actors::model::{Addon, AddonStatus, BillingStatus, LineRecord, TenantRecord, Voice};
+use switchboard_actors::model::{Addon, AddonStatus, BillingStatus, LineId, LineRecord, TenantId, TenantRecord, Voice};
 use switchboard_actors::state::DurableState;
 use switchboard_actors::store::{Store, recover};
 use switchboard_actors::system::{AdmitError, AdmitRequest, System, SystemError};
@@ -114,10 +114,10 @@ fn quiet_injected_panics() {
 
 /// One tenant, as the driver needs it.
 struct SimTenant {
-    id: String,
+    id: TenantId,
     group: usize,
     class: usize,
-    lines: Vec<String>,
+    lines: Vec<LineId>,
 }
 
 /// Every call's outcome, in the order they happen, by class, group and tenant.
@@ -254,9 +254,9 @@ impl Engine {
                     let number = format!("+1555{g:02}{n:06}{l:02}");
                     let record = LineRecord::new(&number, &id, group.channels.0, clock.now_ms());
                     system.create_line(record).await.map_err(|e| e.to_string()).map_err(failed("line"))?;
-                    lines.push(number);
+                    lines.push(LineId::from(number));
                 }
-                tenants.push(SimTenant { id, group: g, class, lines });
+                tenants.push(SimTenant { id: id.into(), group: g, class, lines });
             }
         }
         let classes = class_table.classes.len();

@@ -17,7 +17,7 @@ use std::time::Duration;
 use switchboard_actors::clock::Clock;
 use switchboard_actors::codec;
 use switchboard_actors::event::Event;
-use switchboard_actors::model::{CallId, Direction, OUTCOME_PROVIDER_REJECTED, OUTCOME_RECLAIMED_STALE, PlanTable};
+use switchboard_actors::model::{CallId, Direction, LineId, OUTCOME_PROVIDER_REJECTED, OUTCOME_RECLAIMED_STALE, PlanTable, TenantId};
 use switchboard_actors::store::{MemoryStore, Store, StoreError, Visit, WriteBatch};
 
 use crate::report::{ClassSeries, PoolStats, Timeline};
@@ -210,8 +210,8 @@ impl Violations {
 struct LiveCall {
     pool: usize,
     class: usize,
-    tenant: String,
-    line: Option<String>,
+    tenant: TenantId,
+    line: Option<LineId>,
     /// Force-admitted over a limit: not counted against limits (see `Counts`).
     over_limit: bool,
 }
@@ -272,12 +272,12 @@ pub struct Watcher {
     digest: u64,
     pub events: u64,
     live: BTreeMap<CallId, LiveCall>,
-    tenants: BTreeMap<String, TenantTrack>,
-    lines: BTreeMap<String, (u32, Counts)>,
+    tenants: BTreeMap<TenantId, TenantTrack>,
+    lines: BTreeMap<LineId, (u32, Counts)>,
     pool_tracks: Vec<PoolTrack>,
     /// Calls ended by an outcome that the report counts, by tenant.
-    pub reclaimed_stale: BTreeMap<String, u64>,
-    pub provider_rejected: BTreeMap<String, u64>,
+    pub reclaimed_stale: BTreeMap<TenantId, u64>,
+    pub provider_rejected: BTreeMap<TenantId, u64>,
     pub capacity_exceeded: Violations,
     pub tenant_limit_exceeded: Violations,
     pub line_channels_exceeded: Violations,

@@ -30,9 +30,9 @@ const RETRY_AFTER_S_MAX: u64 = 3_600;
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCall {
-    tenant_id: String,
+    tenant_id: switchboard_actors::model::TenantId,
     #[serde(default)]
-    line_id: Option<String>,
+    line_id: Option<switchboard_actors::model::LineId>,
     direction: Direction,
     #[serde(default)]
     already_connected: bool,
@@ -76,7 +76,7 @@ impl CreateCall {
 #[serde(deny_unknown_fields)]
 pub struct EndCall {
     #[serde(default)]
-    outcome: Option<String>,
+    outcome: Option<switchboard_actors::model::Name>,
     #[serde(default)]
     duration_s: Option<u64>,
     #[serde(default)]
@@ -334,11 +334,8 @@ pub async fn end(
     }
     let id = parse_call_id(&raw_id)?;
     let system = state.system()?;
-    let end = EndReport {
-        outcome: body.outcome.unwrap_or_else(|| "completed".to_owned()),
-        duration_s: body.duration_s,
-        characters: body.characters,
-    };
+    let end =
+        EndReport { outcome: body.outcome.unwrap_or_else(|| "completed".into()), duration_s: body.duration_s, characters: body.characters };
     let ended = system.end_call(id, end).await.map_err(|e| system_problem(e, "call", &raw_id))?;
     Ok(axum::Json(call_view(&ended.call, Some(&ended))).into_response())
 }

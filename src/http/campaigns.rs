@@ -175,7 +175,7 @@ pub async fn create(State(state): State<AppStateRef>, JsonBody(body): JsonBody<C
     let record = CampaignRecord {
         id: CampaignId(0),
         tenant_id: line.record.tenant_id,
-        line_id: body.line_id,
+        line_id: body.line_id.into(),
         contacts,
         concurrency,
         max_calls_per_lead_per_day: per_day,

@@ -205,7 +205,7 @@ pub async fn usage(
         total.cost_cents += t.cost_cents;
     }
     let arbitration = &system.settings().arbitration;
-    let premium_characters = arbitration.premium_pool.as_ref().and_then(|p| pools.get(p)).map_or(0, |t| t.characters);
+    let premium_characters = arbitration.premium_pool.as_ref().and_then(|p| pools.get(p.as_str())).map_or(0, |t| t.characters);
     let addons = addon_usage(&record, &arbitration.premium_feature, premium_characters);
     let by_pool: serde_json::Map<String, Value> = pools.iter().map(|(pool, t)| (pool.clone(), totals_json(t))).collect();
     Ok(axum::Json(json!({

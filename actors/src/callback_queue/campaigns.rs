@@ -53,8 +53,8 @@ pub enum CampaignError {
 pub struct ContactWork {
     pub campaign: CampaignId,
     pub index: u32,
-    pub tenant_id: String,
-    pub line_id: String,
+    pub tenant_id: crate::model::TenantId,
+    pub line_id: crate::model::LineId,
     pub phone: String,
     /// The contact's local day, for the daily cap.
     pub day: u32,
@@ -239,7 +239,7 @@ impl CallbackQueueActor {
     ) -> Result<(), AppendError> {
         let ended = match self.directory.read().call(call) {
             CallLookup::Ended(ended) => Some(ended.outcome),
-            CallLookup::Unknown => Some("unknown_after_restart".to_owned()),
+            CallLookup::Unknown => Some("unknown_after_restart".into()),
             CallLookup::Live(_) => None,
         };
         let Some(outcome) = ended else { return Ok(()) };

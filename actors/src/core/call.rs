@@ -32,7 +32,7 @@ impl Stuck {
 /// What an end webhook reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndReport {
-    pub outcome: String,
+    pub outcome: crate::model::Name,
     /// Measured from the call's start when absent.
     pub duration_s: Option<u64>,
     pub characters: Option<u64>,
@@ -40,7 +40,7 @@ pub struct EndReport {
 
 impl EndReport {
     pub fn outcome(outcome: &str) -> EndReport {
-        EndReport { outcome: outcome.to_owned(), duration_s: None, characters: None }
+        EndReport { outcome: outcome.into(), duration_s: None, characters: None }
     }
 }
 

@@ -65,8 +65,8 @@ impl CallbackQueue {
             if on_hold { (CallbackPriority::Low, CallbackStatus::OnHold) } else { (CallbackPriority::High, CallbackStatus::Pending) };
         Missed::New(CallbackEntry {
             id: next_id,
-            line_id: line_id.to_owned(),
-            tenant_id: tenant_id.to_owned(),
+            line_id: line_id.into(),
+            tenant_id: tenant_id.into(),
             caller: caller.to_owned(),
             reason,
             priority,

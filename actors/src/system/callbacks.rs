@@ -16,7 +16,7 @@ use crate::callback_queue::{Busy, CallbackError, CallbackQueueMsg, Dispatch, Tra
 use crate::core::call::EndReport;
 use crate::dialer::{DialOutcome, DialRequest, Dialer};
 use crate::id_map;
-use crate::model::{CallbackEntry, CallbackId, CallbackStatus, Campaign, CampaignId, Direction, MissedReason, OnBusy, mask_phone};
+use crate::model::{CallbackEntry, CallbackId, CallbackStatus, Campaign, CampaignId, Direction, LineId, MissedReason, OnBusy, mask_phone};
 
 /// Entries handed to the dispatcher and not yet started; past it a queue keeps its entry
 /// pending and the backup scan tries again.
@@ -193,7 +193,7 @@ impl System {
         let request = AdmitRequest {
             line_id: Some(entry.line_id.clone()),
             to: Some(entry.caller.clone()),
-            from: Some(entry.line_id.clone()),
+            from: Some(entry.line_id.to_string()),
             callback_id: Some(entry.id),
             ..AdmitRequest::outbound(entry.tenant_id.clone())
         };
@@ -217,8 +217,8 @@ impl System {
     async fn dial(&self, dialer: &dyn Dialer, entry: &CallbackEntry, dispatch: &Dispatch, call: crate::model::CallId) -> bool {
         let request = DialRequest {
             to: entry.caller.clone(),
-            line_id: entry.line_id.clone(),
-            tenant_id: entry.tenant_id.clone(),
+            line_id: entry.line_id.to_string(),
+            tenant_id: entry.tenant_id.to_string(),
             agent_id: dispatch.agent_id.clone(),
             call_id: call.to_string(),
             is_auto_callback: true,
@@ -271,8 +271,8 @@ impl System {
                 .values()
                 .rev()
                 .filter(|e| filter.status.is_none_or(|s| e.status == s))
-                .filter(|e| filter.line_id.as_ref().is_none_or(|l| &e.line_id == l))
-                .filter(|e| filter.tenant_id.as_ref().is_none_or(|t| &e.tenant_id == t))
+                .filter(|e| filter.line_id.as_ref().is_none_or(|l| e.line_id == l))
+                .filter(|e| filter.tenant_id.as_ref().is_none_or(|t| e.tenant_id == t))
                 .collect();
             CallbackPage { total: matching.len(), entries: matching.into_iter().skip(offset).take(limit).cloned().collect() }
         })
@@ -327,7 +327,7 @@ impl System {
     #[allow(clippy::type_complexity)]
     pub(super) async fn live_callbacks(
         &self,
-    ) -> Result<(BTreeMap<String, BTreeMap<CallbackId, CallbackEntry>>, BTreeMap<String, BTreeMap<CampaignId, Campaign>>), String> {
+    ) -> Result<(BTreeMap<LineId, BTreeMap<CallbackId, CallbackEntry>>, BTreeMap<LineId, BTreeMap<CampaignId, Campaign>>), String> {
         let queues: Vec<_> = self.context.directory.read().callback_queues.iter().map(|(l, q)| (l.clone(), q.clone())).collect();
         let (mut entries_by_line, mut campaigns_by_line) = (BTreeMap::new(), BTreeMap::new());
         for (line, queue) in queues {

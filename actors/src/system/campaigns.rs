@@ -64,7 +64,7 @@ impl System {
     /// Creates a draft campaign on its line (the id is assigned here).
     pub async fn create_campaign(&self, mut record: CampaignRecord) -> Result<Campaign, CampaignApiError> {
         let queue = self.context.directory.read().callback_queues.get(&record.line_id).cloned();
-        let queue = queue.ok_or_else(|| CampaignApiError::UnknownLine(record.line_id.clone()))?;
+        let queue = queue.ok_or_else(|| CampaignApiError::UnknownLine(record.line_id.to_string()))?;
         record.id = CampaignId(self.next_campaign_number.fetch_add(1, Ordering::SeqCst));
         record.created_at_ms = self.now_ms();
         match ask(&queue, |reply| CallbackQueueMsg::CreateCampaign { record, reply }, self.context.settings.journal_timeout).await {
@@ -100,7 +100,7 @@ impl System {
         let request = AdmitRequest {
             line_id: Some(contact.line_id.clone()),
             to: Some(contact.phone.clone()),
-            from: Some(contact.line_id.clone()),
+            from: Some(contact.line_id.to_string()),
             campaign: Some((contact.campaign, contact.index)),
             ..AdmitRequest::outbound(contact.tenant_id.clone())
         };
@@ -116,8 +116,8 @@ impl System {
         }
         let request = DialRequest {
             to: contact.phone.clone(),
-            line_id: contact.line_id.clone(),
-            tenant_id: contact.tenant_id.clone(),
+            line_id: contact.line_id.to_string(),
+            tenant_id: contact.tenant_id.to_string(),
             agent_id: dispatch.agent_id.clone(),
             call_id: call.to_string(),
             is_auto_callback: false,
