@@ -261,12 +261,11 @@ impl Actor for JournalWriter {
                 }
             },
             JournalMsg::AdjustCredits { tenant_id, amount, reason, at_ms, guard, reply } => {
-                let event = Event::CreditsAdjusted { tenant_id, amount, reason, at_ms };
+                let event = Event::CreditsAdjusted { tenant_id: tenant_id.clone(), amount, reason, at_ms };
                 match self.accept(state, &event, &guard) {
                     Ok(bytes) => {
                         let seq = state.durable.last_seq;
-                        let Event::CreditsAdjusted { tenant_id, .. } = &event else { unreachable!("built above") };
-                        let posted = state.durable.ledgers.get(tenant_id).and_then(|l| l.transactions.back()).filter(|tx| tx.seq == seq);
+                        let posted = state.durable.ledgers.get(&tenant_id).and_then(|l| l.transactions.back()).filter(|tx| tx.seq == seq);
                         state.pending.push((seq, bytes, Waiter::Credit(Box::new((reply, posted.cloned())))));
                     }
                     Err(error) => {

@@ -197,13 +197,7 @@ impl Actor for PlatformActor {
         let now_ms = self.clock.now_ms();
         match msg {
             PlatformMsg::Request { route, request, answer } => self.request(state, route, request, answer, now_ms),
-            PlatformMsg::Release { call } => {
-                let held_by = state.pools.iter().find(|(_, slot)| slot.core.holds(call)).map(|(name, _)| name.clone());
-                if let Some(pool) = held_by {
-                    let grants = state.pools.get_mut(&pool).expect("pool exists").core.release(call, now_ms);
-                    self.deliver(state, &pool, grants, now_ms);
-                }
-            }
+            PlatformMsg::Release { call } => self.release(state, call, now_ms),
             PlatformMsg::Leave { call, pool, class, reply } => {
                 state.waiting.remove(&call);
                 let denial = match state.pools.get_mut(&pool) {
@@ -330,11 +324,12 @@ impl PlatformActor {
     /// Sends a grant; if its admission has gone away the slot is released at once.
     fn answer(&self, state: &mut PlatformState, call: CallId, answer: oneshot::Sender<PoolAnswer>, granted: PoolAnswer, now_ms: u64) {
         if answer.send(granted).is_err() {
-            self.release_undelivered(state, call, now_ms);
+            self.release(state, call, now_ms);
         }
     }
 
-    fn release_undelivered(&self, state: &mut PlatformState, call: CallId, now_ms: u64) {
+    /// Frees `call`'s slot in whichever pool holds it and hands the slot on to its waiters.
+    fn release(&self, state: &mut PlatformState, call: CallId, now_ms: u64) {
         let held_by = state.pools.iter().find(|(_, slot)| slot.core.holds(call)).map(|(name, _)| name.clone());
         if let Some(pool) = held_by {
             let grants = state.pools.get_mut(&pool).expect("pool exists").core.release(call, now_ms);
