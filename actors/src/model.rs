@@ -25,9 +25,17 @@ macro_rules! numbered_id {
             const PREFIX: &'static str = $prefix;
         }
 
+        impl $name {
+            /// The id as text, formatted on the stack: every admission's and end's response
+            /// shows one.
+            pub fn text(&self) -> IdText {
+                IdText::new(Self::PREFIX, self.0)
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}{:012}", Self::PREFIX, self.0)
+                f.write_str(self.text().as_str())
             }
         }
 
@@ -42,6 +50,38 @@ macro_rules! numbered_id {
             }
         }
     };
+}
+
+/// A numbered id as text: its prefix, then its number in at least twelve digits.
+#[derive(Clone, Copy)]
+pub struct IdText {
+    bytes: [u8; IdText::BYTES_MAX],
+    len: u8,
+}
+
+impl IdText {
+    /// The longest prefix (`call_`) and the 20 digits of `u64::MAX`, with room to spare.
+    const BYTES_MAX: usize = 32;
+    const DIGITS_MIN: usize = 12;
+
+    fn new(prefix: &'static str, number: u64) -> IdText {
+        let mut digits = [b'0'; 20];
+        let (mut at, mut rest) = (digits.len(), number);
+        while rest > 0 {
+            at -= 1;
+            digits[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        let digits = &digits[at.min(digits.len() - Self::DIGITS_MIN)..];
+        let mut bytes = [0; Self::BYTES_MAX];
+        bytes[..prefix.len()].copy_from_slice(prefix.as_bytes());
+        bytes[prefix.len()..prefix.len() + digits.len()].copy_from_slice(digits);
+        IdText { bytes, len: (prefix.len() + digits.len()) as u8 }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).expect("a prefix and digits are ASCII")
+    }
 }
 
 /// A call's id. Numbers come from one counter that the journal persists, so they are unique,
@@ -518,6 +558,10 @@ mod tests {
 
     #[test]
     fn call_id_round_trips_and_rejects_garbage() {
+        assert_eq!(CallId(u64::MAX).to_string(), format!("call_{}", u64::MAX));
+        assert_eq!(CallId(1_234_567_890_123).to_string(), "call_1234567890123");
+        assert_eq!(CallId(0).to_string(), "call_000000000000");
+        assert_eq!(CampaignId(7).to_string(), "cmp_000000000007");
         let id = CallId(42);
         assert_eq!(id.to_string(), "call_000000000042");
         assert_eq!("call_000000000042".parse::<CallId>(), Ok(id));

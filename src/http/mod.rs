@@ -10,6 +10,7 @@ pub mod campaigns;
 pub mod credits;
 pub mod extract;
 pub mod features;
+pub mod json;
 pub mod platform;
 pub mod problem;
 pub mod simulations;
@@ -71,38 +72,40 @@ impl AppState {
 pub type AppStateRef = Arc<AppState>;
 
 pub fn app(state: AppStateRef) -> Router {
+    // Flat, not `nest`ed: a nested router adds a layer of routing, a path rewrite and a boxed
+    // service clone to every request, and every admission and end is one.
     let v1 = Router::new()
-        .route("/calls", post(calls::create).get(calls::list))
-        .route("/calls/{id}", get(calls::show))
-        .route("/calls/{id}/end", post(calls::end))
-        .route("/calls/{id}/heartbeat", post(calls::heartbeat))
-        .route("/calls/{id}/provider-rejected", post(calls::provider_rejected))
-        .route("/tenants", post(tenants::create))
-        .route("/tenants/{id}", get(tenants::show).patch(tenants::update))
-        .route("/tenants/{id}/flags/{name}", put(features::put_tenant_flag).delete(features::delete_tenant_flag))
-        .route("/tenants/{id}/addons/{addon_type}", put(features::put_addon))
-        .route("/tenants/{id}/features/{name}", get(features::feature))
-        .route("/tenants/{id}/usage", get(features::usage))
-        .route("/tenants/{id}/credits", get(credits::show).post(credits::adjust))
-        .route("/lines", post(tenants::create_line))
-        .route("/lines/{id}", get(tenants::show_line))
-        .route("/lines/{id}/missed-calls", post(callbacks::report))
-        .route("/campaigns", post(campaigns::create))
-        .route("/campaigns/{id}", get(campaigns::show))
-        .route("/campaigns/{id}/{action}", post(campaigns::control))
-        .route("/callbacks", get(callbacks::list))
-        .route("/callbacks/stats", get(callbacks::stats))
-        .route("/callbacks/{id}", get(callbacks::show).delete(callbacks::cancel))
-        .route("/callbacks/{id}/retry", post(callbacks::retry))
-        .route("/flags", get(features::list_flags))
-        .route("/flags/{name}", put(features::put_flag))
-        .route("/platform", get(platform::show).patch(platform::update))
-        .route("/platform/pools/{name}", patch(platform::update_pool))
-        .route("/simulations", post(simulations::create).get(simulations::list))
-        .route("/simulations/{id}", get(simulations::show))
-        .route("/simulations/{id}/chart.svg", get(simulations::chart));
+        .route("/v1/calls", post(calls::create).get(calls::list))
+        .route("/v1/calls/{id}", get(calls::show))
+        .route("/v1/calls/{id}/end", post(calls::end))
+        .route("/v1/calls/{id}/heartbeat", post(calls::heartbeat))
+        .route("/v1/calls/{id}/provider-rejected", post(calls::provider_rejected))
+        .route("/v1/tenants", post(tenants::create))
+        .route("/v1/tenants/{id}", get(tenants::show).patch(tenants::update))
+        .route("/v1/tenants/{id}/flags/{name}", put(features::put_tenant_flag).delete(features::delete_tenant_flag))
+        .route("/v1/tenants/{id}/addons/{addon_type}", put(features::put_addon))
+        .route("/v1/tenants/{id}/features/{name}", get(features::feature))
+        .route("/v1/tenants/{id}/usage", get(features::usage))
+        .route("/v1/tenants/{id}/credits", get(credits::show).post(credits::adjust))
+        .route("/v1/lines", post(tenants::create_line))
+        .route("/v1/lines/{id}", get(tenants::show_line))
+        .route("/v1/lines/{id}/missed-calls", post(callbacks::report))
+        .route("/v1/campaigns", post(campaigns::create))
+        .route("/v1/campaigns/{id}", get(campaigns::show))
+        .route("/v1/campaigns/{id}/{action}", post(campaigns::control))
+        .route("/v1/callbacks", get(callbacks::list))
+        .route("/v1/callbacks/stats", get(callbacks::stats))
+        .route("/v1/callbacks/{id}", get(callbacks::show).delete(callbacks::cancel))
+        .route("/v1/callbacks/{id}/retry", post(callbacks::retry))
+        .route("/v1/flags", get(features::list_flags))
+        .route("/v1/flags/{name}", put(features::put_flag))
+        .route("/v1/platform", get(platform::show).patch(platform::update))
+        .route("/v1/platform/pools/{name}", patch(platform::update_pool))
+        .route("/v1/simulations", post(simulations::create).get(simulations::list))
+        .route("/v1/simulations/{id}", get(simulations::show))
+        .route("/v1/simulations/{id}/chart.svg", get(simulations::chart));
     Router::new()
-        .nest("/v1", v1)
+        .merge(v1)
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))

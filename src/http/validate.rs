@@ -108,20 +108,65 @@ pub fn parse_rfc3339(field: &str, value: &str) -> Result<u64, Problem> {
 
 /// RFC 3339 UTC with milliseconds, from milliseconds since the epoch.
 pub fn rfc3339(ms: u64) -> String {
-    let days = (ms / 86_400_000) as i64;
-    let ms_of_day = ms % 86_400_000;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let (h, m, s, milli) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60, ms_of_day / 1000 % 60, ms_of_day % 1000);
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z")
+    Rfc3339(ms).to_string()
+}
+
+/// An instant shown as RFC 3339 UTC with milliseconds (`2026-11-18T11:06:40.123Z`), written
+/// straight into the response: a call's view has two or three of them on every admission and
+/// end, and formatting each into its own `String` was 2 % of the server's worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rfc3339(pub u64);
+
+impl Rfc3339 {
+    /// Year, month, day, hour, minute, second and millisecond.
+    fn civil(self) -> [u64; 7] {
+        let days = (self.0 / 86_400_000) as i64;
+        let ms_of_day = self.0 % 86_400_000;
+        // Howard Hinnant's civil_from_days.
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        let time = [ms_of_day / 3_600_000, ms_of_day / 60_000 % 60, ms_of_day / 1000 % 60, ms_of_day % 1000];
+        [year as u64, month as u64, day as u64, time[0], time[1], time[2], time[3]]
+    }
+
+    /// The 24 bytes, for four-digit years (every instant the API parses or stamps).
+    pub fn bytes(self) -> Option<[u8; 24]> {
+        let [year, month, day, h, m, s, milli] = self.civil();
+        if year > 9_999 {
+            return None;
+        }
+        let mut out = *b"0000-00-00T00:00:00.000Z";
+        for (at, width, mut value) in [(0, 4, year), (5, 2, month), (8, 2, day), (11, 2, h), (14, 2, m), (17, 2, s), (20, 3, milli)] {
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        }
+        Some(out)
+    }
+}
+
+impl std::fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [year, month, day, h, m, s, milli] = self.civil();
+        write!(f, "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z")
+    }
+}
+
+impl serde::Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.bytes() {
+            Some(bytes) => serializer.serialize_str(std::str::from_utf8(&bytes).map_err(serde::ser::Error::custom)?),
+            None => serializer.collect_str(self),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -153,5 +198,15 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    /// The bytes written into a response are the formatted string, on every kind of day.
+    #[test]
+    fn rfc3339_serialises_as_it_formats() {
+        for ms in [0, 951_782_400_000, 1_795_000_000_123, 253_402_300_799_999, 253_402_300_800_000, 4_102_444_800_001] {
+            assert_eq!(serde_json::to_value(Rfc3339(ms)).unwrap(), serde_json::Value::String(rfc3339(ms)), "{ms}");
+        }
+        assert_eq!(rfc3339(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(253_402_300_800_000), "10000-01-01T00:00:00.000Z");
     }
 }
