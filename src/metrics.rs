@@ -8,6 +8,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::RwLock;
+
+use switchboard_actors::model::Name;
 use switchboard_actors::telemetry::{AdmissionOutcome, Telemetry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -18,12 +21,23 @@ struct AdmissionLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PlanLabels {
-    plan: String,
+    plan: Label,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabels {
-    pool: String,
+    pool: Label,
+}
+
+/// A plan's or pool's name as a label value. Every admission and end looks up its plan's and
+/// its pool's series: an inline string makes that lookup key without an allocation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Label(switchboard_actors::model::Name);
+
+impl prometheus_client::encoding::EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, &self.0)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,6 +74,10 @@ pub struct Metrics {
     stuck_calls_reclaimed: Counter,
     inbound_over_limit: Counter,
     worker_threads: Gauge,
+    /// Each pool's capacity, active and waiting gauges, set after every platform message: the
+    /// series found by a scan of a few inline names, not by hashing a label set three times
+    /// behind the families' locks. Bounded by the pools in config (one entry each).
+    pool_gauges: RwLock<Vec<(Name, [Gauge; 3])>>,
 }
 
 impl Default for Metrics {
@@ -82,6 +100,7 @@ impl Default for Metrics {
             stuck_calls_reclaimed: Counter::default(),
             inbound_over_limit: Counter::default(),
             worker_threads: Gauge::default(),
+            pool_gauges: RwLock::new(Vec::new()),
         };
         // The runtime is built before the config is read (`--worker-threads`), so the
         // operator sees here what it really runs on.
@@ -166,7 +185,7 @@ impl Telemetry for Metrics {
     }
 
     fn active_calls(&self, plan: &str, delta: i64) {
-        self.active_calls.get_or_create(&PlanLabels { plan: plan.to_owned() }).inc_by(delta);
+        self.active_calls.get_or_create(&PlanLabels { plan: Label(plan.into()) }).inc_by(delta);
     }
 
     fn stuck_call_reclaimed(&self) {
@@ -179,14 +198,29 @@ impl Telemetry for Metrics {
     }
 
     fn pool(&self, pool: &str, capacity: u32, active: u32, waiting: u32) {
-        let labels = PoolLabels { pool: pool.to_owned() };
-        self.pool_capacity.get_or_create(&labels).set(i64::from(capacity));
-        self.pool_active.get_or_create(&labels).set(i64::from(active));
-        self.pool_waiting.get_or_create(&labels).set(i64::from(waiting));
+        let values = [capacity, active, waiting].map(i64::from);
+        let set = |gauges: &[Gauge; 3]| {
+            for (gauge, value) in gauges.iter().zip(values) {
+                gauge.set(value);
+            }
+        };
+        let known = self.pool_gauges.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, gauges)) = known.iter().find(|(name, _)| name == pool) {
+            return set(gauges);
+        }
+        drop(known);
+        // A pool's first report: its series, created once and kept (a `Gauge` shares its value).
+        let labels = PoolLabels { pool: Label(pool.into()) };
+        let gauges = [&self.pool_capacity, &self.pool_active, &self.pool_waiting].map(|family| family.get_or_create(&labels).clone());
+        set(&gauges);
+        let mut known = self.pool_gauges.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !known.iter().any(|(name, _)| name == pool) {
+            known.push((pool.into(), gauges));
+        }
     }
 
     fn provider_rate_limited(&self, pool: &str) {
-        self.provider_rate_limits.get_or_create(&PoolLabels { pool: pool.to_owned() }).inc();
+        self.provider_rate_limits.get_or_create(&PoolLabels { pool: Label(pool.into()) }).inc();
     }
 
     fn wait_ended(&self, class: &str, outcome: &'static str, seconds: f64) {

@@ -38,7 +38,7 @@ pub enum Route {
 
 impl Route {
     /// The pool a waiting request of this route waits in.
-    pub fn waiting_pool(&self) -> &str {
+    pub fn waiting_pool(&self) -> &Name {
         match self {
             Route::Pool(pool) | Route::Premium { fallback: Some(pool), .. } | Route::Premium { premium: pool, fallback: None } => pool,
         }
@@ -330,9 +330,14 @@ impl PlatformActor {
 
     /// Frees `call`'s slot in whichever pool holds it and hands the slot on to its waiters.
     fn release(&self, state: &mut PlatformState, call: CallId, now_ms: u64) {
-        let held_by = state.pools.iter().find(|(_, slot)| slot.core.holds(call)).map(|(name, _)| name.clone());
-        if let Some(pool) = held_by {
-            let grants = state.pools.get_mut(&pool).expect("pool exists").core.release(call, now_ms);
+        let Some((pool, slot)) = state.pools.iter_mut().find(|(_, slot)| slot.core.holds(call)) else {
+            return;
+        };
+        let grants = slot.core.release(call, now_ms);
+        // Only a release that grants a waiter needs the pool's name past this borrow: most free
+        // a slot nobody waits for, and copy nothing.
+        if !grants.is_empty() {
+            let pool = pool.clone();
             self.deliver(state, &pool, grants, now_ms);
         }
     }

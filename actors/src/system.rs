@@ -689,7 +689,8 @@ impl System {
         mut deadline: std::pin::Pin<&mut tokio::time::Sleep>,
         caller_gone: &mut oneshot::Receiver<()>,
     ) -> Result<Granted, Attempt> {
-        let waiting_pool = route.waiting_pool().to_owned();
+        // Copied inline (a `Name`): most admissions never wait, and only a wait needs it.
+        let waiting_pool = route.waiting_pool().clone();
         let class_rank = request.class;
         let (answer, mut answered) = oneshot::channel();
         platform.cast(PlatformMsg::Request { route, request, answer }).map_err(|_| Attempt::Retry)?;
@@ -720,12 +721,12 @@ impl System {
         }
         let timeout = self.timeout();
         let call = admission.id;
-        let pool = waiting_pool.clone();
+        let pool = waiting_pool.to_string();
         let denial =
             ask(platform, |reply| PlatformMsg::Leave { call, pool, class: class_rank, reply }, timeout).await.map_err(unanswered)?;
         let waited_ms = self.context.clock.now_ms().saturating_sub(admission.started_ms);
         self.record_wait_end(&waiting_pool, class, &admission.request.tenant_id, waited_ms, ended).await;
-        Err(Attempt::Fail(AdmitError::Denied(self.pool_denial(waiting_pool, denial, waited_ms))))
+        Err(Attempt::Fail(AdmitError::Denied(self.pool_denial(waiting_pool.to_string(), denial, waited_ms))))
     }
 
     async fn pool_answer(&self, admission: &Admission<'_>, answer: PoolAnswer, class: &str) -> Result<Granted, Attempt> {
