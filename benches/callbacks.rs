@@ -8,7 +8,7 @@
 
 // The allocator the `switchboard` binary uses, so these figures are the product's.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: switchboard::alloc::Allocator = switchboard::alloc::Allocator;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -13,6 +13,7 @@
 //!
 //! The domain itself (cores, actors, the admission path) is the `switchboard-actors` crate.
 
+pub mod alloc;
 pub mod client;
 pub mod config;
 pub mod dialer;

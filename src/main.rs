@@ -1,7 +1,7 @@
 //! The `switchboard` binary: `serve` (the default), `loadgen` and `simulate`.
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: switchboard::alloc::Allocator = switchboard::alloc::Allocator;
 
 use std::path::PathBuf;
 
