@@ -50,7 +50,7 @@ pub async fn spawn(config: Config, listener: TcpListener, env_token: Option<Stri
     let (stop_serving, stopped) = oneshot::channel::<()>();
     let router = app(Arc::clone(&state));
     let server = tokio::spawn(async move {
-        axum::serve(listener, router)
+        axum::serve(listener, axum::ServiceExt::into_make_service(router))
             .with_graceful_shutdown(async {
                 let _ = stopped.await;
             })

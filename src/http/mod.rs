@@ -1,4 +1,4 @@
-//! The HTTP facade: one `app(state) -> Router`, problem+json for every error, bearer auth on
+//! The HTTP facade: one `app(state) -> App` (a gate in front of the router), problem+json for every error, bearer auth on
 //! `/v1`, and load shedding in front of everything.
 //!
 //! The router answers from the moment the socket is bound: `/healthz` at once, `/readyz` and
@@ -17,17 +17,22 @@ pub mod simulations;
 pub mod tenants;
 pub mod validate;
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::future::RouteFuture;
 use axum::routing::{get, patch, post, put};
 use serde_json::json;
 use switchboard_actors::system::System;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::Service;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -71,7 +76,25 @@ impl AppState {
 
 pub type AppStateRef = Arc<AppState>;
 
-pub fn app(state: AppStateRef) -> Router {
+/// The service the server runs: the gate, then the router.
+///
+/// The gate wraps the router once, rather than each route as `Router::layer` does: a layer on
+/// the router boxes every route's service and every request's future once more, and
+/// `from_fn` boxes and clones again. Every admission and end is a request.
+#[derive(Clone)]
+pub struct App {
+    state: AppStateRef,
+    router: DefaultBodyLimitService<Router>,
+}
+
+type DefaultBodyLimitService<S> = <DefaultBodyLimit as tower::Layer<S>>::Service;
+
+pub fn app(state: AppStateRef) -> App {
+    let router = tower::Layer::layer(&DefaultBodyLimit::max(extract::BODY_BYTES_MAX), routes(Arc::clone(&state)));
+    App { state, router }
+}
+
+fn routes(state: AppStateRef) -> Router {
     // Flat, not `nest`ed: a nested router adds a layer of routing, a path rewrite and a boxed
     // service clone to every request, and every admission and end is one.
     let v1 = Router::new()
@@ -113,8 +136,6 @@ pub fn app(state: AppStateRef) -> Router {
         .method_not_allowed_fallback(|| async {
             Problem::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "this route does not take that method")
         })
-        .layer(DefaultBodyLimit::max(extract::BODY_BYTES_MAX))
-        .layer(middleware::from_fn_with_state(state.clone(), gate))
         .with_state(state)
 }
 
@@ -132,21 +153,62 @@ async fn metrics_text(State(state): State<AppStateRef>) -> Response {
     response
 }
 
-/// In front of every request, in one layer (it runs on every admission):
+impl tower::Service<Request> for App {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = GateFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Service::<Request>::poll_ready(&mut self.router, cx)
+    }
+
+    fn call(&mut self, request: Request) -> GateFuture {
+        match gate(&self.state, &request) {
+            Ok(permit) => GateFuture::Routed { future: self.router.call(request), _permit: permit },
+            Err(refused) => GateFuture::Refused(Some(refused)),
+        }
+    }
+}
+
+/// In front of every request:
 /// - refuses work past `http.in_flight_max` with 503 at once instead of queueing it without
-///   bound;
+///   bound (the permit is held until the response is ready);
 /// - requires the admin bearer token on `/v1` (any path under it, so unknown routes are not
 ///   revealed) and on `/metrics` when `metrics_require_auth` is set.
-async fn gate(State(state): State<AppStateRef>, request: Request, next: Next) -> Response {
-    let Ok(_permit) = state.in_flight.try_acquire() else {
-        return Problem::new(StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED", "too many requests in flight").retry_after(1).into_response();
+// A refusal is rare and answered at once: not worth a box on every request.
+#[allow(clippy::result_large_err)]
+fn gate(state: &AppState, request: &Request) -> Result<OwnedSemaphorePermit, Response> {
+    let Ok(permit) = Arc::clone(&state.in_flight).try_acquire_owned() else {
+        return Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED", "too many requests in flight")
+            .retry_after(1)
+            .into_response());
     };
     let path = request.uri().path();
     let needs_token = path == "/v1" || path.starts_with("/v1/") || (path == "/metrics" && state.config.metrics_require_auth);
-    if needs_token && let Err(problem) = check_token(&state, request.headers()) {
-        return problem.into_response();
+    if needs_token && let Err(problem) = check_token(state, request.headers()) {
+        return Err(problem.into_response());
     }
-    next.run(request).await
+    Ok(permit)
+}
+
+/// A request the gate refused, or the router's answer with the in-flight permit held. Not
+/// boxed: the router's future is every request's, and boxing it is what the gate saves.
+#[allow(clippy::large_enum_variant)]
+pub enum GateFuture {
+    Refused(Option<Response>),
+    Routed { future: RouteFuture<Infallible>, _permit: OwnedSemaphorePermit },
+}
+
+impl Future for GateFuture {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Every field is `Unpin` (the router's future boxes what it runs).
+        match self.get_mut() {
+            GateFuture::Refused(refused) => Poll::Ready(Ok(refused.take().expect("a refusal is polled once"))),
+            GateFuture::Routed { future, .. } => Pin::new(future).poll(cx),
+        }
+    }
 }
 
 fn check_token(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), Problem> {
@@ -183,7 +245,7 @@ mod tests {
         let state = AppState::new(Config::default(), Arc::new(Metrics::default()), "a-token-for-this-test".into());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let server = tokio::spawn(axum::serve(listener, app(state)).into_future());
+        let server = tokio::spawn(axum::serve(listener, axum::ServiceExt::into_make_service(app(state))).into_future());
         let mut client = Client::connect(address, Some("a-token-for-this-test".into())).await.unwrap();
         assert_eq!(client.get("/healthz").await.unwrap().status, 200);
         let ready = client.get("/readyz").await.unwrap();
