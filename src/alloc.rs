@@ -7,8 +7,9 @@
 //! the next size class, unless the size is a power of two. That slow path ran about 21 times
 //! per admit+end pair in a profile of the server under load, at about 220 instructions each,
 //! and it kept the size classes it skipped empty. So:
-//! - word alignment (8 bytes or less, nearly every Rust allocation): plain `mi_malloc`, whose
-//!   blocks are always 8-aligned (sizes are whole words and pages start 16-aligned);
+//! - word alignment (8 bytes or less on 64-bit, nearly every Rust allocation): plain
+//!   `mi_malloc`, whose blocks are always word-aligned (sizes are whole words and pages start
+//!   16-aligned; mimalloc's own `mi_realloc_aligned` takes the plain path for these too);
 //! - small over-aligned requests (tokio aligns its task cells and channel halves to 128-byte
 //!   cache lines, and every call spawns an actor: a task and its mailboxes): the size is
 //!   rounded up to a power of two, because mimalloc aligns power-of-two blocks up to 4 KiB
@@ -21,18 +22,25 @@ use std::ffi::c_void;
 use libmimalloc_sys as mi;
 
 /// Every mimalloc block is aligned to a word.
-const ALIGN_WORD: usize = 8;
+const ALIGN_WORD: usize = size_of::<usize>();
 /// mimalloc aligns power-of-two blocks naturally up to this size (`MI_PAGE_MAX_START_BLOCK_ALIGN2`).
 const ROUNDED_BYTES_MAX: usize = 4096;
 
 pub struct Allocator;
 
-/// The size actually asked of mimalloc for an over-aligned request.
+/// The size actually asked of mimalloc for an over-aligned request: rounded only where the
+/// rounding gets a naturally aligned block (both size and alignment within 4 KiB).
 fn aligned_size(layout: Layout) -> usize {
-    if layout.size() > ROUNDED_BYTES_MAX {
+    if layout.size() > ROUNDED_BYTES_MAX || layout.align() > ROUNDED_BYTES_MAX {
         return layout.size();
     }
     layout.size().next_power_of_two().max(layout.align())
+}
+
+/// What mimalloc returned, checked against the layout in debug builds.
+fn checked(p: *mut c_void, layout: Layout) -> *mut u8 {
+    debug_assert!(p.is_null() || (p as usize).is_multiple_of(layout.align()), "{layout:?}");
+    p.cast()
 }
 
 // SAFETY: a word-aligned request gets a block of at least its size from mimalloc's plain
@@ -41,21 +49,23 @@ fn aligned_size(layout: Layout) -> usize {
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         unsafe {
-            if layout.align() <= ALIGN_WORD {
-                mi::mi_malloc(layout.size()).cast()
+            let p = if layout.align() <= ALIGN_WORD {
+                mi::mi_malloc(layout.size())
             } else {
-                mi::mi_malloc_aligned(aligned_size(layout), layout.align()).cast()
-            }
+                mi::mi_malloc_aligned(aligned_size(layout), layout.align())
+            };
+            checked(p, layout)
         }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         unsafe {
-            if layout.align() <= ALIGN_WORD {
-                mi::mi_zalloc(layout.size()).cast()
+            let p = if layout.align() <= ALIGN_WORD {
+                mi::mi_zalloc(layout.size())
             } else {
-                mi::mi_zalloc_aligned(aligned_size(layout), layout.align()).cast()
-            }
+                mi::mi_zalloc_aligned(aligned_size(layout), layout.align())
+            };
+            checked(p, layout)
         }
     }
 
@@ -65,12 +75,15 @@ unsafe impl GlobalAlloc for Allocator {
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         unsafe {
-            if layout.align() <= ALIGN_WORD {
-                mi::mi_realloc(ptr.cast::<c_void>(), new_size).cast()
+            let p = if layout.align() <= ALIGN_WORD {
+                mi::mi_realloc(ptr.cast::<c_void>(), new_size)
             } else {
+                // `GlobalAlloc::realloc` promises a valid layout for the new size, so the
+                // fallback is never taken.
                 let new = Layout::from_size_align(new_size, layout.align()).map_or(new_size, aligned_size);
-                mi::mi_realloc_aligned(ptr.cast::<c_void>(), new, layout.align()).cast()
-            }
+                mi::mi_realloc_aligned(ptr.cast::<c_void>(), new, layout.align())
+            };
+            checked(p, layout)
         }
     }
 }
@@ -87,6 +100,7 @@ mod tests {
         assert_eq!(aligned_size(layout(64, 128)), 128);
         assert_eq!(aligned_size(layout(4096, 64)), 4096);
         assert_eq!(aligned_size(layout(5000, 128)), 5000);
+        assert_eq!(aligned_size(layout(100, 1 << 20)), 100);
     }
 
     /// What comes back is aligned and usable to its last byte, through every entry, and keeps

@@ -243,3 +243,30 @@ impl Telemetry for Metrics {
         self.callback_dispatch_seconds.observe(seconds);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cached series are the exported ones: a pool's later reports move the same gauges,
+    /// and each pool keeps its own.
+    #[test]
+    fn pool_gauges_follow_every_report() {
+        let metrics = Metrics::default();
+        metrics.pool("standard_voice", 5, 1, 0);
+        metrics.pool("premium_voice", 2, 0, 0);
+        metrics.pool("standard_voice", 4, 3, 2);
+        let text = metrics.encode();
+        for line in [
+            "switchboard_pool_capacity{pool=\"standard_voice\"} 4",
+            "switchboard_pool_active{pool=\"standard_voice\"} 3",
+            "switchboard_pool_waiting{pool=\"standard_voice\"} 2",
+            "switchboard_pool_capacity{pool=\"premium_voice\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+        metrics.active_calls("PRO", 2);
+        metrics.active_calls("PRO", -1);
+        assert!(metrics.encode().lines().any(|l| l == "switchboard_active_calls{plan=\"PRO\"} 1"));
+    }
+}

@@ -50,6 +50,13 @@ pub async fn spawn(config: Config, listener: TcpListener, env_token: Option<Stri
     let (stop_serving, stopped) = oneshot::channel::<()>();
     let router = app(Arc::clone(&state));
     let server = tokio::spawn(async move {
+        // TCP_NODELAY: a response goes out when it is written, never held back by Nagle's
+        // algorithm waiting for the client's delayed ACK.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "could not set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, axum::ServiceExt::into_make_service(router))
             .with_graceful_shutdown(async {
                 let _ = stopped.await;

@@ -35,6 +35,10 @@ async fn v1_without_a_token_is_401_with_www_authenticate_bearer() {
         ("POST", "/v1/tenants", Some(json!({"id": "acme", "plan": "PRO"}))),
         ("POST", "/v1/calls", Some(json!({"tenant_id": "acme", "direction": "inbound"}))),
         ("PATCH", "/v1/platform", Some(json!({"capacity": 50}))),
+        // Unknown routes under /v1 are not revealed to a caller without the token.
+        ("GET", "/v1", None),
+        ("GET", "/v1/no-such-route", None),
+        ("DELETE", "/v1/platform", None),
     ];
     for (method, path, body) in &requests {
         let response = anonymous.send(method, path, body.as_ref(), &[]).await.expect("request");

@@ -25,6 +25,9 @@ macro_rules! numbered_id {
             const PREFIX: &'static str = $prefix;
         }
 
+        // The prefix and the 20 digits of `u64::MAX` fit in an `IdText`.
+        const _: () = assert!($prefix.len() + 20 <= IdText::BYTES_MAX);
+
         impl $name {
             /// The id as text, formatted on the stack: every admission's and end's response
             /// shows one.
@@ -555,6 +558,17 @@ pub fn mask_phone(number: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The stack formatting is the format it replaced, for every number.
+        #[test]
+        fn numbered_ids_are_prefix_and_twelve_digits(n in proptest::prelude::any::<u64>(), small in 0..1_000_000u64) {
+            proptest::prop_assert_eq!(CallId(n).to_string(), format!("call_{n:012}"));
+            proptest::prop_assert_eq!(CallbackId(small).to_string(), format!("cb_{small:012}"));
+            let text = CampaignId(n).text();
+            proptest::prop_assert_eq!(text.as_str(), format!("cmp_{n:012}"));
+        }
+    }
 
     #[test]
     fn call_id_round_trips_and_rejects_garbage() {

@@ -689,7 +689,7 @@ impl System {
         mut deadline: std::pin::Pin<&mut tokio::time::Sleep>,
         caller_gone: &mut oneshot::Receiver<()>,
     ) -> Result<Granted, Attempt> {
-        // Copied inline (a `Name`): most admissions never wait, and only a wait needs it.
+        // A `Name` (copied inline when short): most admissions never wait, and only a wait needs it.
         let waiting_pool = route.waiting_pool().clone();
         let class_rank = request.class;
         let (answer, mut answered) = oneshot::channel();

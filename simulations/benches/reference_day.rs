@@ -7,7 +7,12 @@
 //! `SWITCHBOARD_BENCH_SCENARIO` runs another scenario file instead.
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc::Allocator = alloc::Allocator;
+
+/// The server's allocator, so that this measures what `switchboard simulate` runs on.
+#[path = "../../src/alloc.rs"]
+#[allow(dead_code, unused_imports)]
+mod alloc;
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -97,7 +97,7 @@ pub fn app(state: AppStateRef) -> App {
 fn routes(state: AppStateRef) -> Router {
     // Flat, not `nest`ed: a nested router adds a layer of routing, a path rewrite and a boxed
     // service clone to every request, and every admission and end is one.
-    let v1 = Router::new()
+    Router::new()
         .route("/v1/calls", post(calls::create).get(calls::list))
         .route("/v1/calls/{id}", get(calls::show))
         .route("/v1/calls/{id}/end", post(calls::end))
@@ -126,9 +126,7 @@ fn routes(state: AppStateRef) -> Router {
         .route("/v1/platform/pools/{name}", patch(platform::update_pool))
         .route("/v1/simulations", post(simulations::create).get(simulations::list))
         .route("/v1/simulations/{id}", get(simulations::show))
-        .route("/v1/simulations/{id}/chart.svg", get(simulations::chart));
-    Router::new()
-        .merge(v1)
+        .route("/v1/simulations/{id}/chart.svg", get(simulations::chart))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
@@ -254,6 +252,24 @@ mod tests {
         let tenants = client.get("/v1/tenants/acme").await.unwrap();
         assert_eq!((tenants.status, tenants.header("content-type")), (503, Some("application/problem+json")));
         server.abort();
+    }
+
+    /// Past `http.in_flight_max` requests whose responses are not ready, the next is refused
+    /// at once with 503; a finished request gives its place back.
+    #[tokio::test]
+    async fn a_request_past_the_in_flight_bound_is_refused_until_one_finishes() {
+        let mut config = Config::default();
+        config.http.in_flight_max = 1;
+        let mut app = app(AppState::new(config, Arc::new(Metrics::default()), "a-token-for-this-test".into()));
+        let healthz = || Request::get("/healthz").body(axum::body::Body::empty()).unwrap();
+        let first = app.call(healthz());
+        let refused = app.call(healthz()).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("1"));
+        let body = axum::body::to_bytes(refused.into_body(), 4096).await.unwrap();
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap()["code"], "OVERLOADED");
+        assert_eq!(first.await.unwrap().status(), StatusCode::OK);
+        assert_eq!(app.call(healthz()).await.unwrap().status(), StatusCode::OK, "the finished request's place is free");
     }
 
     #[test]
