@@ -8,6 +8,7 @@
 # loadgen command, counts only a 10 s window of the load phase, and divides the instructions by
 # the admissions `/metrics` counted in that window. Needs valgrind; takes about a minute.
 # Kernel time (loopback TCP, fsync) is not counted: callgrind sees user space only.
+# KEEP_CALLGRIND=FILE keeps the profile, for callgrind_annotate.
 set -euo pipefail
 
 server=${1:-target/release/switchboard}
@@ -16,7 +17,7 @@ port=${SWITCHBOARD_BENCH_PORT:-8099}
 url=http://127.0.0.1:$port
 token=bench-token-0123456789
 work=$(mktemp -d)
-trap 'kill $vpid $lpid 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $vpid $lpid 2>/dev/null || true; [ -n "${KEEP_CALLGRIND:-}" ] && cp "$work/callgrind.out" "$KEEP_CALLGRIND"; rm -rf "$work"' EXIT
 
 SWITCHBOARD_ADMIN_TOKEN=$token SWITCHBOARD_LOG=warn valgrind --tool=callgrind --instr-atstart=no \
     --callgrind-out-file="$work/callgrind.out" "$server" --data-dir "$work/data" --worker-threads 1 \
