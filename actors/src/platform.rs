@@ -152,6 +152,9 @@ struct PoolSlot {
     core: PoolCore,
     /// The reservations by class name, as journaled.
     reserved: BTreeMap<String, u32>,
+    /// What the gauges last said (capacity, active, waiting): only changes are sent. Kept with
+    /// the pool, not in a map by name, because it is read after every message.
+    reported: Option<(u32, u32, u32)>,
 }
 
 struct Waiting {
@@ -166,8 +169,6 @@ pub struct PlatformState {
     waiting: BTreeMap<CallId, Waiting>,
     /// When the next `Tick` is due, if one is scheduled.
     tick_at_ms: Option<u64>,
-    /// What the gauges last said per pool (capacity, active, waiting): only changes are sent.
-    reported: BTreeMap<String, (u32, u32, u32)>,
 }
 
 impl Actor for PlatformActor {
@@ -185,10 +186,10 @@ impl Actor for PlatformActor {
                 let limits = PoolLimits { capacity: record.capacity, reserved: self.reserved_by_rank(&record.reserved) };
                 let core =
                     PoolCore::new(limits, self.arbitration.timing, classes.classes.len(), record.learned, record.cooldown_until_ms, held);
-                (name, PoolSlot { core, reserved: record.reserved })
+                (name, PoolSlot { core, reserved: record.reserved, reported: None })
             })
             .collect();
-        let mut state = PlatformState { pools, waiting: BTreeMap::new(), tick_at_ms: None, reported: BTreeMap::new() };
+        let mut state = PlatformState { pools, waiting: BTreeMap::new(), tick_at_ms: None };
         self.report(&mut state);
         Ok(state)
     }
@@ -424,13 +425,9 @@ impl PlatformActor {
     /// Sends the pools' gauges that changed (this runs after every message, on the hot path).
     fn report(&self, state: &mut PlatformState) {
         let now_ms = self.clock.now_ms();
-        for (name, slot) in &state.pools {
+        for (name, slot) in &mut state.pools {
             let now = (slot.core.effective_capacity(now_ms), slot.core.active(), slot.core.waiters() as u32);
-            let changed = match state.reported.get_mut(name) {
-                Some(reported) => std::mem::replace(reported, now) != now,
-                None => state.reported.insert(name.clone(), now).is_none(),
-            };
-            if changed {
+            if slot.reported.replace(now) != Some(now) {
                 self.telemetry.pool(name, now.0, now.1, now.2);
             }
         }
