@@ -1,5 +1,5 @@
-//! The HTTP facade: one `app(state) -> App` (a gate in front of the router), problem+json for every error, bearer auth on
-//! `/v1`, and load shedding in front of everything.
+//! The HTTP facade: one `app(state) -> App` (a gate in front of the router), problem+json for
+//! every error, bearer auth on `/v1`, and load shedding in front of everything.
 //!
 //! The router answers from the moment the socket is bound: `/healthz` at once, `/readyz` and
 //! `/v1` with 503 until the journal has been replayed and the actors are up.
