@@ -278,6 +278,8 @@ struct Acked {
     caller: String,
     acks: u64,
     max_missed_count: u64,
+    /// Acknowledgements that showed the entry new (`missed_count` 1): only its creation can.
+    creations: u64,
 }
 
 /// An end the clients sent for a callback call.
@@ -318,7 +320,7 @@ impl Model {
         match created {
             Some(true) => {
                 self.stats.created += 1;
-                if self.acked.contains_key(id) || count != 1 {
+                if count != 1 {
                     self.problems.push(format!("{via}: 201 for an entry not new: {entry}"));
                 }
             }
@@ -330,9 +332,19 @@ impl Model {
             caller: caller.to_owned(),
             acks: 0,
             max_missed_count: 0,
+            creations: 0,
         });
         acked.acks += 1;
         acked.max_missed_count = acked.max_missed_count.max(count);
+        // Whichever order the clients see their answers in (a repeat's 200 can reach the model
+        // before the creation's 201), every acknowledgement after the creation counts at
+        // least 2: a second `missed_count` of 1 for the same entry is a second creation.
+        if count == 1 {
+            acked.creations += 1;
+            if acked.creations > 1 {
+                self.problems.push(format!("{via}: entry created twice: {entry}"));
+            }
+        }
     }
 
     /// An entry seen `processing` and `dialed` (durable state): its call may not change.
