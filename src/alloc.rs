@@ -43,30 +43,26 @@ fn checked(p: *mut c_void, layout: Layout) -> *mut u8 {
     p.cast()
 }
 
+/// A new block for `layout` from mimalloc's plain entry or its aligned one.
+unsafe fn allocate(
+    layout: Layout,
+    plain: unsafe extern "C" fn(usize) -> *mut c_void,
+    aligned: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+) -> *mut u8 {
+    let p = unsafe { if layout.align() <= ALIGN_WORD { plain(layout.size()) } else { aligned(aligned_size(layout), layout.align()) } };
+    checked(p, layout)
+}
+
 // SAFETY: a word-aligned request gets a block of at least its size from mimalloc's plain
 // entry (8-aligned); any other gets one from its aligned entry, with the alignment asked and at
 // least the size asked. mimalloc frees and resizes by pointer, whichever entry allocated it.
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        unsafe {
-            let p = if layout.align() <= ALIGN_WORD {
-                mi::mi_malloc(layout.size())
-            } else {
-                mi::mi_malloc_aligned(aligned_size(layout), layout.align())
-            };
-            checked(p, layout)
-        }
+        unsafe { allocate(layout, mi::mi_malloc, mi::mi_malloc_aligned) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        unsafe {
-            let p = if layout.align() <= ALIGN_WORD {
-                mi::mi_zalloc(layout.size())
-            } else {
-                mi::mi_zalloc_aligned(aligned_size(layout), layout.align())
-            };
-            checked(p, layout)
-        }
+        unsafe { allocate(layout, mi::mi_zalloc, mi::mi_zalloc_aligned) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {

@@ -32,7 +32,7 @@ struct PoolLabels {
 /// A plan's or pool's name as a label value. Every admission and end looks up its plan's and
 /// its pool's series: an inline string makes that lookup key without an allocation.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-struct Label(switchboard_actors::model::Name);
+struct Label(Name);
 
 impl prometheus_client::encoding::EncodeLabelValue for Label {
     fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {

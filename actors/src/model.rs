@@ -500,17 +500,25 @@ pub const OUTCOME_RECLAIMED_STALE: &str = "reclaimed_stale";
 /// The outcome of a call the provider refused to place (HTTP 429 upstream).
 pub const OUTCOME_PROVIDER_REJECTED: &str = "provider_rejected";
 
-/// The calendar month (UTC) of a Unix time in ms, as `yyyymm` (Howard Hinnant's civil date).
-pub fn month_of_ms(ms: u64) -> u32 {
+/// The calendar date (UTC) of a Unix time in ms: year, month (1-12) and day (1-31), by Howard
+/// Hinnant's `civil_from_days`.
+pub fn civil_date(ms: u64) -> (i64, u32, u32) {
     let days = (ms / 86_400_000) as i64 + 719_468;
     let era = days.div_euclid(146_097);
     let day_of_era = days.rem_euclid(146_097);
     let year_of_era = (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
     let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year * 100 + month) as u32
+    (year, month as u32, day as u32)
+}
+
+/// The calendar month (UTC) of a Unix time in ms, as `yyyymm`.
+pub fn month_of_ms(ms: u64) -> u32 {
+    let (year, month, _) = civil_date(ms);
+    (year * 100 + i64::from(month)) as u32
 }
 
 /// A plain outbound PRO call of tenant `t`, for unit tests.

@@ -101,21 +101,10 @@ impl JsonObject {
         }
     }
 
+    /// A number, formatted by serde_json (itoa).
     #[inline]
     pub fn u64(&mut self, key: &'static str, value: u64) {
-        self.key(key);
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut rest = value;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
-        self.out.extend_from_slice(&digits[at..]);
+        self.serde(key, &value);
     }
 
     #[inline]

@@ -120,20 +120,10 @@ pub struct Rfc3339(pub u64);
 impl Rfc3339 {
     /// Year, month, day, hour, minute, second and millisecond.
     fn civil(self) -> [u64; 7] {
-        let days = (self.0 / 86_400_000) as i64;
+        let (year, month, day) = switchboard_actors::model::civil_date(self.0);
         let ms_of_day = self.0 % 86_400_000;
-        // Howard Hinnant's civil_from_days.
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
         let time = [ms_of_day / 3_600_000, ms_of_day / 60_000 % 60, ms_of_day / 1000 % 60, ms_of_day % 1000];
-        [year as u64, month as u64, day as u64, time[0], time[1], time[2], time[3]]
+        [year as u64, u64::from(month), u64::from(day), time[0], time[1], time[2], time[3]]
     }
 
     /// The 24 bytes, for four-digit years (every instant the API parses or stamps).
