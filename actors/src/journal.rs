@@ -1,10 +1,13 @@
 //! The journal writer: one actor that orders, group-commits and acknowledges every event.
 //!
 //! Appends are accepted in mailbox order: each gets the next sequence number, is applied to the
-//! durable state the writer keeps, and joins the pending batch. While one batch is being
-//! written (off the async workers for a disk store), new appends pile up; when it is durable
-//! every append in it is acknowledged and the next batch starts. One write, one flush, many
-//! acknowledgements: that is the group commit.
+//! durable state the writer keeps, and is queued for writing. A disk store is written by the
+//! journal's own I/O thread: whenever it is ready for another write it takes everything queued
+//! (up to a batch), writes it, flushes once and reports back how far the log is durable; the
+//! writer then acknowledges every append up to there. While one batch is being written, new
+//! appends pile up in the queue. One write, one flush, many acknowledgements: that is the
+//! group commit. The thread is woken only when it has run out of work; under load it never
+//! waits, and queuing an append costs the async worker a short lock, not a wake-up.
 //!
 //! Generations close the gap a crashed actor would leave. An admission reserves slots in the
 //! tenant, line and pool actors first and appends second, naming the generation of each actor
@@ -17,7 +20,7 @@
 //! every later append is refused until an operator restarts the process (TigerBeetle's rule:
 //! never keep running on storage whose state you do not know).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::time::Instant;
@@ -34,12 +37,9 @@ use crate::telemetry::Telemetry;
 
 /// Events in one write. A larger backlog is written as several batches, one after another.
 pub const JOURNAL_BATCH_EVENTS_MAX: usize = 8_192;
-/// Batches handed to the journal's I/O thread and not yet reported written. The writer starts a
-/// write only after the previous one's `Written`, so the slot is always free when it sends;
-/// finding it taken is a bug, and fails the journal.
-pub const JOURNAL_WRITES_IN_FLIGHT: usize = 1;
-/// Appends waiting for a write. Past it appends are refused with `Overloaded` (503), which
-/// bounds memory if the disk stalls; the HTTP layer's in-flight limit normally keeps far below.
+/// Appends accepted and not yet durable (queued or being written). Past it appends are refused
+/// with `Overloaded` (503), which bounds memory if the disk stalls; the HTTP layer's in-flight
+/// limit normally keeps far below.
 pub const JOURNAL_PENDING_MAX: usize = 65_536;
 
 /// An actor whose state the journal can hand over after a crash.
@@ -194,10 +194,12 @@ pub enum JournalMsg {
     Sync {
         reply: RpcReplyPort<Result<(), AppendError>>,
     },
-    /// Internal: a write finished.
+    /// Internal: a write finished. On success, every event up to `result`'s seq is durable.
     Written {
-        result: Result<(), String>,
-        started: Instant,
+        result: Result<u64, String>,
+        /// How long the write and its flush took.
+        took: std::time::Duration,
+        events: usize,
     },
 }
 
@@ -218,16 +220,24 @@ pub struct JournalWriter {
 pub struct JournalState {
     durable: DurableState,
     generations: BTreeMap<Entity, u32>,
-    pending: Vec<(u64, Vec<u8>, Waiter)>,
-    in_flight: Vec<(u64, Waiter)>,
+    /// Accepted appends not yet durable, in sequence order, and who waits for each. Bounded by
+    /// `JOURNAL_PENDING_MAX`.
+    waiting: VecDeque<(u64, Waiter)>,
     syncs_waiting: Vec<(u64, RpcReplyPort<Result<(), AppendError>>)>,
-    writing: bool,
-    snapshot_due: bool,
     events_since_snapshot: u64,
     last_durable_seq: u64,
     failed: Option<String>,
-    /// For a blocking store: the journal's own I/O thread, which writes one batch at a time.
-    io: Option<std::sync::mpsc::SyncSender<(WriteBatch, Instant)>>,
+    sink: Sink,
+}
+
+/// Where accepted events go to be written.
+enum Sink {
+    /// A store that does not block (memory: tests, simulations): the writer writes each
+    /// message's events itself before it takes the next message, with no thread and no
+    /// message to itself, so paused time stays deterministic.
+    Inline(WriteBatch),
+    /// A disk store: its I/O thread takes the queue whenever it is ready to write.
+    Thread(IoThread),
 }
 
 impl Actor for JournalWriter {
@@ -236,17 +246,18 @@ impl Actor for JournalWriter {
     type Arguments = DurableState;
 
     async fn pre_start(&self, myself: ActorRef<JournalMsg>, durable: DurableState) -> Result<JournalState, ActorProcessingErr> {
-        let io = if self.store.blocks() { Some(spawn_io_thread(Arc::clone(&self.store), myself)?) } else { None };
+        let sink = if self.store.blocks() {
+            Sink::Thread(IoThread::spawn(Arc::clone(&self.store), myself)?)
+        } else {
+            Sink::Inline(WriteBatch::default())
+        };
         Ok(JournalState {
-            io,
+            sink,
             last_durable_seq: durable.last_seq,
             durable,
             generations: BTreeMap::new(),
-            pending: Vec::new(),
-            in_flight: Vec::new(),
+            waiting: VecDeque::new(),
             syncs_waiting: Vec::new(),
-            writing: false,
-            snapshot_due: false,
             events_since_snapshot: 0,
             failed: None,
         })
@@ -255,7 +266,7 @@ impl Actor for JournalWriter {
     async fn handle(&self, _: ActorRef<JournalMsg>, msg: JournalMsg, state: &mut JournalState) -> Result<(), ActorProcessingErr> {
         match msg {
             JournalMsg::Append { event, guard, reply } => match self.accept(state, &event, &guard) {
-                Ok(bytes) => state.pending.push((state.durable.last_seq, bytes, Waiter::Append(reply))),
+                Ok(seq) => state.waiting.push_back((seq, Waiter::Append(reply))),
                 Err(error) => {
                     let _ = reply.send(Err(error));
                 }
@@ -263,10 +274,9 @@ impl Actor for JournalWriter {
             JournalMsg::AdjustCredits { tenant_id, amount, reason, at_ms, guard, reply } => {
                 let event = Event::CreditsAdjusted { tenant_id: tenant_id.clone(), amount, reason, at_ms };
                 match self.accept(state, &event, &guard) {
-                    Ok(bytes) => {
-                        let seq = state.durable.last_seq;
+                    Ok(seq) => {
                         let posted = state.durable.ledgers.get(&tenant_id).and_then(|l| l.transactions.back()).filter(|tx| tx.seq == seq);
-                        state.pending.push((seq, bytes, Waiter::Credit(Box::new((reply, posted.cloned())))));
+                        state.waiting.push_back((seq, Waiter::Credit(Box::new((reply, posted.cloned())))));
                     }
                     Err(error) => {
                         let _ = reply.send(Err(error));
@@ -288,13 +298,9 @@ impl Actor for JournalWriter {
                     state.syncs_waiting.push((state.durable.last_seq, reply));
                 }
             }
-            JournalMsg::Written { result, started } => self.written(state, result, started),
+            JournalMsg::Written { result, took, events } => self.written(state, result, took, events),
         }
-        // A blocking store writes one batch at a time (`writing` until its `Written`); a store
-        // that does not block has written each batch on return, so every pending batch goes now.
-        while !state.writing && state.failed.is_none() && !state.pending.is_empty() {
-            self.start_write(state)?;
-        }
+        self.write_inline(state);
         Ok(())
     }
 }
@@ -312,12 +318,13 @@ impl JournalWriter {
         Some((call.tenant_id.to_string(), limit, before, *characters))
     }
 
-    /// Checks, sequences, encodes and applies one event. Refusals change nothing.
-    fn accept(&self, state: &mut JournalState, event: &Event, guard: &Guard) -> Result<Vec<u8>, AppendError> {
+    /// Checks, sequences, encodes, applies and queues one event; returns its sequence number.
+    /// Refusals change nothing.
+    fn accept(&self, state: &mut JournalState, event: &Event, guard: &Guard) -> Result<u64, AppendError> {
         if let Some(why) = &state.failed {
             return Err(AppendError::Failed(why.clone()));
         }
-        if state.pending.len() >= JOURNAL_PENDING_MAX {
+        if state.waiting.len() >= JOURNAL_PENDING_MAX {
             return Err(AppendError::Overloaded);
         }
         // Generations move only when an actor is rebuilt; until then every guard is current
@@ -385,59 +392,51 @@ impl JournalWriter {
                 tracing::warn!(alert = "USAGE_ALERT", level = to.as_str(), tenant_id = %tenant_id, used = before + characters, limit, "monthly premium characters crossed a threshold");
             }
         }
+        // A snapshot follows the event that makes it due, in the same write: it describes
+        // exactly the events written up to it.
         state.events_since_snapshot += 1;
-        if state.events_since_snapshot >= self.snapshot_every_events {
-            state.snapshot_due = true;
-        }
-        Ok(bytes)
-    }
-
-    fn start_write(&self, state: &mut JournalState) -> Result<(), ActorProcessingErr> {
-        let take = state.pending.len().min(JOURNAL_BATCH_EVENTS_MAX);
-        let mut batch = WriteBatch { events: Vec::with_capacity(take), snapshot: None };
-        for (seq, bytes, reply) in state.pending.drain(..take) {
-            batch.events.push((seq, bytes));
-            state.in_flight.push((seq, reply));
-        }
-        if state.snapshot_due && state.pending.is_empty() {
-            // Only when the batch ends at the state's last event: the snapshot must describe
-            // exactly the events written so far.
-            batch.snapshot = Some((state.durable.last_seq, codec::encode(&state.durable)?));
-            state.snapshot_due = false;
+        let snapshot = if state.events_since_snapshot >= self.snapshot_every_events {
             state.events_since_snapshot = 0;
-        }
-        state.writing = true;
-        let started = Instant::now();
-        match &state.io {
-            Some(io) => match io.try_send((batch, started)) {
-                Ok(()) => {}
-                Err(std::sync::mpsc::TrySendError::Full(_)) => {
-                    self.written(state, Err("a journal write started while another was in flight".into()), started);
+            // The event is applied: it is queued whatever happens to its snapshot, and a
+            // snapshot that cannot be encoded is left to the next interval (replay is longer).
+            codec::encode(&state.durable).inspect_err(|error| tracing::error!(%error, "could not encode a journal snapshot")).ok()
+        } else {
+            None
+        };
+        match &mut state.sink {
+            Sink::Inline(batch) => {
+                batch.events.push((seq, bytes));
+                if let Some(snapshot) = snapshot {
+                    batch.snapshot = Some((seq, snapshot));
                 }
-                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
-                    self.written(state, Err("the journal's I/O thread died".into()), started);
-                }
-            },
-            None => {
-                // A store that does not block (memory: tests, simulations) has written the batch
-                // when `write` returns: the replies go now, not after a message to ourselves.
-                let result = self.store.write(batch).map_err(|e| e.to_string());
-                self.written(state, result, started);
             }
+            Sink::Thread(io) => io.queue(seq, bytes, snapshot),
         }
-        Ok(())
+        Ok(seq)
     }
 
-    fn written(&self, state: &mut JournalState, result: Result<(), String>, started: Instant) {
-        state.writing = false;
+    /// A store that does not block writes what this message queued before the next message.
+    fn write_inline(&self, state: &mut JournalState) {
+        let Sink::Inline(batch) = &mut state.sink else { return };
+        if batch.events.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(batch);
+        let (last, events) = (batch.events.last().map_or(0, |(seq, _)| *seq), batch.events.len());
+        let started = Instant::now();
+        let result = self.store.write(batch).map(|()| last).map_err(|e| e.to_string());
+        self.written(state, result, started.elapsed(), events);
+    }
+
+    fn written(&self, state: &mut JournalState, result: Result<u64, String>, took: std::time::Duration, events: usize) {
         match result {
-            Ok(()) => {
-                self.telemetry.journal_flushed(started.elapsed().as_secs_f64(), state.in_flight.len());
-                for (seq, waiter) in state.in_flight.drain(..) {
-                    state.last_durable_seq = seq;
+            Ok(durable) => {
+                self.telemetry.journal_flushed(took.as_secs_f64(), events);
+                state.last_durable_seq = durable;
+                while state.waiting.front().is_some_and(|(seq, _)| *seq <= durable) {
+                    let (seq, waiter) = state.waiting.pop_front().expect("checked");
                     waiter.durable(seq);
                 }
-                let durable = state.last_durable_seq;
                 let (ready, waiting): (Vec<_>, Vec<_>) = state.syncs_waiting.drain(..).partition(|(seq, _)| *seq <= durable);
                 state.syncs_waiting = waiting;
                 for (_, reply) in ready {
@@ -447,14 +446,14 @@ impl JournalWriter {
             Err(why) => {
                 tracing::error!(error = %why, "journal write failed; refusing all further writes");
                 let error = AppendError::Failed(why.clone());
-                for (_, waiter) in state.in_flight.drain(..) {
-                    waiter.refused(error.clone());
-                }
-                for (_, _, waiter) in state.pending.drain(..) {
+                for (_, waiter) in state.waiting.drain(..) {
                     waiter.refused(error.clone());
                 }
                 for (_, reply) in state.syncs_waiting.drain(..) {
                     let _ = reply.send(Err(error.clone()));
+                }
+                if let Sink::Inline(batch) = &mut state.sink {
+                    *batch = WriteBatch::default();
                 }
                 state.failed = Some(why);
                 self.healthy.store(false, Ordering::SeqCst);
@@ -463,31 +462,118 @@ impl JournalWriter {
     }
 }
 
-/// The journal's I/O thread: one long-lived thread that writes the batches the writer hands it
-/// (at most one at a time: the channel holds one and the writer waits for `Written`) and reports
-/// each back. One thread for the process's life, where a blocking-pool task per write cost a
-/// task spawn and an extra wake-up on every group commit. It ends when the writer stops (its
-/// sender is dropped with the writer's state). A panicking write fails the journal, as any
-/// failed write does.
-fn spawn_io_thread(
-    store: Arc<dyn Store>,
-    writer: ActorRef<JournalMsg>,
-) -> Result<std::sync::mpsc::SyncSender<(WriteBatch, Instant)>, ActorProcessingErr> {
-    let (sender, batches) = std::sync::mpsc::sync_channel::<(WriteBatch, Instant)>(JOURNAL_WRITES_IN_FLIGHT);
-    std::thread::Builder::new().name("journal-io".into()).spawn(move || {
-        for (batch, started) in batches {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.write(batch)))
-                .unwrap_or_else(|panic| {
-                    let why = panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str));
-                    Err(crate::store::StoreError::Io(format!("the journal write panicked: {}", why.unwrap_or("(no message)"))))
-                })
-                .map_err(|e| e.to_string());
-            if writer.cast(JournalMsg::Written { result, started }).is_err() {
-                break;
+/// Events accepted for a disk store and not yet taken by its I/O thread, in sequence order.
+#[derive(Default)]
+struct IoQueue {
+    items: VecDeque<Queued>,
+    /// The thread waits for work on the condition variable (and must be woken).
+    idle: bool,
+    /// The writer is gone: the thread ends once the queue is empty.
+    closed: bool,
+}
+
+enum Queued {
+    Event(u64, Vec<u8>),
+    /// A snapshot of the state right after the event queued before it.
+    Snapshot(u64, Vec<u8>),
+}
+
+/// The journal's I/O thread and its queue.
+///
+/// One long-lived thread writes everything for the process's life: when it is ready for
+/// another write it takes what is queued (up to `JOURNAL_BATCH_EVENTS_MAX` events, and never
+/// past a snapshot), writes and flushes it, and tells the writer how far the log is durable.
+/// The queue is a mutex the writer holds only to push; the thread sleeps on a condition
+/// variable only when the queue is empty, so under load queuing costs no wake-up (the old
+/// design handed each batch over a channel, which woke the thread on every group commit:
+/// a futex call on the async worker each time). A failed or panicking write fails the
+/// journal and ends the thread: nothing after it is written.
+struct IoThread {
+    shared: Arc<(std::sync::Mutex<IoQueue>, std::sync::Condvar)>,
+}
+
+impl IoThread {
+    fn spawn(store: Arc<dyn Store>, writer: ActorRef<JournalMsg>) -> Result<IoThread, ActorProcessingErr> {
+        let shared = Arc::new((std::sync::Mutex::new(IoQueue::default()), std::sync::Condvar::new()));
+        let queue = Arc::clone(&shared);
+        std::thread::Builder::new().name("journal-io".into()).spawn(move || {
+            while let Some(batch) = IoThread::take(&queue) {
+                let (last, events) = (batch.events.last().map_or(0, |(seq, _)| *seq), batch.events.len());
+                let started = Instant::now();
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.write(batch)))
+                    .unwrap_or_else(|panic| {
+                        let why = panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str));
+                        Err(crate::store::StoreError::Io(format!("the journal write panicked: {}", why.unwrap_or("(no message)"))))
+                    })
+                    .map(|()| last)
+                    .map_err(|e| e.to_string());
+                let failed = result.is_err();
+                if writer.cast(JournalMsg::Written { result, took: started.elapsed(), events }).is_err() || failed {
+                    break;
+                }
+            }
+        })?;
+        Ok(IoThread { shared })
+    }
+
+    /// Queues an event (and the snapshot that follows it) for the thread, waking it if it
+    /// has run out of work.
+    fn queue(&self, seq: u64, bytes: Vec<u8>, snapshot: Option<Vec<u8>>) {
+        let (queue, ready) = &*self.shared;
+        let mut queue = queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        queue.items.push_back(Queued::Event(seq, bytes));
+        if let Some(snapshot) = snapshot {
+            queue.items.push_back(Queued::Snapshot(seq, snapshot));
+        }
+        if queue.idle {
+            queue.idle = false;
+            ready.notify_one();
+        }
+    }
+
+    /// The thread's next batch: waits until something is queued; `None` once the writer is
+    /// gone and the queue is empty.
+    fn take(shared: &(std::sync::Mutex<IoQueue>, std::sync::Condvar)) -> Option<WriteBatch> {
+        let (queue, ready) = shared;
+        let mut queue = queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        while queue.items.is_empty() {
+            if queue.closed {
+                return None;
+            }
+            queue.idle = true;
+            queue = ready.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        queue.idle = false;
+        let mut batch = WriteBatch { events: Vec::with_capacity(queue.items.len().min(JOURNAL_BATCH_EVENTS_MAX)), snapshot: None };
+        while batch.events.len() < JOURNAL_BATCH_EVENTS_MAX {
+            match queue.items.pop_front() {
+                Some(Queued::Event(seq, bytes)) => batch.events.push((seq, bytes)),
+                Some(Queued::Snapshot(seq, bytes)) => {
+                    batch.snapshot = Some((seq, bytes));
+                    break;
+                }
+                None => break,
             }
         }
-    })?;
-    Ok(sender)
+        // A snapshot right after the batch's last event belongs to this write.
+        if batch.snapshot.is_none()
+            && let Some(Queued::Snapshot(seq, _)) = queue.items.front()
+            && batch.events.last().is_some_and(|(last, _)| last == seq)
+            && let Some(Queued::Snapshot(seq, bytes)) = queue.items.pop_front()
+        {
+            batch.snapshot = Some((seq, bytes));
+        }
+        Some(batch)
+    }
+}
+
+/// The writer is gone (its state dropped): the thread writes what is queued, then ends.
+impl Drop for IoThread {
+    fn drop(&mut self) {
+        let (queue, ready) = &*self.shared;
+        queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).closed = true;
+        ready.notify_one();
+    }
 }
 
 fn handover(durable: &DurableState, entity: &Entity) -> Handover {
@@ -551,6 +637,124 @@ mod tests {
         let after_expiry = crate::append(&journal, admitted(next, IDEMPOTENCY_RETENTION_MS, "new"), Guard::default(), timeout).await;
         assert!(after_expiry.is_ok(), "{after_expiry:?}");
         journal.stop(None);
+    }
+
+    fn io_queue() -> IoThread {
+        IoThread { shared: Arc::new((std::sync::Mutex::new(IoQueue::default()), std::sync::Condvar::new())) }
+    }
+
+    fn seqs(batch: &WriteBatch) -> (Vec<u64>, Option<u64>) {
+        (batch.events.iter().map(|(seq, _)| *seq).collect(), batch.snapshot.as_ref().map(|(seq, _)| *seq))
+    }
+
+    /// The I/O thread takes everything queued, but never past a snapshot: a snapshot is written
+    /// with the event it follows, and describes exactly the events written up to it.
+    #[test]
+    fn the_io_thread_takes_the_queue_up_to_and_with_the_first_snapshot() {
+        let io = io_queue();
+        io.queue(1, vec![1], None);
+        io.queue(2, vec![2], Some(vec![0]));
+        io.queue(3, vec![3], None);
+        io.queue(4, vec![4], Some(vec![0]));
+        io.queue(5, vec![5], None);
+        let take = || IoThread::take(&io.shared).map(|batch| seqs(&batch));
+        assert_eq!(take(), Some((vec![1, 2], Some(2))));
+        assert_eq!(take(), Some((vec![3, 4], Some(4))));
+        assert_eq!(take(), Some((vec![5], None)));
+        // The writer is gone: what is queued is still written, then the thread ends.
+        io.queue(6, vec![6], None);
+        let shared = Arc::clone(&io.shared);
+        drop(io);
+        assert_eq!(IoThread::take(&shared).map(|batch| seqs(&batch)), Some((vec![6], None)));
+        assert!(IoThread::take(&shared).is_none());
+    }
+
+    /// A backlog larger than a batch is split; a snapshot due right at the split goes with
+    /// the first part, one due after it with the part that holds its event.
+    #[test]
+    fn a_backlog_past_the_batch_bound_is_split_and_keeps_its_snapshots() {
+        for (snapshot_at, first, second) in [
+            (JOURNAL_BATCH_EVENTS_MAX as u64, Some(JOURNAL_BATCH_EVENTS_MAX as u64), None),
+            (JOURNAL_BATCH_EVENTS_MAX as u64 + 1, None, Some(JOURNAL_BATCH_EVENTS_MAX as u64 + 1)),
+        ] {
+            let io = io_queue();
+            for seq in 1..=JOURNAL_BATCH_EVENTS_MAX as u64 + 1 {
+                io.queue(seq, Vec::new(), (seq == snapshot_at).then(Vec::new));
+            }
+            let (events, snapshot) = seqs(&IoThread::take(&io.shared).unwrap());
+            assert_eq!((events.len(), events.last().copied(), snapshot), (JOURNAL_BATCH_EVENTS_MAX, Some(snapshot_at.min(8_192)), first));
+            let (events, snapshot) = seqs(&IoThread::take(&io.shared).unwrap());
+            assert_eq!((events, snapshot), (vec![JOURNAL_BATCH_EVENTS_MAX as u64 + 1], second));
+        }
+    }
+
+    /// A store that blocks, so the writer runs it on its I/O thread; it keeps what it is given
+    /// in a memory store and remembers each batch's shape.
+    #[derive(Default)]
+    struct BlockingStore {
+        inner: MemoryStore,
+        batches: std::sync::Mutex<Vec<(Vec<u64>, Option<u64>)>>,
+    }
+
+    impl Store for BlockingStore {
+        fn write(&self, batch: WriteBatch) -> Result<(), crate::store::StoreError> {
+            self.batches.lock().unwrap().push(seqs(&batch));
+            // Slow enough that appends pile up behind a write and go as one group commit.
+            std::thread::sleep(Duration::from_millis(2));
+            self.inner.write(batch)
+        }
+        fn blocks(&self) -> bool {
+            true
+        }
+        fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, crate::store::StoreError> {
+            self.inner.latest_snapshot()
+        }
+        fn scan_after(&self, seq: u64, visit: &mut crate::store::Visit<'_>) -> Result<(), crate::store::StoreError> {
+            self.inner.scan_after(seq, visit)
+        }
+    }
+
+    /// Through the I/O thread: every append is acknowledged once durable, appends made during
+    /// a write share the next one, every snapshot ends its batch, and the store replays to the
+    /// writer's state.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_through_the_io_thread_are_group_committed_and_replay_to_the_same_state() {
+        let store = Arc::new(BlockingStore::default());
+        let mut journal_writer = writer();
+        journal_writer.store = store.clone();
+        journal_writer.snapshot_every_events = 7;
+        let (journal, handle) = Actor::spawn(None, journal_writer, DurableState::new()).await.unwrap();
+        let appends = (0..40).map(|n| {
+            let journal = journal.clone();
+            tokio::spawn(async move {
+                let event = Event::TenantCreated(crate::model::test_tenant(&format!("t{n}")));
+                crate::append(&journal, event, Guard::default(), Duration::from_secs(5)).await
+            })
+        });
+        let mut acknowledged: Vec<u64> = Vec::new();
+        for append in appends.collect::<Vec<_>>() {
+            acknowledged.push(append.await.unwrap().expect("acknowledged"));
+        }
+        acknowledged.sort_unstable();
+        assert_eq!(acknowledged, (1..=40).collect::<Vec<_>>(), "each append its own seq, all durable");
+        let batches = store.batches.lock().unwrap().clone();
+        assert!(batches.len() < 40, "appends made during a write share a batch: {batches:?}");
+        let written: Vec<u64> = batches.iter().flat_map(|(events, _)| events.iter().copied()).collect();
+        assert_eq!(written, (1..=40).collect::<Vec<_>>(), "written once each, in order");
+        let snapshots: Vec<u64> = batches
+            .iter()
+            .filter_map(|(events, snapshot)| {
+                if let Some(seq) = snapshot {
+                    assert_eq!(events.last(), Some(seq), "a snapshot ends its batch");
+                }
+                *snapshot
+            })
+            .collect();
+        assert_eq!(snapshots, vec![7, 14, 21, 28, 35]);
+        let live = crate::read_journal(&journal, |durable: &DurableState| durable.clone(), Duration::from_secs(5)).await.unwrap();
+        assert_eq!(crate::store::recover(&store.inner).unwrap(), live);
+        journal.stop(None);
+        handle.await.unwrap();
     }
 
     fn writer() -> JournalWriter {
