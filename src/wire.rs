@@ -155,15 +155,15 @@ trait ReadSome {
     async fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize>;
 }
 
+/// Through `AsyncRead`, not `readable` and `try_read`: tokio's `poll_read` takes a short read
+/// as the socket drained and clears its readiness, so the next response's first read waits
+/// for the kernel's event instead of making a `recvfrom` that can only fail with `EAGAIN`
+/// (one wasted system call per request otherwise).
 impl ReadSome for TcpStream {
     async fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            self.readable().await?;
-            match self.try_read(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                other => return other,
-            }
-        }
+        let mut filled = tokio::io::ReadBuf::new(buf);
+        std::future::poll_fn(|cx| tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut *self), cx, &mut filled)).await?;
+        Ok(filled.filled().len())
     }
 }
 
