@@ -101,6 +101,16 @@ pub enum Direction {
     Outbound,
 }
 
+impl Direction {
+    /// The name serde gives it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
 /// Plans and their default concurrent limits (seed 000 §1.2). Lives in config, never in code.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanTable {
@@ -245,6 +255,16 @@ pub struct CreditTx {
 pub enum Voice {
     Standard,
     Premium,
+}
+
+impl Voice {
+    /// The name serde gives it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Voice::Standard => "standard",
+            Voice::Premium => "premium",
+        }
+    }
 }
 
 /// What a line does with an inbound call when it is full (seed 002).

@@ -140,13 +140,13 @@ impl CallView<'_> {
         o.ascii("call_id", self.call_id.text().as_str().as_bytes());
         o.str("tenant_id", self.tenant_id);
         o.opt_str("line_id", self.line_id);
-        o.serde("direction", &self.direction);
+        o.str("direction", self.direction.as_str());
         o.str("status", self.status);
         o.bool("over_limit", self.over_limit);
         o.str("plan", self.plan);
         o.str("class", self.class);
         o.str("pool", self.pool);
-        o.serde("voice", &self.voice);
+        o.str("voice", self.voice.as_str());
         o.bool("fell_back", self.fell_back);
         o.opt_str("fallback_reason", self.fallback_reason);
         o.u64("waited_ms", self.waited_ms);
