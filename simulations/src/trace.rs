@@ -17,7 +17,7 @@ use std::time::Duration;
 use switchboard_actors::clock::Clock;
 use switchboard_actors::codec;
 use switchboard_actors::event::Event;
-use switchboard_actors::model::{CallId, Direction, LineId, OUTCOME_PROVIDER_REJECTED, OUTCOME_RECLAIMED_STALE, PlanTable, TenantId};
+use switchboard_actors::model::{CallId, LineId, OUTCOME_PROVIDER_REJECTED, OUTCOME_RECLAIMED_STALE, PlanTable, TenantId};
 use switchboard_actors::store::{MemoryStore, Store, StoreError, Visit, WriteBatch};
 
 use crate::report::{ClassSeries, PoolStats, Timeline};
@@ -421,9 +421,9 @@ impl Watcher {
             let limit = self.plans.effective_limit(&tenant.plan, tenant.limit_override);
             if checked && tenant.active.regular > limit {
                 let active = tenant.active.regular;
-                let outbound = if call.direction == Direction::Outbound { "outbound" } else { "inbound" };
+                let direction = call.direction.as_str();
                 self.tenant_limit_exceeded
-                    .add(|| format!("{} ({outbound}) made tenant {} hold {active} of limit {limit}", call.id, call.tenant_id));
+                    .add(|| format!("{} ({direction}) made tenant {} hold {active} of limit {limit}", call.id, call.tenant_id));
             }
         }
         if let Some(line) = &call.line_id
@@ -561,7 +561,7 @@ impl Watcher {
 
 #[cfg(test)]
 mod tests {
-    use switchboard_actors::model::{CallRecord, TenantRecord, Voice};
+    use switchboard_actors::model::{CallRecord, Direction, TenantRecord, Voice};
 
     use super::*;
 
