@@ -1,10 +1,11 @@
 //! Strict request extraction: JSON bodies that name the field at fault, bounded sizes, and
 //! path and query parameters that fail as problems rather than as plain-text rejections.
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 
 use super::problem::Problem;
@@ -12,38 +13,47 @@ use super::problem::Problem;
 /// Request bodies larger than this are refused with 413 before they are parsed.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
 
-/// A JSON body: `application/json`, at most `BODY_BYTES_MAX`, no unknown fields (the target
-/// types say `deny_unknown_fields`). Also keeps the raw bytes for idempotency hashing.
+/// A JSON body: `application/json`, at most `BODY_BYTES_MAX` (enforced here, not by the
+/// router's `DefaultBodyLimit`, so the routes `App` serves without the router read bodies the
+/// same way), no unknown fields (the target types say `deny_unknown_fields`).
 pub struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = Problem;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
-        let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let essence = content_type.split(';').next().unwrap_or("").trim();
-        let is_json = essence.eq_ignore_ascii_case("application/json") || essence.to_ascii_lowercase().ends_with("+json");
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                Problem::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "BODY_TOO_LARGE",
-                    format!("request bodies are limited to {BODY_BYTES_MAX} bytes"),
-                )
-            } else {
-                Problem::new(StatusCode::BAD_REQUEST, "BODY_UNREADABLE", rejection.body_text())
-            }
-        })?;
-        // Webhooks often end a call with no body at all: that means "no fields".
-        if bytes.is_empty() {
-            return parse_json(b"{}").map(JsonBody);
-        }
-        if !is_json {
-            return Err(Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE", "send the body as application/json")
-                .with_field("content-type"));
-        }
-        parse_json(&bytes).map(JsonBody)
+    async fn from_request(request: Request, _: &S) -> Result<Self, Problem> {
+        let (parts, body) = request.into_parts();
+        json_body(&parts.headers, body).await.map(JsonBody)
     }
+}
+
+/// A request's body as `JsonBody` reads it, for the routes `App` serves ahead of the router.
+pub async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, Problem> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    let is_json = essence.eq_ignore_ascii_case("application/json") || essence.to_ascii_lowercase().ends_with("+json");
+    let bytes = match Limited::new(body, BODY_BYTES_MAX).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BODY_TOO_LARGE",
+                format!("request bodies are limited to {BODY_BYTES_MAX} bytes"),
+            ));
+        }
+        Err(error) => {
+            return Err(Problem::new(StatusCode::BAD_REQUEST, "BODY_UNREADABLE", format!("Failed to buffer the request body: {error}")));
+        }
+    };
+    // Webhooks often end a call with no body at all: that means "no fields".
+    if bytes.is_empty() {
+        return parse_json(b"{}");
+    }
+    if !is_json {
+        return Err(Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE", "send the body as application/json")
+            .with_field("content-type"));
+    }
+    parse_json(&bytes)
 }
 
 /// Parses JSON, reporting the path of the field that failed (`tenant_id`, `contacts[2].phone`).

@@ -162,7 +162,10 @@ impl tower::Service<Request> for App {
 
     fn call(&mut self, request: Request) -> GateFuture {
         match gate(&self.state, &request) {
-            Ok(permit) => GateFuture::Routed { future: self.router.call(request), _permit: permit },
+            Ok(permit) => match calls::Hot::of(&request) {
+                Some(hot) => GateFuture::Hot { future: Box::pin(hot.serve(Arc::clone(&self.state), request)), _permit: permit },
+                None => GateFuture::Routed { future: self.router.call(request), _permit: permit },
+            },
             Err(refused) => GateFuture::Refused(Some(refused)),
         }
     }
@@ -194,7 +197,15 @@ fn gate(state: &AppState, request: &Request) -> Result<OwnedSemaphorePermit, Res
 #[allow(clippy::large_enum_variant)]
 pub enum GateFuture {
     Refused(Option<Response>),
-    Routed { future: RouteFuture<Infallible>, _permit: OwnedSemaphorePermit },
+    /// An admission or an end, served without the router (`calls::Hot`).
+    Hot {
+        future: Pin<Box<dyn Future<Output = Response> + Send>>,
+        _permit: OwnedSemaphorePermit,
+    },
+    Routed {
+        future: RouteFuture<Infallible>,
+        _permit: OwnedSemaphorePermit,
+    },
 }
 
 impl Future for GateFuture {
@@ -204,6 +215,7 @@ impl Future for GateFuture {
         // Every field is `Unpin` (the router's future boxes what it runs).
         match self.get_mut() {
             GateFuture::Refused(refused) => Poll::Ready(Ok(refused.take().expect("a refusal is polled once"))),
+            GateFuture::Hot { future, .. } => future.as_mut().poll(cx).map(Ok),
             GateFuture::Routed { future, .. } => Pin::new(future).poll(cx),
         }
     }
@@ -270,6 +282,80 @@ mod tests {
         assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap()["code"], "OVERLOADED");
         assert_eq!(first.await.unwrap().status(), StatusCode::OK);
         assert_eq!(app.call(healthz()).await.unwrap().status(), StatusCode::OK, "the finished request's place is free");
+    }
+
+    /// `App` serves admissions and ends without the router: every answer, refusals included,
+    /// must be the router's on the wire (before the system is up, so a valid request meets the
+    /// same 503 on both and nothing changes state).
+    #[tokio::test]
+    async fn the_hot_routes_answer_exactly_as_the_router_does() {
+        async fn serve<S>(service: S) -> std::net::SocketAddr
+        where
+            S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+            S::Future: Send,
+        {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            tokio::spawn(axum::serve(listener, axum::ServiceExt::into_make_service(service)).into_future());
+            address
+        }
+        let token = "a-token-for-this-test";
+        let state = AppState::new(Config::default(), Arc::new(Metrics::default()), token.into());
+        let router = tower::Layer::layer(&DefaultBodyLimit::max(extract::BODY_BYTES_MAX), routes(Arc::clone(&state)));
+        let mut hot = Client::connect(serve(app(state)).await, Some(token.into())).await.unwrap();
+        let mut routed = Client::connect(serve(router).await, Some(token.into())).await.unwrap();
+        let json = ("content-type", "application/json");
+        let large = format!(r#"{{"tenant_id":"{}","direction":"outbound"}}"#, "t".repeat(extract::BODY_BYTES_MAX));
+        type Headers<'a> = Vec<(&'a str, &'a str)>;
+        let cases: Vec<(&str, Headers, String)> = vec![
+            ("/v1/calls", vec![json], r#"{"tenant_id":"acme","direction":"outbound"}"#.into()),
+            ("/v1/calls", vec![json, ("idempotency-key", "key-1")], r#"{"tenant_id":"acme","direction":"outbound"}"#.into()),
+            ("/v1/calls", vec![json, ("idempotency-key", "bad key")], r#"{"tenant_id":"acme","direction":"sideways"}"#.into()),
+            ("/v1/calls", vec![json], r#"{"tenant_id":"acme","direction":"sideways"}"#.into()),
+            ("/v1/calls", vec![json], r#"{"tenant_id":"acme","direction":"outbound","colour":1}"#.into()),
+            ("/v1/calls", vec![json], r#"{"tenant_id":"#.into()),
+            ("/v1/calls", vec![("content-type", "text/plain")], r#"{"tenant_id":"acme","direction":"outbound"}"#.into()),
+            ("/v1/calls", vec![], String::new()),
+            ("/v1/calls", vec![json], large),
+            ("/v1/calls/call_7/end", vec![], String::new()),
+            ("/v1/calls/call_7/end", vec![json], r#"{"outcome":"Done!"}"#.into()),
+            ("/v1/calls/call_7/end", vec![json], r#"{"duration_s":-1}"#.into()),
+            ("/v1/calls/not-a-call/end", vec![json], r#"{"outcome":"completed"}"#.into()),
+            ("/v1/calls/call%5F7/end", vec![], String::new()),
+        ];
+        for (path, headers, body) in cases {
+            let mut answers = Vec::new();
+            for client in [&mut hot, &mut routed] {
+                let mut response = client.send_raw("POST", path, body.clone().into_bytes(), &headers).await.unwrap();
+                response.headers.retain(|(name, _)| name != "date");
+                let text = response.text();
+                answers.push((response.status, response.headers, text));
+            }
+            assert!(answers[0].0 >= 400, "{path}: {:?}", answers[0]);
+            assert_eq!(answers[0], answers[1], "{path} {headers:?}");
+        }
+    }
+
+    #[test]
+    fn the_hot_routes_are_the_posts_that_start_and_end_a_call() {
+        let hot = |method: &str, path: &str| {
+            calls::Hot::of(&Request::builder().method(method).uri(path).body(axum::body::Body::empty()).unwrap())
+        };
+        assert_eq!(hot("POST", "/v1/calls"), Some(calls::Hot::Create));
+        assert_eq!(hot("POST", "/v1/calls?x=1"), Some(calls::Hot::Create));
+        assert_eq!(hot("POST", "/v1/calls/call_7/end"), Some(calls::Hot::End("call_7".into())));
+        for (method, path) in [
+            ("GET", "/v1/calls"),
+            ("PUT", "/v1/calls/call_7/end"),
+            ("POST", "/v1/calls/"),
+            ("POST", "/v1/calls//end"),
+            ("POST", "/v1/calls/a/b/end"),
+            ("POST", "/v1/calls/call%5F7/end"),
+            ("POST", "/v1/calls/call_7/heartbeat"),
+            ("POST", "/v1/calls/call_7/end/"),
+        ] {
+            assert_eq!(hot(method, path), None, "{method} {path}");
+        }
     }
 
     #[test]
