@@ -272,21 +272,18 @@ impl Hot {
     /// Extracts as the router's handlers do, in their order (headers, then the body), and runs
     /// the same handler.
     pub async fn serve(self, state: AppStateRef, request: axum::extract::Request) -> Response {
+        self.run(state, request).await.into_response()
+    }
+
+    async fn run(self, state: AppStateRef, request: axum::extract::Request) -> Result<Response, Problem> {
         let (parts, body) = request.into_parts();
-        let result = match self {
-            Hot::Create => match idempotency_key(&parts.headers) {
-                Ok(key) => match json_body(&parts.headers, body).await {
-                    Ok(body) => create(State(state), IdempotencyKey(key), JsonBody(body)).await,
-                    Err(problem) => Err(problem),
-                },
-                Err(problem) => Err(problem),
-            },
-            Hot::End(id) => match json_body(&parts.headers, body).await {
-                Ok(body) => end(State(state), Path(id), JsonBody(body)).await,
-                Err(problem) => Err(problem),
-            },
-        };
-        result.into_response()
+        match self {
+            Hot::Create => {
+                let key = idempotency_key(&parts.headers)?;
+                create(State(state), IdempotencyKey(key), JsonBody(json_body(&parts.headers, body).await?)).await
+            }
+            Hot::End(id) => end(State(state), Path(id), JsonBody(json_body(&parts.headers, body).await?)).await,
+        }
     }
 }
 
