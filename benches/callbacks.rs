@@ -58,7 +58,7 @@ async fn run() {
     let busy = AdmitRequest { line_id: Some(LINE.into()), ..AdmitRequest::outbound("t") };
     let mut on_line: CallId = system.admit(busy).await.expect("the line's first call").call.id;
     for n in 0..MISSED {
-        system.record_missed(LINE, format!("+1415556{n:04}"), MissedReason::Busy).await.expect("missed");
+        system.record_missed(LINE, format!("+1415556{n:04}"), MissedReason::Busy, None).await.expect("missed");
     }
     let mut latency = Histogram::default();
     let started = Instant::now();

@@ -119,7 +119,15 @@ async fn connect(client: &mut Client, tenant: &str, line: &str, from: &str) -> S
 
 /// An inbound call that must be turned away busy and recorded; returns the answer.
 async fn turned_away(client: &mut Client, tenant: &str, line: &str, from: &str) -> Value {
-    let response = inbound(client, tenant, line, from).await;
+    let body = json!({"tenant_id": tenant, "line_id": line, "direction": "inbound", "from": from});
+    turned_away_by(client, &body, None).await
+}
+
+/// `turned_away` for any inbound admission body, with an `Idempotency-Key` if given.
+async fn turned_away_by(client: &mut Client, body: &Value, key: Option<&str>) -> Value {
+    let headers: Vec<(&str, &str)> = key.map(|key| ("idempotency-key", key)).into_iter().collect();
+    let response = client.send("POST", "/v1/calls", Some(body), &headers).await.expect("request");
+    let (line, from) = (body["line_id"].as_str().expect("line_id"), body["from"].as_str().expect("from"));
     assert_eq!(response.status, 200, "inbound from {from} on {line}: {}", response.text());
     let body = response.json();
     assert_eq!((body["object"].as_str(), body["action"].as_str()), (Some("missed_call"), Some("reject_busy")), "{body}");
@@ -335,6 +343,69 @@ async fn a_full_callback_line_turns_callers_away_busy_and_queues_one_entry_per_c
     // The line is still full: nobody was dialled.
     settle(&server).await;
     assert!(dialer.dials().is_empty(), "a full line dials nobody: {:?}", dialer.dials());
+    assert_live_equals_durable(&server.system).await;
+}
+
+/// A provider retries a webhook it got no answer to, with the same call, and a platform retries
+/// with the same `Idempotency-Key`: each missed attempt counts once on the caller's entry, by
+/// either endpoint, across a restart. A new attempt still counts, and a closed entry forgets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_missed_attempt_counts_once() {
+    let dir = temp_dir();
+    let (server, mut client) = boot(dir.path(), None, |_| {}).await;
+    new_tenant(&mut client, TENANT, false).await;
+    callback_line(&mut client, LINE, TENANT, 1, None).await;
+    connect(&mut client, TENANT, LINE, &filler(1)).await;
+    let webhook =
+        |call: &str| json!({"tenant_id": TENANT, "line_id": LINE, "direction": "inbound", "from": ALICE, "provider_call_id": call});
+
+    let first = turned_away_by(&mut client, &webhook("CA1"), None).await;
+    assert_eq!(first["missed_count"], 1, "{first}");
+    let alice = id_of(&first);
+    let before = last_seq(&server).await;
+    let retried = turned_away_by(&mut client, &webhook("CA1"), None).await;
+    assert_eq!(retried, first, "the retry answers what the first answered, word for word");
+    assert_eq!(last_seq(&server).await, before, "a retry of a counted attempt journals nothing");
+
+    let second = turned_away_by(&mut client, &webhook("CA2"), None).await;
+    assert_eq!((id_of(&second), second["missed_count"].as_u64()), (alice.clone(), Some(2)), "a new call counts: {second}");
+    // Without a provider call id, the key names the attempt.
+    let keyed = json!({"tenant_id": TENANT, "line_id": LINE, "direction": "inbound", "from": ALICE});
+    assert_eq!(turned_away_by(&mut client, &keyed, Some("wh-77")).await["missed_count"], 3);
+    assert_eq!(turned_away_by(&mut client, &keyed, Some("wh-77")).await["missed_count"], 3);
+    // The platform reporting a call the webhook already turned away: the same attempt.
+    let reported = report(&mut client, LINE, json!({"from": ALICE, "provider_call_id": "CA2"})).await;
+    assert_eq!((reported.status, reported.json()["missed_count"].as_u64()), (200, Some(3)), "{}", reported.text());
+    let reported = report(&mut client, LINE, json!({"from": ALICE, "reason": "no_answer", "provider_call_id": "CA3"})).await;
+    assert_eq!((reported.status, reported.json()["missed_count"].as_u64()), (200, Some(4)), "{}", reported.text());
+    // Nothing names the attempt: it counts.
+    assert_eq!(turned_away_by(&mut client, &keyed, None).await["missed_count"], 5);
+
+    // A provider call id the API would refuse anywhere is refused here too, and changes nothing.
+    let before = last_seq(&server).await;
+    for bad in [json!(""), json!("x".repeat(129)), json!(7)] {
+        let refused = report(&mut client, LINE, json!({"from": ALICE, "provider_call_id": bad})).await;
+        assert_eq!(refused.json()["field"], "provider_call_id", "{}", refused.text());
+        assert!(matches!(refused.status, 400 | 422), "{}", refused.text());
+    }
+    assert_eq!(last_seq(&server).await, before, "refused reports journal nothing");
+    let text = metrics(&mut client).await;
+    assert_eq!((events(&text, "missed"), events(&text, "missed_again"), events(&text, "missed_retried")), (1.0, 4.0, 3.0));
+    assert_live_equals_durable(&server.system).await;
+
+    // The entry remembers its attempts across a restart.
+    server.stop().await;
+    let (server, mut client) = boot(dir.path(), None, |_| {}).await;
+    let after = turned_away_by(&mut client, &webhook("CA1"), None).await;
+    assert_eq!((id_of(&after), after["missed_count"].as_u64()), (alice.clone(), Some(5)), "{after}");
+    assert_eq!(report(&mut client, LINE, json!({"from": ALICE, "provider_call_id": "CA3"})).await.json()["missed_count"], 5);
+
+    // Cancelled, the entry forgets: the same call again is a new missed call.
+    let cancelled = client.send("DELETE", &format!("/v1/callbacks/{alice}"), None, &[]).await.expect("request");
+    assert_eq!(cancelled.status, 200, "{}", cancelled.text());
+    let again = turned_away_by(&mut client, &webhook("CA1"), None).await;
+    assert_ne!(id_of(&again), alice);
+    assert_eq!(again["missed_count"], 1, "{again}");
     assert_live_equals_durable(&server.system).await;
 }
 

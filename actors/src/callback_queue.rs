@@ -27,7 +27,7 @@ use crate::event::Event;
 use crate::journal::{AppendError, Guard, JournalMsg, unknown_outcome};
 use crate::model::{
     CallId, CallbackEntry, CallbackId, CallbackStatus, Campaign, CampaignId, CampaignRecord, CampaignStatus, ContactState, ContactStatus,
-    LineId, MissedReason, TenantId, mask_phone,
+    LineId, MissedAttempt, MissedReason, TenantId, mask_phone,
 };
 use crate::state::DurableState;
 use crate::telemetry::Telemetry;
@@ -94,6 +94,8 @@ pub enum CallbackQueueMsg {
     Missed {
         caller: String,
         reason: MissedReason,
+        /// What names this attempt, so a retry of it is recognised.
+        attempt: Option<MissedAttempt>,
         reply: RpcReplyPort<Result<(CallbackEntry, bool), CallbackError>>,
     },
     /// A channel freed on the line.
@@ -223,8 +225,8 @@ impl Actor for CallbackQueueActor {
             }
         };
         let result = match msg {
-            CallbackQueueMsg::Missed { caller, reason, reply } => {
-                let result = self.missed(state, caller, reason).await;
+            CallbackQueueMsg::Missed { caller, reason, attempt, reply } => {
+                let result = self.missed(state, caller, reason, attempt).await;
                 let unknown = matches!(result, Err(CallbackError::Journal(AppendError::Unknown)));
                 let _ = reply.send(result);
                 unknown
@@ -342,12 +344,15 @@ impl CallbackQueueActor {
         state: &mut CallbackQueueState,
         caller: String,
         reason: MissedReason,
+        attempt: Option<MissedAttempt>,
     ) -> Result<(CallbackEntry, bool), CallbackError> {
         let now_ms = self.clock.now_ms();
         let next_id = CallbackId(self.next_callback_number.fetch_add(1, Ordering::SeqCst));
         // A missed call while a campaign runs on the line waits for the campaign (seed 002).
         let on_hold = state.campaigns.values().any(|c| c.status == CampaignStatus::Running);
-        match state.queue.missed(next_id, &self.line_id, &self.tenant_id, &caller, reason, on_hold, now_ms, self.open_max) {
+        let missed =
+            state.queue.missed(next_id, &self.line_id, &self.tenant_id, &caller, reason, attempt.as_ref(), on_hold, now_ms, self.open_max);
+        match missed {
             Missed::New(entry) => {
                 let event = Event::MissedCallRecorded(entry.clone());
                 self.append(event.clone()).await?;
@@ -356,11 +361,15 @@ impl CallbackQueueActor {
                 Ok((entry, true))
             }
             Missed::Repeat(id) => {
-                let event = Event::MissedCallRepeated { id, at_ms: now_ms };
+                let event = Event::MissedCallRepeated { id, at_ms: now_ms, attempt };
                 self.append(event.clone()).await?;
                 state.queue.apply(&event);
                 self.telemetry.callback_event("missed_again");
                 Ok((state.queue.get(id).expect("repeated entry is open").clone(), false))
+            }
+            Missed::Counted(id) => {
+                self.telemetry.callback_event("missed_retried");
+                Ok((state.queue.get(id).expect("the counting entry is open").clone(), false))
             }
             Missed::Full { open } => {
                 self.telemetry.callback_event("queue_full");
@@ -401,11 +410,7 @@ impl CallbackQueueActor {
         let mut updated = entry.clone();
         self.append(event.clone()).await?;
         state.queue.apply(&event);
-        updated.status = transition.status;
-        updated.call_id = transition.call_id;
-        updated.dialed = transition.dialed;
-        updated.failure_reason = transition.failure_reason;
-        updated.updated_at_ms = at_ms;
+        updated.update(transition.status, transition.call_id, transition.dialed, transition.failure_reason, at_ms);
         self.telemetry.callback_event(transition.status.as_str());
         Ok(updated)
     }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use crate::core::pool::Learned;
 use crate::model::{
     CallId, CallRecord, CallbackEntry, CallbackId, CallbackStatus, CampaignId, CampaignRecord, CampaignStatus, ContactState, LineRecord,
-    TenantId, TenantRecord,
+    MissedAttempt, TenantId, TenantRecord,
 };
 
 /// Ties an admission to its `Idempotency-Key`, so a retry after a restart replays the response.
@@ -64,6 +64,9 @@ pub enum Event {
     MissedCallRepeated {
         id: CallbackId,
         at_ms: u64,
+        /// The attempt it counted, when the request named one (format 3).
+        #[serde(with = "crate::codec::since_v3")]
+        attempt: Option<MissedAttempt>,
     },
     /// A callback entry moved on (dispatch, dial, the callback call's end, retry, cancel).
     CallbackUpdated {

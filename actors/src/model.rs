@@ -382,6 +382,56 @@ pub struct CallbackEntry {
     pub dialed: bool,
     pub failure_reason: Option<String>,
     pub updated_at_ms: u64,
+    /// The attempts counted while the entry is open, oldest first: at most
+    /// [`MISSED_ATTEMPTS_REMEMBERED_MAX`], the oldest forgotten past it. A retried webhook for
+    /// one of them is not counted again. Emptied when the entry closes.
+    #[serde(with = "crate::codec::since_v3")]
+    pub attempts: Vec<MissedAttempt>,
+}
+
+/// Attempts a callback entry remembers. Past it the oldest is forgotten, and a retry of that
+/// attempt (after this many newer ones from the same caller) counts again.
+pub const MISSED_ATTEMPTS_REMEMBERED_MAX: usize = 8;
+
+/// Names one missed attempt, so that a retried webhook for it is recognised.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MissedAttempt {
+    /// The provider's id of the call that was turned away or missed (`provider_call_id`).
+    ProviderCall(String),
+    /// The `Idempotency-Key` of a turned-away admission that named no provider call.
+    IdempotencyKey(String),
+}
+
+impl CallbackEntry {
+    /// Whether this entry already counted the attempt.
+    pub fn counted(&self, attempt: &MissedAttempt) -> bool {
+        self.attempts.contains(attempt)
+    }
+
+    /// A callback's progress (`Event::CallbackUpdated`): a closed entry forgets its attempts.
+    pub fn update(&mut self, status: CallbackStatus, call_id: Option<CallId>, dialed: bool, failure_reason: Option<String>, at_ms: u64) {
+        self.status = status;
+        self.call_id = call_id;
+        self.dialed = dialed;
+        self.failure_reason = failure_reason;
+        self.updated_at_ms = at_ms;
+        if !status.is_open() {
+            self.attempts = Vec::new();
+        }
+    }
+
+    /// The caller missed the line again while the entry was open.
+    pub fn count_repeat(&mut self, at_ms: u64, attempt: Option<&MissedAttempt>) {
+        self.missed_count += 1;
+        self.last_missed_at_ms = at_ms;
+        self.updated_at_ms = at_ms;
+        if let Some(attempt) = attempt {
+            if self.attempts.len() >= MISSED_ATTEMPTS_REMEMBERED_MAX {
+                self.attempts.remove(0);
+            }
+            self.attempts.push(attempt.clone());
+        }
+    }
 }
 
 /// A call as admitted. Everything but `last_activity_at_ms` is fixed at admission.

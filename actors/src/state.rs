@@ -302,20 +302,14 @@ impl DurableState {
                 self.next_callback_number = self.next_callback_number.max(entry.id.0 + 1);
                 self.callbacks.insert(entry.id, entry.clone());
             }
-            Event::MissedCallRepeated { id, at_ms } => {
+            Event::MissedCallRepeated { id, at_ms, attempt } => {
                 let entry = self.callbacks.get_mut(id).ok_or_else(|| contradiction(format!("no {id}")))?;
-                entry.missed_count += 1;
-                entry.last_missed_at_ms = *at_ms;
-                entry.updated_at_ms = *at_ms;
+                entry.count_repeat(*at_ms, attempt.as_ref());
             }
             Event::CallbackUpdated { id, status, call_id, dialed, failure_reason, at_ms } => {
                 let entry = self.callbacks.get_mut(id).ok_or_else(|| contradiction(format!("no {id}")))?;
                 let was_open = entry.status.is_open();
-                entry.status = *status;
-                entry.call_id = *call_id;
-                entry.dialed = *dialed;
-                entry.failure_reason = failure_reason.clone();
-                entry.updated_at_ms = *at_ms;
+                entry.update(*status, *call_id, *dialed, failure_reason.clone(), *at_ms);
                 if was_open && !status.is_open() {
                     self.close_callback(*id);
                 }

@@ -26,7 +26,8 @@ pub trait Telemetry: Send + Sync + 'static {
     fn premium_fallback(&self, reason: &str);
     /// A tenant's monthly premium characters crossed an alert level.
     fn usage_alert(&self, level: &'static str);
-    /// A callback entry event: `missed`, `missed_again`, `queue_full`, or the status it moved to.
+    /// A callback entry event: `missed`, `missed_again`, `missed_retried` (an attempt already
+    /// counted), `queue_full`, or the status it moved to.
     fn callback_event(&self, event: &'static str);
     /// From a channel freeing (or another trigger) to the callback's dial request.
     fn callback_dispatched(&self, seconds: f64);

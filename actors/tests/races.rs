@@ -130,7 +130,7 @@ async fn racing_cancels_of_one_callback_close_it_once_and_the_loser_hears_its_st
     system.create_line(line).await.unwrap();
     for round in 0..50u32 {
         let caller = format!("+1555000{round:04}");
-        let (entry, created) = system.record_missed("line-1", caller, MissedReason::Busy).await.unwrap();
+        let (entry, created) = system.record_missed("line-1", caller, MissedReason::Busy, None).await.unwrap();
         assert!(created, "round {round}");
         let (first, second) = tokio::join!(system.cancel_callback(entry.id), system.cancel_callback(entry.id));
         let mut results = [first, second];

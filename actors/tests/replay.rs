@@ -17,8 +17,8 @@ use switchboard_actors::core::call::EndReport;
 use switchboard_actors::dialer::{DialFuture, DialOutcome, DialRequest, Dialer};
 use switchboard_actors::journal::Entity;
 use switchboard_actors::model::{
-    Addon, AddonStatus, BillingStatus, CallId, CampaignId, CampaignRecord, Contact, Direction, LineRecord, MissedReason, OnBusy,
-    TenantRecord, Voice,
+    Addon, AddonStatus, BillingStatus, CallId, CampaignId, CampaignRecord, Contact, Direction, LineRecord, MissedAttempt, MissedReason,
+    OnBusy, TenantRecord, Voice,
 };
 use switchboard_actors::state::DurableState;
 use switchboard_actors::store::{MemoryStore, Store, recover};
@@ -101,6 +101,8 @@ enum Op {
     Missed {
         line: usize,
         caller: usize,
+        /// A provider call id out of a few, so retries of one attempt happen: `None` names none.
+        attempt: Option<u8>,
     },
     CancelCallback {
         pick: usize,
@@ -146,7 +148,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..3usize, proptest::option::of(any::<bool>())).prop_map(|(tenant, enabled)| Op::SetTenantFlag { tenant, enabled }),
         1 => (0..3usize, any::<bool>()).prop_map(|(tenant, paid)| Op::SetAddon { tenant, paid }),
         2 => (0..3usize, -30..60i64).prop_map(|(tenant, amount)| Op::Credit { tenant, amount }),
-        2 => (0..2usize, 0..4usize).prop_map(|(line, caller)| Op::Missed { line, caller }),
+        2 => (0..2usize, 0..4usize, proptest::option::of(0..3u8)).prop_map(|(line, caller, attempt)| Op::Missed { line, caller, attempt }),
         1 => any::<usize>().prop_map(|pick| Op::CancelCallback { pick }),
         1 => any::<usize>().prop_map(|pick| Op::RetryCallback { pick }),
         1 => (0..2usize, 1..4usize, 1..3u32, proptest::bool::weighted(0.2))
@@ -270,8 +272,9 @@ async fn apply(system: &Arc<System>, clock: &ManualClock, live: &mut Vec<CallId>
             let patch = TenantPatch { addon: Some((PREMIUM_FEATURE.into(), addon)), ..TenantPatch::default() };
             system.update_tenant(TENANTS[tenant].0, patch).await.expect("addon");
         }
-        Op::Missed { line, caller } => {
-            let _ = system.record_missed(LINES[line].0, CALLERS[caller].into(), MissedReason::Busy).await;
+        Op::Missed { line, caller, attempt } => {
+            let attempt = attempt.map(|n| MissedAttempt::ProviderCall(format!("CA{n}")));
+            let _ = system.record_missed(LINES[line].0, CALLERS[caller].into(), MissedReason::Busy, attempt).await;
         }
         Op::CreateCampaign { line, contacts, concurrency, narrow_window } => {
             // The manual clock starts at 2027-01-15T08:00Z: a 00:00-00:01 window excludes it.

@@ -6,11 +6,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use switchboard_actors::model::{CallbackEntry, CallbackId, CallbackStatus, MissedReason};
+use switchboard_actors::model::{CallbackEntry, CallbackId, CallbackStatus, MissedAttempt, MissedReason};
 use switchboard_actors::system::{CallbackApiError, CallbackFilter, MissedError};
 
 use super::AppStateRef;
-use super::calls::system_problem;
+use super::calls::{PROVIDER_CALL_ID_CHARS_MAX, system_problem};
 use super::extract::{JsonBody, QueryParams};
 use super::problem::Problem;
 use super::validate::{self, rfc3339};
@@ -26,6 +26,9 @@ pub struct ReportMissed {
     from: String,
     #[serde(default)]
     reason: Option<MissedReason>,
+    /// The provider's id of the missed call: a report retried for it is not counted twice.
+    #[serde(default)]
+    provider_call_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,16 +99,22 @@ pub fn rejected_busy(missed: Result<(CallbackEntry, bool), MissedError>) -> Resu
     Ok(axum::Json(body).into_response())
 }
 
-/// `POST /v1/lines/{id}/missed-calls` `{"from", "reason"?}`: 201 with a new entry, or 200 with
-/// the caller's open entry counting one more missed attempt.
+/// `POST /v1/lines/{id}/missed-calls` `{"from", "reason"?, "provider_call_id"?}`: 201 with a new
+/// entry, or 200 with the caller's open entry, which counts one more missed attempt unless it
+/// already counted this provider call.
 pub async fn report(
     State(state): State<AppStateRef>,
     Path(line_id): Path<String>,
     JsonBody(body): JsonBody<ReportMissed>,
 ) -> Result<Response, Problem> {
     validate::e164("from", &body.from)?;
+    if let Some(provider_call_id) = &body.provider_call_id {
+        validate::text("provider_call_id", provider_call_id, PROVIDER_CALL_ID_CHARS_MAX)?;
+    }
     let reason = body.reason.unwrap_or(MissedReason::Busy);
-    let (entry, created) = state.system()?.record_missed(&line_id, body.from, reason).await.map_err(|e| missed_problem(e, &line_id))?;
+    let attempt = body.provider_call_id.map(MissedAttempt::ProviderCall);
+    let (entry, created) =
+        state.system()?.record_missed(&line_id, body.from, reason, attempt).await.map_err(|e| missed_problem(e, &line_id))?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, axum::Json(entry_json(&entry))).into_response())
 }

@@ -21,6 +21,8 @@ const LIST_LIMIT_DEFAULT: usize = 50;
 const LIST_LIMIT_MAX: usize = 200;
 /// `Idempotency-Key` length bound (Stripe's is 255).
 const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
+/// A provider's call id is at most this long (Twilio's CallSid is 34 characters).
+pub const PROVIDER_CALL_ID_CHARS_MAX: usize = 128;
 /// A reported call duration beyond this is a typo, not a call.
 const DURATION_S_MAX: u64 = 31 * 24 * 60 * 60;
 /// Characters reported for one call beyond this are a typo.
@@ -61,7 +63,7 @@ impl CreateCall {
             return Err(Problem::invalid("already_connected", "only inbound calls arrive already connected"));
         }
         if let Some(provider_call_id) = &self.provider_call_id {
-            validate::text("provider_call_id", provider_call_id, 128)?;
+            validate::text("provider_call_id", provider_call_id, PROVIDER_CALL_ID_CHARS_MAX)?;
         }
         if let Some(to) = &self.to {
             validate::e164("to", to)?;

@@ -16,7 +16,9 @@ use crate::callback_queue::{Busy, CallbackError, CallbackQueueMsg, Dispatch, Tra
 use crate::core::call::EndReport;
 use crate::dialer::{DialOutcome, DialRequest, Dialer};
 use crate::id_map;
-use crate::model::{CallbackEntry, CallbackId, CallbackStatus, Campaign, CampaignId, Direction, LineId, MissedReason, OnBusy, mask_phone};
+use crate::model::{
+    CallbackEntry, CallbackId, CallbackStatus, Campaign, CampaignId, Direction, LineId, MissedAttempt, MissedReason, OnBusy, mask_phone,
+};
 
 /// Entries handed to the dispatcher and not yet started; past it a queue keeps its entry
 /// pending and the backup scan tries again.
@@ -51,10 +53,18 @@ impl System {
     }
 
     /// Records a missed call on a line (a new entry, or one more attempt on the caller's open
-    /// entry). Returns the entry and whether it is new.
-    pub async fn record_missed(&self, line_id: &str, caller: String, reason: MissedReason) -> Result<(CallbackEntry, bool), MissedError> {
+    /// entry, unless that entry already counted `attempt`). Returns the entry and whether it is
+    /// new.
+    pub async fn record_missed(
+        &self,
+        line_id: &str,
+        caller: String,
+        reason: MissedReason,
+        attempt: Option<MissedAttempt>,
+    ) -> Result<(CallbackEntry, bool), MissedError> {
         let queue = self.queue(line_id).map_err(|_| MissedError::UnknownLine)?;
-        match ask(&queue, |reply| CallbackQueueMsg::Missed { caller, reason, reply }, self.context.settings.journal_timeout).await {
+        let timeout = self.context.settings.journal_timeout;
+        match ask(&queue, |reply| CallbackQueueMsg::Missed { caller, reason, attempt, reply }, timeout).await {
             Ok(Ok(recorded)) => Ok(recorded),
             Ok(Err(CallbackError::QueueFull { open })) => Err(MissedError::QueueFull { open }),
             Ok(Err(error)) => Err(MissedError::Unavailable(error.to_string())),
@@ -72,7 +82,13 @@ impl System {
             return None;
         }
         let caller = request.from.clone()?;
-        Some(self.record_missed(line_id, caller, MissedReason::Busy).await)
+        // A retried webhook names the same provider call, or carries the same key.
+        let attempt = match (&request.provider_call_id, &request.idempotency) {
+            (Some(call), _) => Some(MissedAttempt::ProviderCall(call.clone())),
+            (None, Some(stamp)) => Some(MissedAttempt::IdempotencyKey(stamp.key.clone())),
+            (None, None) => None,
+        };
+        Some(self.record_missed(line_id, caller, MissedReason::Busy, attempt).await)
     }
 
     /// Starts the dispatcher. Called once, after boot: entries left `processing` by a crash
