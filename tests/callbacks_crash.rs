@@ -16,7 +16,13 @@
 //!   outcome as the reason): the server never ends a dialled callback call by itself;
 //! - every acknowledged missed call (201/200 from `missed-calls`, or a `reject_busy` with a
 //!   `missed_call_id`) is listed by `GET /v1/callbacks` with an explicit status and a
-//!   `missed_count` at least what was acknowledged for it;
+//!   `missed_count` at least the number of distinct attempts acknowledged on it;
+//! - a retried attempt counts once: every missed call names its attempt (`provider_call_id`,
+//!   and the `Idempotency-Key` on an inbound call), as a provider's webhook does. An attempt left
+//!   unanswered by a kill is sent again after the restart, and some answered ones are sent again
+//!   at once (a provider that lost the answer). When nothing else touched the caller in
+//!   between, the repeat must answer the same entry with the same count. No entry may be
+//!   acknowledged as new (`missed_count` 1) for two different attempts;
 //! - once settled, `GET /v1/callbacks/stats` matches the list, and a clean restart keeps the list
 //!   exactly.
 //!
@@ -29,7 +35,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,6 +67,9 @@ const CAPACITY: u64 = 64;
 const QUEUE_PER_LINE_MAX: u64 = 8;
 /// The test makes no `POST /v1/callbacks/{id}/retry`: each entry may be dialled at most 1 + 0 times.
 const EXPLICIT_RETRIES: usize = 0;
+
+/// Percent of answered missed calls sent again at once, as a provider that lost the answer does.
+const DUPLICATE_PERCENT: u64 = 15;
 
 const WORKERS: usize = 2;
 /// A worker stops after this many requests even if the kill never comes.
@@ -268,6 +277,12 @@ struct Stats {
     callback_ends: u64,
     callback_ends_completed: u64,
     unanswered: u64,
+    /// Attempts sent again after a kill left them unanswered.
+    retried: u64,
+    /// Answered attempts sent again at once; `duplicates_checked` of them with nothing else
+    /// touching the caller in between.
+    duplicates: u64,
+    duplicates_checked: u64,
     kills: u64,
 }
 
@@ -278,8 +293,31 @@ struct Acked {
     caller: String,
     acks: u64,
     max_missed_count: u64,
-    /// Acknowledgements that showed the entry new (`missed_count` 1): only its creation can.
-    creations: u64,
+    /// The distinct attempts acknowledged on this entry: it counts at least these.
+    attempts: BTreeSet<String>,
+    /// The attempts whose acknowledgement showed the entry new (`missed_count` 1): only the one
+    /// that created it (and its retries) can.
+    created_by: BTreeSet<String>,
+}
+
+/// One missed call as a provider's webhook or the platform's report sends it. Its name is its
+/// `provider_call_id`, which a retry repeats.
+#[derive(Clone, Debug)]
+struct Attempt {
+    name: String,
+    line: String,
+    caller: String,
+    /// `POST /v1/lines/{id}/missed-calls` (true) or an inbound call on the line (false).
+    report: bool,
+    /// Sent before: this is a retry.
+    sent_before: bool,
+}
+
+/// Requests for one caller on one line.
+#[derive(Clone, Copy, Debug, Default)]
+struct Flights {
+    sent: u64,
+    in_flight: u64,
 }
 
 /// An end the clients sent for a callback call.
@@ -304,16 +342,26 @@ struct Model {
     /// Broken rules and unexpected answers; any fails the test.
     problems: Vec<String>,
     stats: Stats,
+    /// Attempts named so far (the next name's number).
+    attempts_named: u64,
+    /// Attempts a kill left unanswered, to send again after the restart.
+    retries: Vec<Attempt>,
+    /// Missed calls sent per (line, caller).
+    flights: BTreeMap<(String, String), Flights>,
 }
 
 impl Model {
     /// Records an acknowledged missed call. `created`: 201 (new entry) or 200 (a repeat), if known.
-    fn ack(&mut self, entry: &Value, line: &str, caller: &str, created: Option<bool>, via: &str) {
+    fn ack(&mut self, entry: &Value, attempt: &Attempt, created: Option<bool>, via: &str) {
+        let (line, caller) = (attempt.line.as_str(), attempt.caller.as_str());
         let Some(id) = entry["id"].as_str() else {
             self.problems.push(format!("{via}: an acknowledged missed call without an entry id: {entry}"));
             return;
         };
-        if entry["line_id"] != line || entry["caller"] != caller || entry["status"] != "pending" {
+        // A new or repeated missed call lands on a pending entry; a retry of an attempt already
+        // counted is answered with its entry as it is, whose callback may be under way.
+        let statuses: &[&str] = if attempt.sent_before { &["pending", "processing"] } else { &["pending"] };
+        if entry["line_id"] != line || entry["caller"] != caller || !statuses.contains(&text(&entry["status"])) {
             self.problems.push(format!("{via} for {caller} on {line} answered with {entry}"));
         }
         let count = entry["missed_count"].as_u64().unwrap_or(0);
@@ -332,17 +380,20 @@ impl Model {
             caller: caller.to_owned(),
             acks: 0,
             max_missed_count: 0,
-            creations: 0,
+            attempts: BTreeSet::new(),
+            created_by: BTreeSet::new(),
         });
         acked.acks += 1;
         acked.max_missed_count = acked.max_missed_count.max(count);
+        acked.attempts.insert(attempt.name.clone());
         // Whichever order the clients see their answers in (a repeat's 200 can reach the model
         // before the creation's 201), every acknowledgement after the creation counts at
-        // least 2: a second `missed_count` of 1 for the same entry is a second creation.
+        // least 2, except a retry of the creating attempt: a `missed_count` of 1 for a second
+        // attempt is a second creation.
         if count == 1 {
-            acked.creations += 1;
-            if acked.creations > 1 {
-                self.problems.push(format!("{via}: entry created twice: {entry}"));
+            acked.created_by.insert(attempt.name.clone());
+            if acked.created_by.len() > 1 {
+                self.problems.push(format!("{via}: entry created twice, by {:?}: {entry}", acked.created_by));
             }
         }
     }
@@ -429,61 +480,132 @@ fn pick_line(rng: &mut Rng) -> (usize, usize, String, String) {
     (t, j, line_id(t, j), caller_id(t, j, rng.index(CALLERS_PER_LINE)))
 }
 
-/// `POST /v1/lines/{id}/missed-calls`. Each op returns false when the connection died.
-async fn op_missed(client: &mut Client, model: &Mutex<Model>, rng: &mut Rng) -> bool {
-    let (_, _, line, caller) = pick_line(rng);
-    let path = format!("/v1/lines/{line}/missed-calls");
-    let answer = request(client, "POST", &path, Some(&json!({"from": caller}))).await;
-    let mut m = lock(model);
-    m.stats.reports += 1;
-    let Ok(response) = answer else {
-        m.stats.unanswered += 1;
+/// A missed call: reported to `POST /v1/lines/{id}/missed-calls` (`report`), or an inbound call
+/// on a callback line, admitted or turned away busy. A retry left by a kill goes first. Each op
+/// returns false when the connection died.
+async fn op_missed(client: &mut Client, model: &Mutex<Model>, rng: &mut Rng, report: bool) -> bool {
+    let attempt = {
+        let mut m = lock(model);
+        match m.retries.pop() {
+            Some(attempt) => {
+                m.stats.retried += 1;
+                attempt
+            }
+            None => {
+                let (_, _, line, caller) = pick_line(rng);
+                m.attempts_named += 1;
+                Attempt { name: format!("CA-{}", m.attempts_named), line, caller, report, sent_before: false }
+            }
+        }
+    };
+    let Some((first, sent, alone)) = send_attempt(client, model, &attempt).await else {
         return false;
     };
-    let body = response.json();
-    match response.status {
-        200 | 201 => m.ack(&body, &line, &caller, Some(response.status == 201), &format!("POST {path}")),
-        429 if body["code"] == "CALLBACK_QUEUE_FULL" => m.stats.queue_full += 1,
-        status => m.problems.push(format!("POST {path} from {caller} answered {status}: {}", response.text())),
+    let Some((id, count)) = first.filter(|_| rng.percent(DUPLICATE_PERCENT)) else {
+        return true;
+    };
+    // The provider lost the answer and sends the same attempt again.
+    let attempt = Attempt { sent_before: true, ..attempt };
+    let Some((again, _, _)) = send_attempt(client, model, &attempt).await else {
+        return false;
+    };
+    let mut m = lock(model);
+    m.stats.duplicates += 1;
+    let untouched = alone && m.flights.get(&(attempt.line.clone(), attempt.caller.clone())).is_some_and(|f| f.sent == sent + 1);
+    if let Some((again_id, again_count)) = again
+        && untouched
+        && again_id == id
+    {
+        m.stats.duplicates_checked += 1;
+        if again_count != count {
+            m.problems.push(format!("attempt {attempt:?} counted twice on {id}: missed_count {count}, then {again_count} for its retry"));
+        }
     }
     true
 }
 
-/// An inbound call on a callback line: admitted, or turned away busy (a missed call).
-async fn op_inbound(client: &mut Client, model: &Mutex<Model>, rng: &mut Rng) -> bool {
-    let (t, _, line, caller) = pick_line(rng);
-    let body = json!({"tenant_id": tenant_id(t), "line_id": line, "direction": "inbound", "from": caller});
-    let answer = request(client, "POST", "/v1/calls", Some(&body)).await;
+/// Sends one attempt and models its answer. `None`: the connection died. Otherwise the
+/// acknowledged entry's id and count, if any; the number of missed calls sent for this caller
+/// with this one; and whether none was in flight when it was sent.
+async fn send_attempt(client: &mut Client, model: &Mutex<Model>, attempt: &Attempt) -> Option<(Option<(String, u64)>, u64, bool)> {
+    let key = (attempt.line.clone(), attempt.caller.clone());
+    let (sent, alone) = {
+        let mut m = lock(model);
+        let flights = m.flights.entry(key.clone()).or_default();
+        flights.sent += 1;
+        flights.in_flight += 1;
+        (flights.sent, flights.in_flight == 1)
+    };
+    let (path, body, headers) = if attempt.report {
+        (format!("/v1/lines/{}/missed-calls", attempt.line), json!({"from": attempt.caller, "provider_call_id": attempt.name}), vec![])
+    } else {
+        let (tenant, _) = line_owner(&attempt.line).expect("a known line");
+        let body = json!({"tenant_id": tenant, "line_id": attempt.line, "direction": "inbound", "from": attempt.caller, "provider_call_id": attempt.name});
+        ("/v1/calls".to_owned(), body, vec![("idempotency-key", attempt.name.as_str())])
+    };
+    let answer = match tokio::time::timeout(REQUEST_TIMEOUT, client.send("POST", &path, Some(&body), &headers)).await {
+        Ok(answer) => answer,
+        Err(_) => Err(anyhow!("POST {path}: no answer within {REQUEST_TIMEOUT:?}")),
+    };
     let mut m = lock(model);
+    if let Some(flights) = m.flights.get_mut(&key) {
+        flights.in_flight -= 1;
+    }
+    if attempt.report {
+        m.stats.reports += 1;
+    }
     let Ok(response) = answer else {
         m.stats.unanswered += 1;
-        return false;
+        m.retries.push(Attempt { sent_before: true, ..attempt.clone() });
+        return None;
     };
     let answer = response.json();
-    match response.status {
-        201 => match answer["call_id"].as_str() {
-            Some(id) => {
-                m.stats.inbound_admitted += 1;
-                m.inbound.push(id.to_owned());
+    let acked = match (attempt.report, response.status) {
+        (true, 200 | 201) => {
+            m.ack(&answer, attempt, Some(response.status == 201), &format!("POST {path}"));
+            Some(&answer)
+        }
+        (true, 429) if answer["code"] == "CALLBACK_QUEUE_FULL" => {
+            m.stats.queue_full += 1;
+            None
+        }
+        (false, 201) => {
+            match answer["call_id"].as_str() {
+                Some(id) => {
+                    m.stats.inbound_admitted += 1;
+                    m.inbound.push(id.to_owned());
+                }
+                None => m.problems.push(format!("POST /v1/calls {body}: 201 without call_id: {answer}")),
             }
-            None => m.problems.push(format!("POST /v1/calls {body}: 201 without call_id: {answer}")),
-        },
-        200 if answer["action"] == "reject_busy" => {
+            None
+        }
+        (false, 200) if answer["action"] == "reject_busy" => {
             m.stats.turned_away += 1;
             match answer["missed_call_id"].as_str() {
                 Some(id) => {
                     if answer["callback"]["id"] != id || answer["missed_count"] != answer["callback"]["missed_count"] {
                         m.problems.push(format!("POST /v1/calls {body}: reject_busy names another entry: {answer}"));
                     }
-                    m.ack(&answer["callback"], &line, &caller, None, "reject_busy");
+                    m.ack(&answer["callback"], attempt, None, "reject_busy");
+                    Some(&answer["callback"])
                 }
-                None if answer["callback_refused"] == "CALLBACK_QUEUE_FULL" => m.stats.turned_away_refused += 1,
-                None => m.problems.push(format!("POST /v1/calls {body}: reject_busy without a missed call: {answer}")),
+                None if answer["callback_refused"] == "CALLBACK_QUEUE_FULL" => {
+                    m.stats.turned_away_refused += 1;
+                    None
+                }
+                None => {
+                    m.problems.push(format!("POST /v1/calls {body}: reject_busy without a missed call: {answer}"));
+                    None
+                }
             }
         }
-        status => m.problems.push(format!("POST /v1/calls {body} answered {status}: {}", response.text())),
-    }
-    true
+        (_, status) => {
+            m.problems.push(format!("POST {path} {body} answered {status}: {}", response.text()));
+            None
+        }
+    };
+    let acked = acked.and_then(|entry| Some((entry["id"].as_str()?.to_owned(), entry["missed_count"].as_u64()?)));
+    Some((acked, sent, alone))
 }
 
 /// Ends one of the clients' inbound calls: a channel frees, which triggers a dispatch.
@@ -578,9 +700,9 @@ async fn worker(addr: SocketAddr, model: Arc<Mutex<Model>>, stop: Arc<AtomicBool
         }
         let roll = rng.below(100);
         let alive = if roll < 30 {
-            op_missed(&mut client, &model, &mut rng).await
+            op_missed(&mut client, &model, &mut rng, true).await
         } else if roll < 60 {
-            op_inbound(&mut client, &model, &mut rng).await
+            op_missed(&mut client, &model, &mut rng, false).await
         } else if roll < 78 {
             op_end_inbound(&mut client, &model, &mut rng).await
         } else {
@@ -662,7 +784,7 @@ fn check_acked(model: &mut Model, entries: &BTreeMap<String, Value>) {
         if entry["line_id"] != acked.line.as_str()
             || entry["caller"] != acked.caller.as_str()
             || !known.contains(&text(&entry["status"]))
-            || count < acked.acks
+            || count < acked.attempts.len() as u64
             || count < acked.max_missed_count
         {
             model.problems.push(format!("acknowledged missed call {id} ({acked:?}) is listed as {entry}"));
@@ -962,7 +1084,7 @@ async fn run(settings: &Settings, ctx: &Ctx, dialer: &FakeDialer) -> Result<Stri
         println!(
             "{what}: boot {} ms, verify {} ms; +{} missed reports (+{} new, +{} repeats, +{} queue full), +{} inbound admitted, \
              +{} turned away busy (+{} refused), +{} inbound ended, +{} callback calls ended, +{} dial requests, {} entries acknowledged, \
-             {} seen dialled; SIGKILL after {delay} ms",
+             {} seen dialled; +{} attempts retried after the kill, +{} sent twice at once ({} checked); SIGKILL after {delay} ms",
             boot.as_millis(),
             verify_time.as_millis(),
             s.reports - before.reports,
@@ -977,6 +1099,9 @@ async fn run(settings: &Settings, ctx: &Ctx, dialer: &FakeDialer) -> Result<Stri
             dialer.records().len() - dials_before,
             m.acked.len(),
             m.dialed.len(),
+            s.retried - before.retried,
+            s.duplicates - before.duplicates,
+            s.duplicates_checked - before.duplicates_checked,
         );
     }
 
@@ -1006,7 +1131,7 @@ async fn run(settings: &Settings, ctx: &Ctx, dialer: &FakeDialer) -> Result<Stri
     Ok(format!(
         "{} cycles, {} kills; final boot {} ms, settled in {} rounds / {} ms, SIGTERM exit in {} ms; {} missed reports ({} new, {} repeats, \
          {} queue full), {} turned away busy ({} refused), {} inbound admitted, {} callback calls ended ({} completed), {} unanswered \
-         requests; {}; {} entries ({} acknowledged, {} seen dialled, {} failed {UNKNOWN_AFTER_RESTART}): {}",
+         requests; {} missed calls retried after a kill, {} sent twice at once ({} checked); {}; {} entries ({} acknowledged, {} seen dialled, {} failed {UNKNOWN_AFTER_RESTART}): {}",
         settings.cycles,
         s.kills,
         boot.as_millis(),
@@ -1023,6 +1148,9 @@ async fn run(settings: &Settings, ctx: &Ctx, dialer: &FakeDialer) -> Result<Stri
         s.callback_ends,
         s.callback_ends_completed,
         s.unanswered,
+        s.retried,
+        s.duplicates,
+        s.duplicates_checked,
         dial_summary(&dials),
         entries.len(),
         model.acked.len(),
