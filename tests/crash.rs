@@ -22,7 +22,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,6 +32,7 @@ use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use common::process::{Launcher, Server};
 use serde_json::{Value, json};
 use switchboard::client::{Client, Response};
+use switchboard_actors::state::ENDED_CALLS_RETAINED_MAX;
 
 const TOKEN: &str = "crash-test-admin-token-0123456789";
 const CYCLES_DEFAULT: u64 = 20;
@@ -61,8 +62,11 @@ const WORKERS_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Calls fetched one by one after each restart besides the ones touched in the last cycle
 /// (a rolling window over all calls ever seen); the final verification fetches all.
 const VERIFY_WINDOW: usize = 200;
-/// The server keeps 100 000 ended calls; the model forgets its oldest ended calls past this.
-const ENDED_KEPT_MAX: usize = 50_000;
+/// The server keeps the `ENDED_CALLS_RETAINED_MAX` most recently ended calls; the model forgets
+/// its oldest ended calls past this. The margin covers the model's end order differing from the
+/// journal's: concurrent ends acknowledged out of order, and unanswered ends the model learns
+/// of at the next restart (a cycle's ends are a few hundred).
+const ENDED_KEPT_MAX: usize = ENDED_CALLS_RETAINED_MAX - 2_000;
 const LIST_PAGE: usize = 200;
 const LIST_PAGES_MAX: usize = 10_000;
 
@@ -167,6 +171,8 @@ struct Model {
     touched: BTreeSet<String>,
     /// Admissions sent since the last verification that got no answer.
     unknown_admits: Vec<AdmitSpec>,
+    /// Ended calls, in the order the model learnt of their end.
+    ended: VecDeque<String>,
     /// Answers that should never happen (a 404 for an acknowledged call, a 5xx, ...).
     anomalies: Vec<String>,
     next_key: u64,
@@ -282,6 +288,7 @@ impl Model {
         if response.status == 200 && body["status"] == "ended" && body["call_id"] == id.as_str() {
             call.status = Status::Ended;
             self.stats.ended += 1;
+            self.ended.push_back(id);
         } else {
             call.status = Status::EndUnknown;
             self.anomalies.push(format!("POST /v1/calls/{id}/end answered {}: {}", response.status, response.text()));
@@ -311,15 +318,15 @@ impl Model {
         true
     }
 
-    /// Forgets the oldest ended calls past `ENDED_KEPT_MAX` (the server forgets them too,
-    /// past its own larger bound), so soak runs stay bounded.
+    /// Forgets the earliest ended calls past `ENDED_KEPT_MAX`, as the server forgets them past
+    /// its own larger bound, so soak runs stay bounded and never fetch a call the server was
+    /// entitled to forget.
     fn prune_ended(&mut self) {
-        let ended: Vec<String> = self.calls.iter().filter(|(_, c)| c.status == Status::Ended).map(|(id, _)| id.clone()).collect();
-        if ended.len() <= ENDED_KEPT_MAX {
+        if self.ended.len() <= ENDED_KEPT_MAX {
             return;
         }
-        for id in &ended[..ended.len() - ENDED_KEPT_MAX] {
-            self.calls.remove(id);
+        for id in self.ended.drain(..self.ended.len() - ENDED_KEPT_MAX) {
+            self.calls.remove(&id);
         }
         let calls = &self.calls;
         self.order.retain(|id| calls.contains_key(id));
@@ -491,6 +498,7 @@ async fn verify(client: &mut Client, model: &mut Model, full: bool) -> Result<()
                 call.status = if listed.is_some() { Status::Live } else { Status::Ended };
                 if call.status == Status::Ended {
                     model.stats.ends_resolved_ended += 1;
+                    model.ended.push_back(id.clone());
                 }
                 fetch.insert(id.clone());
             }
