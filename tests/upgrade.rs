@@ -46,23 +46,19 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// The format of every stored record: the snapshot's, and each event's after it.
-fn stored_formats(data_dir: &Path) -> (Option<u64>, Vec<u8>, Vec<u8>) {
+/// The format of every stored record: the snapshot's (with its seq), and each event's after it.
+fn stored_formats(data_dir: &Path) -> (Option<(u64, u8)>, Vec<u8>) {
     let store = SledStore::open(data_dir).expect("open the fixture's journal");
-    let snapshot = store.latest_snapshot().expect("read the snapshot");
-    let (snapshot_seq, snapshot_format) = match &snapshot {
-        Some((seq, bytes)) => (Some(*seq), vec![bytes[0]]),
-        None => (None, vec![]),
-    };
+    let snapshot = store.latest_snapshot().expect("read the snapshot").map(|(seq, bytes)| (seq, bytes[0]));
     let mut event_formats = Vec::new();
     store
-        .scan_after(snapshot_seq.unwrap_or(0), &mut |_, bytes| {
+        .scan_after(snapshot.map_or(0, |(seq, _)| seq), &mut |_, bytes| {
             event_formats.push(bytes[0]);
             Ok(())
         })
         .expect("scan the events");
     store.close();
-    (snapshot_seq, snapshot_format, event_formats)
+    (snapshot, event_formats)
 }
 
 /// What the fixture's builder saved: the same requests against today's build.
@@ -92,9 +88,9 @@ async fn a_format_2_journal_reads_as_the_old_build_showed_it_and_takes_format_3_
     let dir = temp_dir();
     copy_tree(&Path::new(FIXTURE).join("data"), dir.path());
 
-    let (snapshot_seq, snapshot_format, event_formats) = stored_formats(dir.path());
-    assert!(snapshot_seq.is_some_and(|seq| seq >= 100), "the fixture holds a snapshot: {snapshot_seq:?}");
-    assert_eq!(snapshot_format, vec![2], "the snapshot is format 2");
+    let (snapshot, event_formats) = stored_formats(dir.path());
+    assert!(snapshot.is_some_and(|(seq, _)| seq >= 100), "the fixture holds a snapshot: {snapshot:?}");
+    assert_eq!(snapshot.map(|(_, format)| format), Some(2), "the snapshot is format 2");
     assert!(event_formats.len() >= 5, "the fixture holds events after its snapshot: {event_formats:?}");
     assert!(event_formats.iter().all(|&f| f == 2), "every event is format 2: {event_formats:?}");
 
@@ -126,7 +122,7 @@ async fn a_format_2_journal_reads_as_the_old_build_showed_it_and_takes_format_3_
     upgraded = answers(&mut client).await;
     server.stop().await;
 
-    let (_, _, event_formats) = stored_formats(dir.path());
+    let (_, event_formats) = stored_formats(dir.path());
     // The filler's admission and Alice's two counted attempts; the replay and the retry journal nothing.
     assert_eq!(event_formats.iter().filter(|&&f| f == FORMAT_VERSION).count(), 3, "{event_formats:?}");
     assert!(event_formats.iter().all(|&f| f == 2 || f == FORMAT_VERSION), "{event_formats:?}");

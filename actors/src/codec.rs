@@ -6,9 +6,9 @@
 //! does not know refuses the record instead of guessing, so an old binary never misreads a
 //! newer journal.
 //!
-//! How a format grows: a field added in version N is marked `#[serde(with =
-//! "crate::codec::since_v3")]` (one such module per version), and reads as its `Default` from a
-//! record older than N. New event kinds go at the end of `Event`, which leaves the older ones'
+//! How a format grows: a field added in version N is marked `#[serde(deserialize_with =
+//! "crate::codec::since_v3")]` (one such function per version), and reads as its `Default` from
+//! a record older than N. New event kinds go at the end of `Event`, which leaves the older ones'
 //! encodings as they were. Anything else (a field removed, retyped or moved between variants)
 //! needs a converter from the old shape and a test that reads the old bytes.
 //!
@@ -20,7 +20,7 @@
 use std::cell::Cell;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// The version this binary writes. Bump when the encoding of any stored type changes.
 pub const FORMAT_VERSION: u8 = 3;
@@ -83,18 +83,10 @@ impl Drop for Reading {
     }
 }
 
-/// A field added in format 3: a record of format 2 does not hold it, and reads it as its
+/// Reads a field added in format 3: a record of format 2 does not hold it, and reads it as its
 /// default. Outside a decode (JSON, for one) the field is an ordinary one.
-pub mod since_v3 {
-    use super::*;
-
-    pub fn serialize<T: Serialize, S: Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
-        value.serialize(serializer)
-    }
-
-    pub fn deserialize<'de, T: Deserialize<'de> + Default, D: Deserializer<'de>>(deserializer: D) -> Result<T, D::Error> {
-        if READING.get() < 3 { Ok(T::default()) } else { T::deserialize(deserializer) }
-    }
+pub fn since_v3<'de, T: Deserialize<'de> + Default, D: Deserializer<'de>>(deserializer: D) -> Result<T, D::Error> {
+    if READING.get() < 3 { Ok(T::default()) } else { T::deserialize(deserializer) }
 }
 
 #[cfg(test)]

@@ -65,7 +65,7 @@ pub enum Event {
         id: CallbackId,
         at_ms: u64,
         /// The attempt it counted, when the request named one (format 3).
-        #[serde(with = "crate::codec::since_v3")]
+        #[serde(deserialize_with = "crate::codec::since_v3")]
         attempt: Option<MissedAttempt>,
     },
     /// A callback entry moved on (dispatch, dial, the callback call's end, retry, cancel).

@@ -385,7 +385,7 @@ pub struct CallbackEntry {
     /// The attempts counted while the entry is open, oldest first: at most
     /// [`MISSED_ATTEMPTS_REMEMBERED_MAX`], the oldest forgotten past it. A retried webhook for
     /// one of them is not counted again. Emptied when the entry closes.
-    #[serde(with = "crate::codec::since_v3")]
+    #[serde(deserialize_with = "crate::codec::since_v3")]
     pub attempts: Vec<MissedAttempt>,
 }
 
