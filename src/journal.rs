@@ -129,8 +129,8 @@ impl Store for SledStore {
 
 impl Inner {
     fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
-        if let Some((last, _)) = batch.events.last() {
-            let record = codec::encode(&batch.events).map_err(|source| StoreError::Codec { seq: *last, source })?;
+        if let Some(last) = batch.last_seq() {
+            let record = codec::encode(&batch.events).map_err(|source| StoreError::Codec { seq: last, source })?;
             self.events.insert(last.to_be_bytes(), record).map_err(io)?;
         }
         if let Some((seq, bytes)) = &batch.snapshot {

@@ -422,7 +422,7 @@ impl JournalWriter {
             return;
         }
         let batch = std::mem::take(batch);
-        let (last, events) = (batch.events.last().map_or(0, |(seq, _)| *seq), batch.events.len());
+        let (last, events) = (batch.last_seq().unwrap_or(0), batch.events.len());
         let started = Instant::now();
         let result = self.store.write(batch).map(|()| last).map_err(|e| e.to_string());
         self.written(state, result, started.elapsed(), events);
@@ -498,7 +498,7 @@ impl IoThread {
         let queue = Arc::clone(&shared);
         std::thread::Builder::new().name("journal-io".into()).spawn(move || {
             while let Some(batch) = IoThread::take(&queue) {
-                let (last, events) = (batch.events.last().map_or(0, |(seq, _)| *seq), batch.events.len());
+                let (last, events) = (batch.last_seq().unwrap_or(0), batch.events.len());
                 let started = Instant::now();
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.write(batch)))
                     .unwrap_or_else(|panic| {
@@ -558,7 +558,7 @@ impl IoThread {
         // A snapshot right after the batch's last event belongs to this write.
         if batch.snapshot.is_none()
             && let Some(Queued::Snapshot(seq, _)) = queue.items.front()
-            && batch.events.last().is_some_and(|(last, _)| last == seq)
+            && batch.last_seq() == Some(*seq)
             && let Some(Queued::Snapshot(seq, bytes)) = queue.items.pop_front()
         {
             batch.snapshot = Some((seq, bytes));
@@ -682,7 +682,10 @@ mod tests {
                 io.queue(seq, Vec::new(), (seq == snapshot_at).then(Vec::new));
             }
             let (events, snapshot) = seqs(&IoThread::take(&io.shared).unwrap());
-            assert_eq!((events.len(), events.last().copied(), snapshot), (JOURNAL_BATCH_EVENTS_MAX, Some(snapshot_at.min(8_192)), first));
+            assert_eq!(
+                (events.len(), events.last().copied(), snapshot),
+                (JOURNAL_BATCH_EVENTS_MAX, Some(snapshot_at.min(JOURNAL_BATCH_EVENTS_MAX as u64)), first)
+            );
             let (events, snapshot) = seqs(&IoThread::take(&io.shared).unwrap());
             assert_eq!((events, snapshot), (vec![JOURNAL_BATCH_EVENTS_MAX as u64 + 1], second));
         }

@@ -20,6 +20,13 @@ pub struct WriteBatch {
     pub snapshot: Option<(u64, Vec<u8>)>,
 }
 
+impl WriteBatch {
+    /// The sequence number of its last event.
+    pub fn last_seq(&self) -> Option<u64> {
+        self.events.last().map(|(seq, _)| *seq)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("storage: {0}")]
