@@ -158,7 +158,8 @@ trait ReadSome {
 /// Through `AsyncRead`, not `readable` and `try_read`: tokio's `poll_read` takes a short read
 /// as the socket drained and clears its readiness, so the next response's first read waits
 /// for the kernel's event instead of making a `recvfrom` that can only fail with `EAGAIN`
-/// (one wasted system call per request otherwise).
+/// (one wasted system call per request otherwise). This is `AsyncReadExt::read`, which needs
+/// tokio's `io-util` feature that nothing else here uses.
 impl ReadSome for TcpStream {
     async fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut filled = tokio::io::ReadBuf::new(buf);
