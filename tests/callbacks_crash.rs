@@ -291,7 +291,6 @@ struct Stats {
 struct Acked {
     line: String,
     caller: String,
-    acks: u64,
     max_missed_count: u64,
     /// The distinct attempts acknowledged on this entry: it counts at least these.
     attempts: BTreeSet<String>,
@@ -378,12 +377,10 @@ impl Model {
         let acked = self.acked.entry(id.to_owned()).or_insert_with(|| Acked {
             line: line.to_owned(),
             caller: caller.to_owned(),
-            acks: 0,
             max_missed_count: 0,
             attempts: BTreeSet::new(),
             created_by: BTreeSet::new(),
         });
-        acked.acks += 1;
         acked.max_missed_count = acked.max_missed_count.max(count);
         acked.attempts.insert(attempt.name.clone());
         // Whichever order the clients see their answers in (a repeat's 200 can reach the model
