@@ -1043,8 +1043,11 @@ async fn run(settings: &Settings, ctx: &Ctx, dialer: &FakeDialer) -> Result<Stri
     let model = Arc::new(Mutex::new(Model::default()));
     let mut killed_at: Option<String> = None;
     for cycle in 0..settings.cycles {
-        let what = format!("cycle {cycle}");
-        let (mut server, mut client, boot) = Server::start(&ctx.launcher, &what, |addr| configure(ctx, dialer, &mut rng, addr)).await?;
+        // Half the cycles run the server on one async worker, as in the README's benchmark, half
+        // on one per core: different interleavings of the same actors.
+        let launcher = ctx.launcher.with_one_worker(rng.percent(50));
+        let what = format!("cycle {cycle} ({})", launcher.runtime());
+        let (mut server, mut client, boot) = Server::start(&launcher, &what, |addr| configure(ctx, dialer, &mut rng, addr)).await?;
         if cycle == 0 {
             setup(&mut client).await.context("setup")?;
         }

@@ -648,7 +648,10 @@ async fn run(settings: &Settings, ctx: &Launcher) -> Result<Stats> {
     let model = Arc::new(Mutex::new(Model::default()));
     for cycle in 0..settings.cycles {
         let last = cycle + 1 == settings.cycles;
-        let what = format!("cycle {cycle}");
+        // Half the cycles run the server on one async worker, as in the README's benchmark, half
+        // on one per core: different interleavings of the same actors.
+        let ctx = &ctx.with_one_worker(rng.percent(50));
+        let what = format!("cycle {cycle} ({})", ctx.runtime());
 
         // Sometimes kill a start during boot (sled recovery, journal replay) first.
         let mut boot_kill = String::new();

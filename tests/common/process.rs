@@ -17,6 +17,7 @@ const READY_POLL: Duration = Duration::from_millis(15);
 const START_ATTEMPTS: usize = 5;
 
 /// Where a test's child servers keep their data, config and log, and how they are launched.
+#[derive(Clone)]
 pub struct Launcher {
     pub root: PathBuf,
     pub data_dir: PathBuf,
@@ -29,6 +30,21 @@ pub struct Launcher {
 }
 
 impl Launcher {
+    /// This launcher, its children also given `--worker-threads 1` (the README's benchmark
+    /// setting) if `one_worker`.
+    pub fn with_one_worker(&self, one_worker: bool) -> Launcher {
+        let mut launcher = self.clone();
+        if one_worker {
+            launcher.args.extend(["--worker-threads".into(), "1".into()]);
+        }
+        launcher
+    }
+
+    /// For logs: which runtime the children get.
+    pub fn runtime(&self) -> &'static str {
+        if self.args.iter().any(|arg| arg == "--worker-threads") { "one worker" } else { "default workers" }
+    }
+
     /// Everything under `root`; the children get `token` as admin token and do not inherit the
     /// environment variables in `env_remove`.
     pub fn new(root: &Path, token: &'static str, env_remove: &'static [&'static str]) -> Launcher {
