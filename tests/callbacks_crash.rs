@@ -35,7 +35,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +50,7 @@ use common::process::{Launcher, Server};
 use serde_json::{Value, json};
 use switchboard::client::{Client, Response};
 use switchboard::http::validate::rfc3339;
+use switchboard_actors::state::CALLBACKS_CLOSED_RETAINED_MAX;
 
 // The seeded generator is shared with the other tests: `common::Rng`.
 use common::Rng;
@@ -97,6 +98,10 @@ const WORKERS_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
 const SETTLE_ROUNDS_MAX: usize = 400;
 const SETTLE_POLL: Duration = Duration::from_millis(50);
+/// The server keeps the `CALLBACKS_CLOSED_RETAINED_MAX` most recently closed entries; the model
+/// forgets its earliest closed entries past this. The margin covers the model's order (when it
+/// first saw an entry closed, at most a cycle late) differing from the server's (when it closed).
+const CLOSED_KEPT_MAX: usize = CALLBACKS_CLOSED_RETAINED_MAX - 2_000;
 const LIST_PAGE: usize = 200;
 const LIST_PAGES_MAX: usize = 1_000;
 
@@ -297,6 +302,8 @@ struct Acked {
     /// The attempts whose acknowledgement showed the entry new (`missed_count` 1): only the one
     /// that created it (and its retries) can.
     created_by: BTreeSet<String>,
+    /// Seen closed (completed, failed, cancelled): in `Model::closed`.
+    seen_closed: bool,
 }
 
 /// One missed call as a provider's webhook or the platform's report sends it. Its name is its
@@ -347,9 +354,34 @@ struct Model {
     retries: Vec<Attempt>,
     /// Missed calls sent per (line, caller).
     flights: BTreeMap<(String, String), Flights>,
+    /// Acknowledged entries seen closed, in the order the model first saw them so.
+    closed: VecDeque<String>,
+    /// Entries the model forgot (closed long enough ago that the server may have forgotten them
+    /// too): dial requests and ends naming one are checked only while the server lists it. Like
+    /// the fake dialer's log and `ends`, this grows with the run (one id per closed entry).
+    forgotten: BTreeSet<String>,
 }
 
 impl Model {
+    /// Notes the acknowledged entries `entries` shows closed, then forgets the earliest closed
+    /// past `CLOSED_KEPT_MAX`, as the server forgets them past its own larger bound: soak runs
+    /// never look for an entry the server was entitled to forget.
+    fn forget_closed(&mut self, entries: &BTreeMap<String, Value>) {
+        for (id, acked) in &mut self.acked {
+            let closed = entries.get(id).is_some_and(|entry| ["completed", "failed", "cancelled"].contains(&text(&entry["status"])));
+            if closed && !acked.seen_closed {
+                acked.seen_closed = true;
+                self.closed.push_back(id.clone());
+            }
+        }
+        while self.closed.len() > CLOSED_KEPT_MAX {
+            let id = self.closed.pop_front().expect("longer than the bound");
+            self.acked.remove(&id);
+            self.dialed.remove(&id);
+            self.forgotten.insert(id);
+        }
+    }
+
     /// Records an acknowledged missed call. `created`: 201 (new entry) or 200 (a repeat), if known.
     fn ack(&mut self, entry: &Value, attempt: &Attempt, created: Option<bool>, via: &str) {
         let (line, caller) = (attempt.line.as_str(), attempt.caller.as_str());
@@ -380,6 +412,7 @@ impl Model {
             max_missed_count: 0,
             attempts: BTreeSet::new(),
             created_by: BTreeSet::new(),
+            seen_closed: false,
         });
         acked.max_missed_count = acked.max_missed_count.max(count);
         acked.attempts.insert(attempt.name.clone());
@@ -771,6 +804,7 @@ async fn setup(client: &mut Client) -> Result<()> {
 
 /// Every acknowledged missed call is listed with an explicit status and at least its count.
 fn check_acked(model: &mut Model, entries: &BTreeMap<String, Value>) {
+    model.forget_closed(entries);
     for (id, acked) in &model.acked {
         let Some(entry) = entries.get(id) else {
             model.problems.push(format!("acknowledged missed call {id} ({acked:?}) is not listed by GET /v1/callbacks"));
@@ -930,7 +964,9 @@ async fn final_check(client: &mut Client, model: &mut Model, dials: &[DialRecord
             model.problems.push(format!("not durably processing before the dial: {why}"));
         }
         let Some(entry) = entries.get(callback) else {
-            model.problems.push(format!("dial request {body} names no listed entry"));
+            if !model.forgotten.contains(callback) {
+                model.problems.push(format!("dial request {body} names no listed entry"));
+            }
             continue;
         };
         let owner = line_owner(text(&entry["line_id"]));
@@ -983,7 +1019,11 @@ async fn final_check(client: &mut Client, model: &mut Model, dials: &[DialRecord
         }
     }
     for (call, end) in &model.ends {
-        if entries.get(&end.callback).is_none_or(|e| e["call_id"] != call.as_str()) {
+        let named = match entries.get(&end.callback) {
+            Some(entry) => entry["call_id"] == call.as_str(),
+            None => model.forgotten.contains(&end.callback),
+        };
+        if !named {
             model.problems.push(format!("the clients ended call {call} for {end:?}, which that entry does not name"));
         }
     }
