@@ -32,7 +32,7 @@ use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use common::process::{Launcher, Server};
 use serde_json::{Value, json};
 use switchboard::client::{Client, Response};
-use switchboard_actors::state::ENDED_CALLS_RETAINED_MAX;
+use switchboard_actors::state::{ENDED_CALLS_RETAINED_MAX, IDEMPOTENCY_KEYS_MAX};
 
 const TOKEN: &str = "crash-test-admin-token-0123456789";
 const CYCLES_DEFAULT: u64 = 20;
@@ -67,6 +67,12 @@ const VERIFY_WINDOW: usize = 200;
 /// journal's: concurrent ends acknowledged out of order, and unanswered ends the model learns
 /// of at the next restart (a cycle's ends are a few hundred).
 const ENDED_KEPT_MAX: usize = ENDED_CALLS_RETAINED_MAX - 2_000;
+/// The server keeps at most `IDEMPOTENCY_KEYS_MAX` keys of the last 24 h and refuses a new one
+/// past it (503 `IDEMPOTENCY_STORE_FULL`). Half the admissions carry a fresh key, 30–60 a cycle
+/// on the development machine, so a soak would reach the bound 1 700–3 000 cycles in. The model
+/// stops sending fresh keys 10 % below it; keys of admissions a kill left unanswered are still
+/// re-sent after the restart.
+const FRESH_KEYS_MAX: u64 = IDEMPOTENCY_KEYS_MAX as u64 / 10 * 9;
 const LIST_PAGE: usize = 200;
 const LIST_PAGES_MAX: usize = 10_000;
 
@@ -153,6 +159,8 @@ struct Stats {
     unknown_ends: u64,
     unknown_heartbeats: u64,
     landed_unknown: u64,
+    /// Admissions sent with a fresh `Idempotency-Key` (at most `FRESH_KEYS_MAX`).
+    fresh_keys: u64,
     replayed_keys: u64,
     ends_resolved_ended: u64,
     kills: u64,
@@ -215,8 +223,9 @@ impl Model {
         let line = rng.percent(50).then(|| line_id(t, rng.index(LINES_PER_TENANT)));
         let direction = if rng.percent(50) { "inbound" } else { "outbound" };
         let already_connected = direction == "inbound" && rng.percent(10);
-        let key = rng.percent(50).then(|| {
+        let key = (rng.percent(50) && self.next_key < FRESH_KEYS_MAX).then(|| {
             self.next_key += 1;
+            self.stats.fresh_keys += 1;
             format!("crash-{}", self.next_key)
         });
         Op::Admit(AdmitSpec { tenant: tenant_id(t), line, direction, already_connected, key })
