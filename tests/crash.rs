@@ -159,7 +159,8 @@ struct Stats {
     unknown_ends: u64,
     unknown_heartbeats: u64,
     landed_unknown: u64,
-    /// Admissions sent with a fresh `Idempotency-Key` (at most `FRESH_KEYS_MAX`).
+    /// Admissions sent with a fresh `Idempotency-Key` (at most `FRESH_KEYS_MAX`); the last
+    /// key's number.
     fresh_keys: u64,
     replayed_keys: u64,
     ends_resolved_ended: u64,
@@ -183,7 +184,6 @@ struct Model {
     ended: VecDeque<String>,
     /// Answers that should never happen (a 404 for an acknowledged call, a 5xx, ...).
     anomalies: Vec<String>,
-    next_key: u64,
     stats: Stats,
 }
 
@@ -223,10 +223,9 @@ impl Model {
         let line = rng.percent(50).then(|| line_id(t, rng.index(LINES_PER_TENANT)));
         let direction = if rng.percent(50) { "inbound" } else { "outbound" };
         let already_connected = direction == "inbound" && rng.percent(10);
-        let key = (rng.percent(50) && self.next_key < FRESH_KEYS_MAX).then(|| {
-            self.next_key += 1;
+        let key = (rng.percent(50) && self.stats.fresh_keys < FRESH_KEYS_MAX).then(|| {
             self.stats.fresh_keys += 1;
-            format!("crash-{}", self.next_key)
+            format!("crash-{}", self.stats.fresh_keys)
         });
         Op::Admit(AdmitSpec { tenant: tenant_id(t), line, direction, already_connected, key })
     }
