@@ -125,3 +125,48 @@ async fn concurrent_workload_leaves_live_and_durable_state_equal() {
     assert_eq!(server.system.live_digest().await.unwrap(), before);
     server.stop().await;
 }
+
+/// sled writes its own page-cache snapshot (not ours) to `snap.<lsn>.generating` and then
+/// renames it. A SIGKILL in between leaves a truncated file, and sled 0.34.7 read it as the
+/// latest snapshot: every later start failed with "Read corrupted data" (tests/crash.rs caught
+/// a kill during boot doing this). With the vendored patch the file is skipped, the journal
+/// opens with everything in it, and the next page-cache snapshot removes the leftover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_cache_snapshot_cut_short_by_a_kill_does_not_stop_the_next_start() {
+    let dir = temp_dir();
+    let server = start_in(dir.path(), |_| {}).await;
+    let mut client = server.client().await;
+    create_tenant(&mut client, "kept", "PRO", None).await;
+    let call = admit(&mut client, json!({"tenant_id": "kept", "direction": "outbound"})).await;
+    assert_eq!(call.status, 201, "{}", call.text());
+    let call_id = call.json()["call_id"].as_str().unwrap().to_owned();
+    drop(client);
+    server.stop().await;
+    // sled writes its page-cache snapshot while opening, when its log has grown since the last.
+    let server = start_in(dir.path(), |_| {}).await;
+    let mut client = server.client().await;
+    create_tenant(&mut client, "later", "PRO", None).await;
+    drop(client);
+    server.stop().await;
+
+    // What a kill during the write leaves: the first half of a snapshot, under a name that
+    // sorts after the complete one.
+    let journal = dir.path().join("journal");
+    let complete = std::fs::read_dir(&journal)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.file_name().unwrap().to_string_lossy().starts_with("snap."))
+        .expect("sled wrote a page-cache snapshot");
+    let bytes = std::fs::read(&complete).unwrap();
+    let leftover = journal.join("snap.FFFFFFFFFFFFFFFF.generating");
+    std::fs::write(&leftover, &bytes[..bytes.len() / 2]).unwrap();
+
+    let server = start_in(dir.path(), |_| {}).await;
+    let mut client = server.client().await;
+    assert_eq!(get_json(&mut client, "/v1/tenants/kept").await["active_calls"], 1);
+    assert_eq!(get_json(&mut client, &format!("/v1/calls/{call_id}")).await["status"], "active");
+    get_json(&mut client, "/v1/tenants/later").await;
+    drop(client);
+    server.stop().await;
+    assert!(!leftover.exists(), "sled's next page-cache snapshot removes the leftover");
+}
