@@ -290,10 +290,15 @@ impl CallbackQueueActor {
             let Some(campaign) = state.campaigns.get(&id) else {
                 return Ok(None);
             };
-            let calls = self.lead_calls(&campaign.record.tenant_id).await;
             let now_ms = self.clock.now_ms();
-            let step =
-                next(campaign, now_ms, |phone, day| calls.iter().find(|(p, d, _)| p == phone && *d == day).map_or(0, |(_, _, n)| *n));
+            // The daily cap can only turn a call into a skip: the journal is asked for the one
+            // lead's count only when, without it, the contact would be called.
+            let mut step = next(campaign, now_ms, |_, _| 0);
+            if let Next::Call { index, day } = step {
+                let phone = &campaign.record.contacts[index as usize].phone;
+                let calls = self.lead_calls(&campaign.record.tenant_id, phone, day).await;
+                step = next(campaign, now_ms, |_, _| calls);
+            }
             match step {
                 Next::Wait => {
                     self.complete_if_finished(state, id).await?;
@@ -322,12 +327,11 @@ impl CallbackQueueActor {
         Ok(None)
     }
 
-    /// The tenant's calls per lead and day, as journaled (across every line's campaigns).
-    async fn lead_calls(&self, tenant: &str) -> Vec<(String, u32, u32)> {
-        let tenant = tenant.to_owned();
-        let read = move |durable: &crate::state::DurableState| {
-            durable.lead_calls.iter().filter(|((t, _), _)| *t == tenant).map(|((_, phone), (day, n))| (phone.clone(), *day, *n)).collect()
-        };
+    /// How often the tenant called `phone` on its local `day`, as journaled (across every
+    /// line's campaigns). One lookup: the journal writer is not held for a scan of every lead.
+    async fn lead_calls(&self, tenant: &str, phone: &str, day: u32) -> u32 {
+        let (tenant, phone) = (tenant.to_owned(), phone.to_owned());
+        let read = move |durable: &crate::state::DurableState| durable.lead_calls_on(&tenant, &phone, day);
         crate::read_journal(&self.journal, read, self.journal_timeout).await.unwrap_or_default()
     }
 }
