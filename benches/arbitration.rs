@@ -3,6 +3,8 @@
 //! 1. The pool core alone: 1000 waiters from 100 tenants in 3 classes; each step ends one call
 //!    and hands its slot to the next waiter (fair pick, reservations, aging). Reports the
 //!    hand-off cost and fail-fast decisions per second.
+//!    Then the noisy neighbour: one tenant's 2 000 waiters aged while 1 000 or 50 000 other
+//!    tenants wait with fresh ones; reports the cost of each hand-off to the aged tenant.
 //! 2. The whole admission path with the sled journal (fsync per group commit): 1000 clients
 //!    that each admit with `wait_ms`, hold the call briefly and end it, on a pool of
 //!    `CAPACITY` slots — so about 950 wait at any moment. Reports admissions per second and
@@ -39,6 +41,9 @@ const SECONDS_MAX: u64 = 120;
 
 fn main() {
     core_bench();
+    for fresh_tenants in [1_000, 50_000] {
+        noisy_neighbour_bench(fresh_tenants);
+    }
     let seconds: u64 = std::env::var("SWITCHBOARD_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5).clamp(1, SECONDS_MAX);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(system_bench(Duration::from_secs(seconds)));
@@ -101,6 +106,44 @@ fn core_bench() {
     println!(
         "{{\"bench\":\"pool_core\",\"waiters\":{},\"tenants\":{TENANTS},\"capacity\":{CAPACITY},\"handoff_ns\":{handoff_ns:.0},\"fail_fast_decisions_per_s\":{decisions_per_s:.0}}}",
         pool.waiters()
+    );
+}
+
+/// One tenant's waiters are aged, `fresh_tenants` other tenants each have one young waiter
+/// queued behind it in the turn order: every hand-off finds the aged tenant among them.
+fn noisy_neighbour_bench(fresh_tenants: usize) {
+    const AGED: u64 = 2_000;
+    const HANDOFFS: u64 = 1_000;
+    let limits = PoolLimits { capacity: CAPACITY, reserved: vec![0, 0, 0] };
+    let timing = PoolTiming { aging_ms: 5_000, probe_interval_ms: 60_000, waiting_per_class_max: 100_000 };
+    let held: BTreeMap<CallId, usize> = (0..u64::from(CAPACITY)).map(|n| (CallId(n), 0)).collect();
+    let mut pool = PoolCore::new(limits, timing, 3, None, 0, held);
+    let ask = |pool: &mut PoolCore, call: u64, tenant: String, now_ms: u64| {
+        let request = Request { call: CallId(call), tenant: tenant.into(), class: 0, force: false, deadline_ms: 3_600_000 };
+        assert_eq!(pool.request(request, now_ms).0, Decision::Queued);
+    };
+    for n in 0..AGED {
+        ask(&mut pool, 1_000_000 + n, "heavy".to_owned(), 0);
+    }
+    for n in 0..fresh_tenants {
+        ask(&mut pool, 2_000_000 + n as u64, format!("fresh{n}"), 5_500);
+    }
+    // The first hand-off serves the heavy tenant (aged at 5 600) and sends it behind the others.
+    let mut held: std::collections::VecDeque<CallId> = (0..u64::from(CAPACITY)).map(CallId).collect();
+    let first = held.pop_front().expect("held");
+    held.extend(pool.release(first, 5_600).iter().map(|g| g.call));
+    let now_ms = 6_000;
+    let started = Instant::now();
+    for _ in 0..HANDOFFS {
+        let call = held.pop_front().expect("held");
+        let grants = pool.release(call, now_ms);
+        assert!(grants.len() == 1 && grants[0].call.0 < 2_000_000, "the aged tenant is served: {grants:?}");
+        held.extend(grants.iter().map(|g| g.call));
+        std::hint::black_box(pool.next_wakeup_ms(now_ms));
+    }
+    let handoff_ns = started.elapsed().as_nanos() as f64 / HANDOFFS as f64;
+    println!(
+        "{{\"bench\":\"pool_core_noisy_neighbour\",\"aged_waiters\":{AGED},\"fresh_tenants\":{fresh_tenants},\"handoff_ns\":{handoff_ns:.0}}}"
     );
 }
 

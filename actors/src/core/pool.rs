@@ -104,21 +104,37 @@ struct Waiter {
 }
 
 /// One class's waiters: per tenant in arrival order, tenants in turn order.
+///
+/// Every step is a lookup, not a scan of the tenants: with thousands of tenants waiting (the
+/// noisy-neighbour case the turns are for) a scan per pick cost the platform actor
+/// milliseconds per message.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct ClassQueue {
-    by_tenant: BTreeMap<TenantId, VecDeque<Waiter>>,
-    rotation: VecDeque<TenantId>,
+    /// Each waiting tenant's place in the turn order and its waiters in arrival order.
+    by_tenant: BTreeMap<TenantId, (Turn, VecDeque<Waiter>)>,
+    /// Tenants in turn order: a served tenant takes a new, larger turn.
+    rotation: BTreeMap<Turn, TenantId>,
+    next_turn: Turn,
+    /// Each waiting tenant's oldest waiter's arrival, with its turn: the aged tenants are a
+    /// range of it.
+    fronts: BTreeSet<(u64, Turn)>,
     /// Every waiter by arrival, so "is anyone aged?" is a lookup, not a scan.
     by_age: BTreeSet<(u64, CallId)>,
     len: usize,
 }
 
+/// A tenant's place in a class's turn order.
+type Turn = u64;
+
 impl ClassQueue {
     fn push(&mut self, tenant: &TenantId, waiter: Waiter) {
-        let queue = self.by_tenant.entry(tenant.clone()).or_default();
-        if queue.is_empty() {
-            self.rotation.push_back(tenant.clone());
-        }
+        let (_, queue) = self.by_tenant.entry(tenant.clone()).or_insert_with(|| {
+            let turn = self.next_turn;
+            self.next_turn += 1;
+            self.rotation.insert(turn, tenant.clone());
+            self.fronts.insert((waiter.enqueued_at_ms, turn));
+            (turn, VecDeque::new())
+        });
         self.by_age.insert((waiter.enqueued_at_ms, waiter.call));
         queue.push_back(waiter);
         self.len += 1;
@@ -129,42 +145,76 @@ impl ClassQueue {
         self.by_age.first().map(|(at, _)| *at)
     }
 
-    /// The first tenant in turn order whose oldest waiter satisfies `pick`.
-    fn next_tenant(&self, pick: impl Fn(&Waiter) -> bool) -> Option<&TenantId> {
-        self.rotation.iter().find(|tenant| self.by_tenant.get(*tenant).and_then(|q| q.front()).is_some_and(&pick))
+    /// The tenant whose turn it is.
+    fn first_tenant(&self) -> Option<&TenantId> {
+        self.rotation.first_key_value().map(|(_, tenant)| tenant)
+    }
+
+    /// The first tenant in turn order whose oldest waiter arrived at or before `arrived_by`.
+    /// Walks the turn order and the aged tenants side by side and stops when either walk
+    /// answers: a step costs a lookup, and the steps are the fewer of the two walks'.
+    fn first_arrived_by(&self, arrived_by: u64) -> Option<&TenantId> {
+        let mut in_turn = self.rotation.iter();
+        let mut aged = self.fronts.range(..=(arrived_by, Turn::MAX));
+        let mut first_aged: Option<Turn> = None;
+        loop {
+            let (_, tenant) = in_turn.next()?;
+            if self.by_tenant[tenant].1.front().is_some_and(|w| w.enqueued_at_ms <= arrived_by) {
+                return Some(tenant);
+            }
+            match aged.next() {
+                Some(&(_, turn)) => first_aged = Some(first_aged.map_or(turn, |t| t.min(turn))),
+                None => return first_aged.map(|turn| &self.rotation[&turn]),
+            }
+        }
     }
 
     /// Serves `tenant`'s oldest waiter and sends the tenant to the back of the turn order.
     fn pop(&mut self, tenant: &TenantId) -> Waiter {
-        let queue = self.by_tenant.get_mut(tenant).expect("picked tenant has a queue");
+        let (turn, queue) = self.by_tenant.get_mut(tenant).expect("picked tenant has a queue");
         let waiter = queue.pop_front().expect("picked tenant has a waiter");
         self.by_age.remove(&(waiter.enqueued_at_ms, waiter.call));
+        self.fronts.remove(&(waiter.enqueued_at_ms, *turn));
+        self.rotation.remove(turn);
         self.len -= 1;
-        let position = self.rotation.iter().position(|t| t == tenant).expect("tenant with waiters is in rotation");
-        self.rotation.remove(position);
-        if queue.is_empty() {
-            self.by_tenant.remove(tenant);
-        } else {
-            self.rotation.push_back(tenant.clone());
+        match queue.front() {
+            None => {
+                self.by_tenant.remove(tenant);
+            }
+            Some(next) => {
+                *turn = self.next_turn;
+                self.next_turn += 1;
+                self.rotation.insert(*turn, tenant.clone());
+                self.fronts.insert((next.enqueued_at_ms, *turn));
+            }
         }
         waiter
     }
 
+    /// Takes `call` out of the queue; its tenant keeps its turn.
     fn remove(&mut self, tenant: &TenantId, call: CallId) -> Option<Waiter> {
-        let queue = self.by_tenant.get_mut(tenant)?;
+        let (turn, queue) = self.by_tenant.get_mut(tenant)?;
         let index = queue.iter().position(|w| w.call == call)?;
         let waiter = queue.remove(index).expect("index is in range");
         self.by_age.remove(&(waiter.enqueued_at_ms, waiter.call));
         self.len -= 1;
-        if queue.is_empty() {
-            self.by_tenant.remove(tenant);
-            self.rotation.retain(|t| t != tenant);
+        if index == 0 {
+            self.fronts.remove(&(waiter.enqueued_at_ms, *turn));
+            match queue.front() {
+                Some(next) => {
+                    self.fronts.insert((next.enqueued_at_ms, *turn));
+                }
+                None => {
+                    self.rotation.remove(turn);
+                    self.by_tenant.remove(tenant);
+                }
+            }
         }
         Some(waiter)
     }
 
     fn drain(&mut self) -> Vec<CallId> {
-        let calls = self.rotation.iter().flat_map(|t| self.by_tenant[t].iter().map(|w| w.call)).collect();
+        let calls = self.rotation.values().flat_map(|t| self.by_tenant[t].1.iter().map(|w| w.call)).collect();
         *self = ClassQueue::default();
         calls
     }
@@ -450,18 +500,19 @@ impl PoolCore {
 
     /// The waiter to serve next: aged ones first (higher class first), else the highest class.
     fn pick(&self, now_ms: u64) -> Option<(ClassRank, &TenantId)> {
-        let aging_ms = self.timing.aging_ms;
-        let aged = |enqueued_at_ms: u64| now_ms.saturating_sub(enqueued_at_ms) >= aging_ms;
-        for class in (0..self.classes()).rev() {
-            let queue = &self.queues[class];
-            if queue.oldest_ms().is_some_and(aged)
-                && self.could_ever_fit(class)
-                && let Some(tenant) = queue.next_tenant(|w| aged(w.enqueued_at_ms))
-            {
-                return Some((class, tenant));
+        // A waiter is aged once it has waited `aging_ms`: it arrived at or before `aged_by`.
+        if let Some(aged_by) = now_ms.checked_sub(self.timing.aging_ms) {
+            for class in (0..self.classes()).rev() {
+                let queue = &self.queues[class];
+                if queue.oldest_ms().is_some_and(|oldest| oldest <= aged_by)
+                    && self.could_ever_fit(class)
+                    && let Some(tenant) = queue.first_arrived_by(aged_by)
+                {
+                    return Some((class, tenant));
+                }
             }
         }
-        (0..self.classes()).rev().find_map(|class| self.queues[class].rotation.front().map(|t| (class, t)))
+        (0..self.classes()).rev().find_map(|class| self.queues[class].first_tenant().map(|t| (class, t)))
     }
 
     pub fn view(&self, now_ms: u64) -> PoolView {
@@ -543,6 +594,28 @@ mod tests {
         );
         let grants = pool.release(CallId(2), 6_001);
         assert_eq!(grants, vec![Grant { call: CallId(10), waited_ms: 6_001 }]);
+    }
+
+    /// Aged tenants behind younger ones in the turn order: the first aged one in turn order
+    /// goes first, whichever of the two walks in `first_arrived_by` finds it.
+    #[test]
+    fn aged_tenants_behind_younger_ones_are_served_in_turn_order() {
+        let mut pool = pool(2);
+        pool.limits.reserved = vec![0, 0, 0];
+        assert!(matches!(ask(&mut pool, 1, "x", STANDARD, 0, 0), Decision::Granted { .. }));
+        assert!(matches!(ask(&mut pool, 2, "x", STANDARD, 0, 0), Decision::Granted { .. }));
+        for (call, tenant) in [(10, "a"), (11, "a"), (20, "b"), (21, "b")] {
+            assert_eq!(ask(&mut pool, call, tenant, STANDARD, 0, 60_000), Decision::Queued);
+        }
+        for (call, tenant) in [(30, "f1"), (31, "f2"), (32, "f3")] {
+            assert_eq!(ask(&mut pool, call, tenant, STANDARD, 4_000, 60_000), Decision::Queued);
+        }
+        // Nobody aged yet: a, then b, are served and go to the back, behind f1, f2, f3.
+        assert_eq!(pool.release(CallId(1), 4_001)[0].call, CallId(10));
+        assert_eq!(pool.release(CallId(2), 4_002)[0].call, CallId(20));
+        // At 6 000 the second waiters of a and b (arrived at 0) are aged, the f's (4 000) not.
+        let order: Vec<u64> = [10, 11, 20, 21, 30].iter().zip(6_000..).map(|(c, at)| pool.release(CallId(*c), at)[0].call.0).collect();
+        assert_eq!(order, vec![11, 21, 30, 31, 32], "aged a then aged b, in turn order, then the f's in turn");
     }
 
     #[test]
