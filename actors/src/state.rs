@@ -97,6 +97,11 @@ pub const CAMPAIGNS_MAX: usize = 1_000;
 /// The reason recorded when a call's end charges its duration.
 pub const CHARGE_REASON: &str = "call";
 
+/// Live calls by their tenant's or line's id.
+pub type CallsByOwner<'a> = BTreeMap<&'a str, BTreeSet<CallId>>;
+/// A line's open callback entries and the campaigns its queue holds.
+pub type LineQueue = (BTreeMap<CallbackId, CallbackEntry>, BTreeMap<CampaignId, Campaign>);
+
 /// A provider pool as the journal knows it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolRecord {
@@ -508,6 +513,33 @@ impl DurableState {
         self.live_calls.values().filter(|c| c.line_id.as_deref() == Some(line)).map(|c| c.id).collect()
     }
 
+    /// Each tenant's and each line's live calls, in one pass over them (boot: asking
+    /// `tenant_active` and `line_active` for each would pass over every live call per tenant
+    /// and per line).
+    pub fn active_by_owner(&self) -> (CallsByOwner<'_>, CallsByOwner<'_>) {
+        let (mut by_tenant, mut by_line) = (CallsByOwner::new(), CallsByOwner::new());
+        for call in self.live_calls.values() {
+            by_tenant.entry(call.tenant_id.as_str()).or_default().insert(call.id);
+            if let Some(line) = &call.line_id {
+                by_line.entry(line.as_str()).or_default().insert(call.id);
+            }
+        }
+        (by_tenant, by_line)
+    }
+
+    /// Each line's open callback entries and held campaigns (`line_callbacks`, `line_campaigns`)
+    /// in one pass over each, for boot.
+    pub fn queues_by_line(&self) -> BTreeMap<&str, LineQueue> {
+        let mut by_line: BTreeMap<&str, LineQueue> = BTreeMap::new();
+        for entry in self.callbacks.values().filter(|e| e.status.is_open()) {
+            by_line.entry(entry.line_id.as_str()).or_default().0.insert(entry.id, entry.clone());
+        }
+        for campaign in self.campaigns.values().filter(|c| crate::core::campaign::held_by_line(c)) {
+            by_line.entry(campaign.record.line_id.as_str()).or_default().1.insert(campaign.record.id, campaign.clone());
+        }
+        by_line
+    }
+
     /// Every live call's pool and class (the platform actor's slots).
     pub fn pool_held(&self) -> BTreeMap<CallId, (String, String)> {
         self.live_calls.values().map(|c| (c.id, (c.pool.to_string(), c.class.to_string()))).collect()
@@ -698,6 +730,29 @@ mod tests {
             state.count_lead_call(lead(LEAD_CALLS_REMEMBERED_MAX + n), 20261111);
         }
         assert_eq!(state.lead_calls.len(), LEAD_CALLS_REMEMBERED_MAX - 1);
+    }
+
+    /// Boot's one-pass grouping gives each tenant and line what the per-entity scans give.
+    #[test]
+    fn live_calls_grouped_by_owner_match_the_per_owner_scans() {
+        let mut state = DurableState::new();
+        for n in 0..200u64 {
+            let mut call = (*call(n, 0)).clone();
+            call.tenant_id = format!("t{}", n % 7).into();
+            call.line_id = (n % 3 != 0).then(|| format!("+1555000{:04}", n % 11).into());
+            state.live_calls.insert(call.id, Arc::new(call));
+        }
+        let (by_tenant, by_line) = state.active_by_owner();
+        assert_eq!(by_tenant.len(), 7);
+        for (tenant, calls) in &by_tenant {
+            assert_eq!(*calls, state.tenant_active(tenant), "{tenant}");
+        }
+        assert_eq!(by_line.len(), 11);
+        for (line, calls) in &by_line {
+            assert_eq!(*calls, state.line_active(line), "{line}");
+        }
+        assert_eq!(by_tenant.values().map(BTreeSet::len).sum::<usize>(), 200);
+        assert_eq!(by_line.values().map(BTreeSet::len).sum::<usize>(), 200 - 67);
     }
 
     #[test]

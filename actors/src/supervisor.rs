@@ -229,11 +229,12 @@ impl Supervisor {
         let context = &self.context;
         let cell = myself.get_cell();
         context.spawn_platform(cell.clone(), durable.pools.clone(), durable.pool_held(), 0).await?;
+        let (mut by_tenant, mut by_line) = durable.active_by_owner();
         for (_, tenant) in crate::id_map::sorted(&durable.tenants) {
-            context.spawn_tenant(cell.clone(), tenant.clone(), durable.tenant_active(&tenant.id), 0).await?;
+            context.spawn_tenant(cell.clone(), tenant.clone(), by_tenant.remove(tenant.id.as_str()).unwrap_or_default(), 0).await?;
         }
         for line in durable.lines.values() {
-            context.spawn_line(cell.clone(), line.clone(), durable.line_active(&line.id), 0).await?;
+            context.spawn_line(cell.clone(), line.clone(), by_line.remove(line.id.as_str()).unwrap_or_default(), 0).await?;
         }
         for call in durable.live_calls.values() {
             context.spawn_call(cell.clone(), call.clone()).await?;
@@ -242,8 +243,10 @@ impl Supervisor {
         context.directory.write().ended = durable.ended_calls.clone();
         // Last: a queue settles its dialled entries whose calls ended, so it must find every
         // live and ended call in the directory.
+        let mut queues = durable.queues_by_line();
         for line in durable.lines.values() {
-            context.spawn_callback_queue(cell.clone(), line, durable.line_callbacks(&line.id), durable.line_campaigns(&line.id)).await?;
+            let (callbacks, campaigns) = queues.remove(line.id.as_str()).unwrap_or_default();
+            context.spawn_callback_queue(cell.clone(), line, callbacks, campaigns).await?;
         }
         Ok(())
     }
