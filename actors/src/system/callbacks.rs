@@ -15,7 +15,6 @@ use super::{AdmitError, AdmitRequest, CallState, System, SystemError, ask};
 use crate::callback_queue::{Busy, CallbackError, CallbackQueueMsg, Dispatch, Transition, Work};
 use crate::core::call::EndReport;
 use crate::dialer::{DialOutcome, DialRequest, Dialer};
-use crate::id_map;
 use crate::model::{
     CallbackEntry, CallbackId, CallbackStatus, Campaign, CampaignId, Direction, LineId, MissedAttempt, MissedReason, OnBusy, mask_phone,
 };
@@ -271,7 +270,11 @@ impl System {
             return;
         }
         let directory = self.context.directory.read();
-        for (line_id, _) in id_map::sorted(&directory.lines).into_iter().filter(|(_, l)| l.tenant_id == tenant_id) {
+        // The tenant's lines, in id order (sorting every line first held the directory's lock
+        // for a sort of all of them on each top-up).
+        let mut lines: Vec<_> = directory.lines.iter().filter(|(_, l)| l.tenant_id == tenant_id).map(|(id, _)| id).collect();
+        lines.sort_unstable();
+        for line_id in lines {
             if let Some(queue) = directory.callback_queues.get(line_id) {
                 let _ = queue.cast(CallbackQueueMsg::CreditsAdded);
             }
