@@ -90,12 +90,19 @@ pub(crate) fn write_blob<T: Serialize>(
     io_fail!(config, "write_blob write kind_byte");
     f.write_all(kind_buf)?;
     io_fail!(config, "write_blob write buf");
-    f.write_all(&data)
-        .map(|r| {
-            trace!("successfully wrote blob at {:?}", path);
-            r
-        })
-        .map_err(|e| e.into())
+    f.write_all(&data)?;
+    // switchboard patch 4: a blob is durable before the log record that points to it. sled
+    // 0.34.7 never synced blob files (its log is `sync_file_range`d, the blobs not at all), so
+    // after a power cut a durable log could point at a blob that never reached the disk: every
+    // value over a quarter segment (128 KiB), which includes every snapshot of a few thousand
+    // tenants. The file's data, then its directory entry.
+    io_fail!(config, "write_blob sync");
+    f.sync_data()?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    trace!("successfully wrote blob at {:?}", path);
+    Ok(())
 }
 
 pub(crate) fn gc_blobs(config: &Config, stable_lsn: Lsn) -> Result<()> {
