@@ -183,10 +183,13 @@ pub enum JournalMsg {
         guard: Guard,
         reply: CreditReply,
     },
-    /// Bumps `entity`'s generation and hands over its state (supervisor only).
+    /// Bumps `entity`'s generation and hands over its state (supervisor only), once every
+    /// event in that state is durable: a rebuilt actor must not answer from an event whose
+    /// write may still fail (the append that timed out and made its actor fail, say). A failed
+    /// journal hands over nothing.
     Handover {
         entity: Entity,
-        reply: RpcReplyPort<(u32, Handover)>,
+        reply: RpcReplyPort<HandedOver>,
     },
     /// Runs a read-only closure against the durable state (summaries, the invariant test).
     Inspect(Inspector),
@@ -217,6 +220,9 @@ pub struct JournalWriter {
     pub balances: crate::context::SharedBalances,
 }
 
+/// An entity's new generation and its state.
+pub type HandedOver = (u32, Handover);
+
 pub struct JournalState {
     durable: DurableState,
     generations: BTreeMap<Entity, u32>,
@@ -224,6 +230,10 @@ pub struct JournalState {
     /// `JOURNAL_PENDING_MAX`.
     waiting: VecDeque<(u64, Waiter)>,
     syncs_waiting: Vec<(u64, RpcReplyPort<Result<(), AppendError>>)>,
+    /// Handovers waiting for their state to be durable. The supervisor asks for one at a time,
+    /// again after each journal timeout for up to `HANDOVER_WAIT_MAX`: these entries are bounded
+    /// by that, and all are answered by the next write's end, or dropped by a failed one.
+    handovers_waiting: Vec<(u64, RpcReplyPort<HandedOver>, HandedOver)>,
     events_since_snapshot: u64,
     last_durable_seq: u64,
     failed: Option<String>,
@@ -258,6 +268,7 @@ impl Actor for JournalWriter {
             generations: BTreeMap::new(),
             waiting: VecDeque::new(),
             syncs_waiting: Vec::new(),
+            handovers_waiting: Vec::new(),
             events_since_snapshot: 0,
             failed: None,
         })
@@ -286,7 +297,14 @@ impl Actor for JournalWriter {
             JournalMsg::Handover { entity, reply } => {
                 let generation = state.generations.entry(entity.clone()).or_insert(0);
                 *generation += 1;
-                let _ = reply.send((*generation, handover(&state.durable, &entity)));
+                let answer = (*generation, handover(&state.durable, &entity));
+                if state.failed.is_some() {
+                    // Dropped: the state may hold events that never reached the disk.
+                } else if state.last_durable_seq >= state.durable.last_seq {
+                    let _ = reply.send(answer);
+                } else {
+                    state.handovers_waiting.push((state.durable.last_seq, reply, answer));
+                }
             }
             JournalMsg::Inspect(inspect) => inspect(&state.durable),
             JournalMsg::Sync { reply } => {
@@ -442,6 +460,11 @@ impl JournalWriter {
                 for (_, reply) in ready {
                     let _ = reply.send(Ok(()));
                 }
+                let (ready, waiting): (Vec<_>, Vec<_>) = state.handovers_waiting.drain(..).partition(|(seq, _, _)| *seq <= durable);
+                state.handovers_waiting = waiting;
+                for (_, reply, answer) in ready {
+                    let _ = reply.send(answer);
+                }
             }
             Err(why) => {
                 tracing::error!(error = %why, "journal write failed; refusing all further writes");
@@ -452,6 +475,8 @@ impl JournalWriter {
                 for (_, reply) in state.syncs_waiting.drain(..) {
                     let _ = reply.send(Err(error.clone()));
                 }
+                // Dropped unanswered: their state holds events that failed.
+                state.handovers_waiting.clear();
                 if let Sink::Inline(batch) = &mut state.sink {
                     *batch = WriteBatch::default();
                 }

@@ -28,6 +28,10 @@ use std::collections::BTreeSet;
 
 /// Global feature flags at once; past it a new flag is refused.
 pub const GLOBAL_FLAGS_MAX: usize = 256;
+/// How long the supervisor waits for the journal to hand over an entity's state (asking again
+/// every journal timeout) before it gives up on rebuilding it, as it does when the journal
+/// does not answer at all: a disk stalled that long is an outage for an operator.
+pub const HANDOVER_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(600);
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CreateError {
@@ -253,9 +257,18 @@ impl Supervisor {
 
     async fn rebuild(&self, myself: &ActorRef<SupervisorMsg>, state: &SupervisorState, entity: Entity) -> Result<(), ActorProcessingErr> {
         let timeout = Some(self.context.settings.journal_timeout);
-        let (generation, handover) = match state.journal.call(|reply| JournalMsg::Handover { entity, reply }, timeout).await? {
-            ractor::rpc::CallResult::Success(answer) => answer,
-            other => return Err(format!("journal did not hand over state: {other:?}").into()),
+        // The journal answers once the entity's state is durable: a stalled disk (the usual
+        // reason an actor failed on purpose) keeps the entity down, answering 503, until then.
+        let asked = tokio::time::Instant::now();
+        let (generation, handover) = loop {
+            match state.journal.call(|reply| JournalMsg::Handover { entity: entity.clone(), reply }, timeout).await? {
+                ractor::rpc::CallResult::Success(answer) => break answer,
+                ractor::rpc::CallResult::Timeout if asked.elapsed() < HANDOVER_WAIT_MAX => {
+                    let waited_s = asked.elapsed().as_secs();
+                    tracing::warn!(entity = %entity, waited_s, "the journal has not yet made the state to hand over durable; waiting");
+                }
+                other => return Err(format!("journal did not hand over state: {other:?}").into()),
+            }
         };
         let cell = myself.get_cell();
         let context = &self.context;

@@ -84,16 +84,24 @@ async fn a_failed_write_is_fatal(store: FailingStore) {
     assert_eq!(store.inner.event_count(), events_before, "nothing after the failure reached the store");
 }
 
-/// The in-memory store whose writes can be made slow (off the async workers, like a disk).
+/// The in-memory store whose writes can be made slow (off the async workers, like a disk),
+/// or held until released (a stalled disk; at most `HELD_MAX`).
 #[derive(Default)]
 struct SlowStore {
     inner: MemoryStore,
     delay_ms: std::sync::atomic::AtomicU64,
+    held: AtomicBool,
 }
+
+const HELD_MAX: std::time::Duration = std::time::Duration::from_secs(20);
 
 impl Store for SlowStore {
     fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
         std::thread::sleep(std::time::Duration::from_millis(self.delay_ms.load(Ordering::SeqCst)));
+        let held_since = std::time::Instant::now();
+        while self.held.load(Ordering::SeqCst) && held_since.elapsed() < HELD_MAX {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
         self.inner.write(batch)
     }
     fn blocks(&self) -> bool {
@@ -140,5 +148,53 @@ async fn appends_with_unknown_outcomes_are_settled_from_the_journal() {
     system.sync().await.unwrap();
     assert_eq!(system.live_digest().await.unwrap(), system.inspect(|d| d.digest()).await.unwrap());
     assert!(system.live_digest().await.unwrap().tenants["acme"].1.is_empty(), "the tenant's slot is free");
+    assert!(system.healthy());
+}
+
+/// A rebuilt actor answers only from what is on disk. An append that outlives the journal
+/// timeout fails its actor on purpose, and the supervisor rebuilds it from the journal. While
+/// that write is still stalled, a retried request (a webhook's retried end, a PATCH sent again)
+/// must not be acknowledged from the journal's accepted but not yet durable state: the write
+/// may still fail, and the client would hold a 200 for a change a restart forgets. The entity
+/// stays down (503) until the write lands, then answers from the durable state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilt_actor_acknowledges_nothing_that_is_not_yet_durable() {
+    use switchboard_actors::tenant::TenantPatch;
+    let store = Arc::new(SlowStore::default());
+    let shared: Arc<dyn Store> = store.clone();
+    let settings = Settings { journal_timeout: std::time::Duration::from_millis(100), ..Settings::default() };
+    let system = Arc::new(System::start(settings, shared, DurableState::new(), ManualClock::new(0), Arc::new(NoTelemetry)).await.unwrap());
+    system.create_tenant(TenantRecord::new("acme", "PRO", None, 0)).await.unwrap();
+    let call = system.admit(AdmitRequest::outbound("acme")).await.unwrap().call.id;
+    let events_before = store.inner.event_count();
+    let patch = || TenantPatch { name: Some(Some("Renamed".into())), ..TenantPatch::default() };
+
+    store.held.store(true, Ordering::SeqCst);
+    assert!(system.update_tenant("acme", patch()).await.is_err(), "the first PATCH's outcome was unknown");
+    assert!(system.end_call(call, EndReport::outcome("completed")).await.is_err(), "the first end's outcome was unknown");
+    // Time for both actors to fail and their rebuilds to ask the journal for their state.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let retried_patch = system.update_tenant("acme", patch()).await;
+    let retried_end = system.end_call(call, EndReport::outcome("completed")).await;
+    let tenant_seen = system.get_tenant("acme").await.map(|view| view.record.name);
+    assert_eq!(store.inner.event_count(), events_before, "the store is still stalled");
+    assert!(retried_patch.is_err(), "a retried PATCH was acknowledged before it was durable: {retried_patch:?}");
+    assert!(retried_end.is_err(), "a retried end was acknowledged before it was durable: {retried_end:?}");
+    assert!(!matches!(&tenant_seen, Ok(Some(_))), "a GET showed a change not yet durable: {tenant_seen:?}");
+
+    store.held.store(false, Ordering::SeqCst);
+    let mut renamed = None;
+    for _ in 0..500 {
+        if let Ok(view) = system.update_tenant("acme", patch()).await {
+            renamed = Some(view);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(renamed.expect("the tenant came back once the write landed").record.name.as_deref(), Some("Renamed"));
+    let ended = system.end_call(call, EndReport::outcome("completed")).await.expect("the call's end is durable and answered");
+    assert_eq!(ended.outcome, "completed");
+    system.sync().await.unwrap();
+    assert_eq!(system.live_digest().await.unwrap(), system.inspect(|d| d.digest()).await.unwrap());
     assert!(system.healthy());
 }
