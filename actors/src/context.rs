@@ -112,8 +112,19 @@ impl Default for CallbackSettings {
     }
 }
 
-/// Every tenant's credit balance as the journal writer last applied it.
-pub type SharedBalances = Arc<std::sync::RwLock<BTreeMap<crate::model::TenantId, u64>>>;
+/// Every tenant's credit balance as the journal writer last applied it and as it is on disk.
+pub type SharedBalances = Arc<std::sync::RwLock<BTreeMap<crate::model::TenantId, Balance>>>;
+
+/// A tenant's credit balance, as the journal writer keeps it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Balance {
+    /// After every accepted event: what decisions use (an admission refused at zero, a callback
+    /// held short of credits). Safe before it is durable: whatever such a decision journals
+    /// comes later in the log, so it is durable only if the events before it are.
+    pub accepted: u64,
+    /// After every durable event: what clients are shown.
+    pub durable: u64,
+}
 
 /// Settings the actors run with (the HTTP crate maps its TOML config onto these).
 #[derive(Clone, Debug)]
@@ -252,7 +263,7 @@ impl Context {
 
     /// A global flag's value (`None`: no such flag).
     pub fn balance(&self, tenant: &str) -> u64 {
-        self.balances.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(tenant).copied().unwrap_or(0)
+        self.balances.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(tenant).map_or(0, |b| b.accepted)
     }
 
     pub fn flag(&self, name: &str) -> Option<bool> {

@@ -220,6 +220,14 @@ pub struct JournalWriter {
     pub balances: crate::context::SharedBalances,
 }
 
+/// A usage threshold an accepted event crossed.
+struct PendingAlert {
+    tenant_id: String,
+    level: UsageAlert,
+    used: u64,
+    limit: u64,
+}
+
 /// An entity's new generation and its state.
 pub type HandedOver = (u32, Handover);
 
@@ -234,6 +242,12 @@ pub struct JournalState {
     /// again after each journal timeout for up to `HANDOVER_WAIT_MAX`: these entries are bounded
     /// by that, and all are answered by the next write's end, or dropped by a failed one.
     handovers_waiting: Vec<(u64, RpcReplyPort<HandedOver>, HandedOver)>,
+    /// Balances changed by accepted events, published to `balances` as durable once they are,
+    /// in sequence order. At most one per accepted event, so bounded like `waiting`.
+    balances_pending: VecDeque<(u64, crate::model::TenantId, u64)>,
+    /// Usage alerts raised by accepted events, sent once durable. At most one per accepted
+    /// event, so bounded like `waiting`.
+    alerts_pending: VecDeque<(u64, PendingAlert)>,
     events_since_snapshot: u64,
     last_durable_seq: u64,
     failed: Option<String>,
@@ -269,6 +283,8 @@ impl Actor for JournalWriter {
             waiting: VecDeque::new(),
             syncs_waiting: Vec::new(),
             handovers_waiting: Vec::new(),
+            balances_pending: VecDeque::new(),
+            alerts_pending: VecDeque::new(),
             events_since_snapshot: 0,
             failed: None,
         })
@@ -399,15 +415,19 @@ impl JournalWriter {
         };
         state.durable.apply(seq, event).map_err(|e| AppendError::Failed(e.to_string()))?;
         if let Some(tenant) = charged {
+            // Decisions see it now; clients once it is durable (`written`): a GET must not show
+            // a balance a failed write would take back.
             let balance = state.durable.balance(&tenant);
-            self.balances.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(tenant, balance);
+            self.balances.write().unwrap_or_else(|poisoned| poisoned.into_inner()).entry(tenant.clone()).or_default().accepted = balance;
+            state.balances_pending.push_back((seq, tenant, balance));
         }
         if let Some((tenant_id, limit, before, characters)) = metered {
             // Events are applied one at a time, in journal order: each crossing is seen once.
             let (from, to) = (usage_alert(before, limit), usage_alert(before + characters, limit));
             if to != from && to != UsageAlert::Ok {
-                self.telemetry.usage_alert(to.as_str());
-                tracing::warn!(alert = "USAGE_ALERT", level = to.as_str(), tenant_id = %tenant_id, used = before + characters, limit, "monthly premium characters crossed a threshold");
+                // Raised once the usage is durable (`written`): an alert for usage a failed
+                // write took back would be raised again after a restart.
+                state.alerts_pending.push_back((seq, PendingAlert { tenant_id, level: to, used: before + characters, limit }));
             }
         }
         // A snapshot follows the event that makes it due, in the same write: it describes
@@ -451,6 +471,20 @@ impl JournalWriter {
             Ok(durable) => {
                 self.telemetry.journal_flushed(took.as_secs_f64(), events);
                 state.last_durable_seq = durable;
+                // Before any reply: a client told its top-up is done sees the new balance.
+                if state.balances_pending.front().is_some_and(|(seq, _, _)| *seq <= durable) {
+                    let mut balances = self.balances.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    while state.balances_pending.front().is_some_and(|(seq, _, _)| *seq <= durable) {
+                        let (_, tenant, balance) = state.balances_pending.pop_front().expect("checked");
+                        balances.entry(tenant).or_default().durable = balance;
+                    }
+                }
+                while state.alerts_pending.front().is_some_and(|(seq, _)| *seq <= durable) {
+                    let (_, alert) = state.alerts_pending.pop_front().expect("checked");
+                    let PendingAlert { tenant_id, level, used, limit } = alert;
+                    self.telemetry.usage_alert(level.as_str());
+                    tracing::warn!(alert = "USAGE_ALERT", level = level.as_str(), tenant_id = %tenant_id, used, limit, "monthly premium characters crossed a threshold");
+                }
                 while state.waiting.front().is_some_and(|(seq, _)| *seq <= durable) {
                     let (seq, waiter) = state.waiting.pop_front().expect("checked");
                     waiter.durable(seq);
@@ -477,6 +511,8 @@ impl JournalWriter {
                 }
                 // Dropped unanswered: their state holds events that failed.
                 state.handovers_waiting.clear();
+                state.balances_pending.clear();
+                state.alerts_pending.clear();
                 if let Sink::Inline(batch) = &mut state.sink {
                     *batch = WriteBatch::default();
                 }

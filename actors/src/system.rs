@@ -18,7 +18,7 @@ use tokio::sync::{Semaphore, oneshot};
 use crate::call::{CallError, CallMsg};
 use crate::callback_queue::CallbackQueueMsg;
 use crate::clock::Clock;
-use crate::context::{Context, Settings};
+use crate::context::{Balance, Context, Settings};
 use crate::core::call::{CallCore, EndReport};
 use crate::core::features::{FeatureDecision, can_use};
 use crate::core::pool::{PoolDenial, PoolView, Request};
@@ -345,7 +345,9 @@ impl System {
             telemetry,
             directory: SharedDirectory::default(),
             flags: Default::default(),
-            balances: Arc::new(std::sync::RwLock::new(durable.ledgers.iter().map(|(t, l)| (t.clone(), l.balance)).collect())),
+            balances: Arc::new(std::sync::RwLock::new(
+                durable.ledgers.iter().map(|(t, l)| (t.clone(), Balance { accepted: l.balance, durable: l.balance })).collect(),
+            )),
             next_callback_number: Arc::new(AtomicU64::new(durable.next_callback_number)),
             dispatcher: Default::default(),
             dispatches_in_flight: Default::default(),

@@ -148,7 +148,7 @@ impl Actor for TenantActor {
     async fn handle(&self, _: ActorRef<TenantMsg>, msg: TenantMsg, state: &mut TenantState) -> Result<(), ActorProcessingErr> {
         match msg {
             TenantMsg::Reserve { call, force, outbound, feature, reply } => {
-                if outbound && state.record.prepaid && !state.slots.holds(call) && self.balance(&state.record.id) == 0 {
+                if outbound && state.record.prepaid && !state.slots.holds(call) && self.balance(&state.record.id).accepted == 0 {
                     let _ = reply.send(Err(TenantRefusal::NoCredits));
                     return Ok(());
                 }
@@ -187,7 +187,7 @@ impl Actor for TenantActor {
                 }
             }
             TenantMsg::Get { reply } => {
-                let _ = reply.send(state.view(&self.plans, &self.arbitration, self.balance(&state.record.id)));
+                let _ = reply.send(state.view(&self.plans, &self.arbitration, self.balance(&state.record.id).durable));
             }
             TenantMsg::Crash => panic!("injected tenant crash"),
         }
@@ -196,8 +196,8 @@ impl Actor for TenantActor {
 }
 
 impl TenantActor {
-    fn balance(&self, tenant: &str) -> u64 {
-        self.balances.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(tenant).copied().unwrap_or(0)
+    fn balance(&self, tenant: &str) -> crate::context::Balance {
+        self.balances.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(tenant).copied().unwrap_or_default()
     }
 
     /// The journal checks a removal against the balance in its own order (a charge may land
@@ -251,12 +251,12 @@ impl TenantActor {
         if record == state.record {
             // Nothing changes (a repeated PUT, a DELETE of an override that is not there):
             // nothing to journal.
-            return Ok(state.view(&self.plans, &self.arbitration, self.balance(&state.record.id)));
+            return Ok(state.view(&self.plans, &self.arbitration, self.balance(&state.record.id).durable));
         }
         let guard = Guard { tenant: Some((record.id.clone(), self.generation)), ..Guard::default() };
         let event = Event::TenantUpdated(record.clone());
         crate::append(&self.journal, event, guard, self.journal_timeout).await?;
         state.record = record;
-        Ok(state.view(&self.plans, &self.arbitration, self.balance(&state.record.id)))
+        Ok(state.view(&self.plans, &self.arbitration, self.balance(&state.record.id).durable))
     }
 }

@@ -198,3 +198,30 @@ async fn a_rebuilt_actor_acknowledges_nothing_that_is_not_yet_durable() {
     assert_eq!(system.live_digest().await.unwrap(), system.inspect(|d| d.digest()).await.unwrap());
     assert!(system.healthy());
 }
+
+/// A call's end charges its duration; the balance clients see moves only once the charge is
+/// on disk (a failed write would take it back), while the decisions that need the balance
+/// already count it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_shows_in_the_balance_only_once_it_is_durable() {
+    let store = Arc::new(SlowStore::default());
+    let shared: Arc<dyn Store> = store.clone();
+    let system = Arc::new(
+        System::start(Settings::default(), shared, DurableState::new(), ManualClock::new(0), Arc::new(NoTelemetry)).await.unwrap(),
+    );
+    system.create_tenant(TenantRecord::new("acme", "PRO", None, 0)).await.unwrap();
+    system.credit("acme", 1_000, "top-up".into()).await.unwrap();
+    let call = system.admit(AdmitRequest::outbound("acme")).await.unwrap().call.id;
+
+    store.held.store(true, Ordering::SeqCst);
+    let ending = Arc::clone(&system);
+    let end = tokio::spawn(async move {
+        ending.end_call(call, EndReport { outcome: "completed".into(), duration_s: Some(100), characters: None }).await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(!end.is_finished(), "the end waits for its write");
+    assert_eq!(system.get_tenant("acme").await.unwrap().balance, 1_000, "the charge is not on disk yet");
+    store.held.store(false, Ordering::SeqCst);
+    assert_eq!(end.await.unwrap().unwrap().outcome, "completed");
+    assert_eq!(system.get_tenant("acme").await.unwrap().balance, 900, "shown as soon as the end is answered");
+}
