@@ -129,6 +129,28 @@ async fn malformed_json_is_400_malformed_json_and_changes_nothing() {
     f.assert_nothing_changed().await;
 }
 
+/// serde reads a struct from a JSON array, field by field in order: `["acme", null,
+/// "outbound"]` admitted a call and `[]` ended one. A body must be an object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_is_json_but_not_an_object_is_422_and_changes_nothing() {
+    let mut f = Fixture::new().await;
+    let cases: [(&str, &str, &[u8]); 7] = [
+        ("POST", "/v1/calls", br#"["acme", null, "outbound"]"#),
+        ("POST", "/v1/tenants", br#"["arr", null, "PRO", null, false]"#),
+        ("POST", "/v1/lines", br#"["+14155550111", "acme"]"#),
+        ("PATCH", "/v1/platform", b"[6]"),
+        ("PATCH", "/v1/tenants/acme", br#"[null, "ENTERPRISE"]"#),
+        ("POST", "/v1/tenants/acme/credits", br#"[5, "arr"]"#),
+        ("POST", "/v1/tenants", b"\"acme\""),
+    ];
+    for (method, path, body) in cases {
+        let response = send_bytes(&mut f.client, method, path, body, "application/json").await;
+        let problem = assert_problem(&response, 422, "INVALID_FIELD");
+        assert!(problem["detail"].as_str().is_some_and(|d| d.contains("JSON object")), "{method} {path}: {problem}");
+    }
+    f.assert_nothing_changed().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_fields_are_422_naming_the_field() {
     let mut f = Fixture::new().await;

@@ -58,7 +58,8 @@ pub struct CreateCampaign {
 fn minutes(field: &str, raw: &str) -> Result<u16, Problem> {
     let bad = || Problem::invalid(field, "must be a local time HH:MM (00:00-24:00)");
     let (h, m) = raw.split_once(':').ok_or_else(bad)?;
-    if h.len() != 2 || m.len() != 2 {
+    // Two ASCII digits each: `parse` alone would take "+1" for 1.
+    if h.len() != 2 || m.len() != 2 || !h.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
     let (h, m): (u16, u16) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
@@ -209,4 +210,18 @@ pub async fn control(State(state): State<AppStateRef>, Path((raw, action)): Path
     };
     let campaign = state.system()?.control_campaign(id, action).await.map_err(|e| campaign_problem(e, &raw))?;
     Ok(axum::Json(campaign_json(&campaign)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_times_are_two_digits_colon_two_digits() {
+        assert_eq!(minutes("w", "09:30").unwrap(), 570);
+        assert_eq!(minutes("w", "24:00").unwrap(), 1_440);
+        for bad in ["+1:00", "09:+1", "9:30", "09:3", "24:01", "09:60", "-1:00", "0a:00", " 9:00", "09-30"] {
+            assert!(minutes("w", bad).is_err(), "{bad}");
+        }
+    }
 }

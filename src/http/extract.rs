@@ -58,6 +58,16 @@ pub async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> 
 
 /// Parses JSON, reporting the path of the field that failed (`tenant_id`, `contacts[2].phone`).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    // Every body is an object. serde reads a struct from an array too, field by field in
+    // order (`["acme", null, "outbound"]` would admit a call): refuse anything else first.
+    let first = bytes.iter().find(|b| !b" \t\r\n".contains(b));
+    if first.is_some_and(|b| *b != b'{') && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_FIELD",
+            "the body must be a JSON object, not an array or a bare value",
+        ));
+    }
     // A valid body (nearly every one) is parsed without tracking the path; only a body that
     // fails is parsed again, with the tracking, to name the field at fault.
     if let Ok(value) = serde_json::from_slice(bytes) {
@@ -143,5 +153,17 @@ mod tests {
         assert_eq!((wrong_kind.code, wrong_kind.field.as_deref()), ("INVALID_FIELD", Some("tenant_id")));
         let negative = parse_json::<Body>(br#"{"tenant_id": "t", "channels": -2}"#).unwrap_err();
         assert_eq!(negative.field.as_deref(), Some("channels"));
+    }
+
+    /// serde reads a struct from an array, field by field: a body must be an object.
+    #[test]
+    fn a_body_that_is_not_an_object_is_refused() {
+        assert!(parse_json::<Body>(br#"["t", 2]"#).is_err_and(|p| p.code == "INVALID_FIELD" && p.detail.contains("JSON object")));
+        for bad in [&br#" ["t"]"#[..], b"\"t\"", b"7", b"null", b"true"] {
+            let problem = parse_json::<Body>(bad).unwrap_err();
+            assert_eq!((problem.status, problem.code), (StatusCode::UNPROCESSABLE_ENTITY, "INVALID_FIELD"), "{bad:?}");
+        }
+        assert_eq!(parse_json::<Body>(b"[\"t\"").unwrap_err().code, "MALFORMED_JSON", "broken JSON stays malformed");
+        assert!(parse_json::<Body>(b" \n{\"tenant_id\": \"t\"}").is_ok());
     }
 }

@@ -94,7 +94,7 @@ pub fn parse_rfc3339(field: &str, value: &str) -> Result<u64, Problem> {
         "Z" | "z" => 0,
         _ if rest.len() == 6 && matches!(rest.as_bytes()[0], b'+' | b'-') && rest.as_bytes()[3] == b':' => {
             let sign = if rest.starts_with('-') { -1 } else { 1 };
-            let (h, m): (i64, i64) = (rest[1..3].parse().map_err(|_| bad())?, rest[4..6].parse().map_err(|_| bad())?);
+            let (h, m) = (num(value.len() - 5..value.len() - 3)?, num(value.len() - 2..value.len())?);
             if h > 23 || m > 59 {
                 return Err(bad());
             }
@@ -103,8 +103,16 @@ pub fn parse_rfc3339(field: &str, value: &str) -> Result<u64, Problem> {
         _ => return Err(bad()),
     };
     let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second - offset_minutes * 60;
-    u64::try_from(seconds * 1000 + millis).map_err(|_| Problem::invalid(field, "must not be before 1970"))
+    let ms = u64::try_from(seconds * 1000 + millis).map_err(|_| Problem::invalid(field, "must not be before 1970"))?;
+    // Shown back as RFC 3339 UTC, which has four-digit years: 9999-12-31T23:59:59-01:00 is not.
+    if ms > RFC3339_MS_MAX {
+        return Err(Problem::invalid(field, "must be before the year 10000 in UTC"));
+    }
+    Ok(ms)
 }
+
+/// 9999-12-31T23:59:59.999Z, the last instant RFC 3339 can show in UTC.
+const RFC3339_MS_MAX: u64 = 253_402_300_799_999;
 
 /// RFC 3339 UTC with milliseconds, from milliseconds since the epoch.
 pub fn rfc3339(ms: u64) -> String {
@@ -178,9 +186,20 @@ mod tests {
             assert_eq!(parse_rfc3339("f", &rfc3339(ms)).unwrap(), ms);
         }
         assert_eq!(parse_rfc3339("f", "2026-11-18T12:06:40.5+01:00").unwrap(), 1_795_000_000_500);
-        for bad in ["2026-02-29T00:00:00Z", "2026-11-18 11:06:40Z", "2026-11-18T11:06:40", "1969-12-31T23:59:59Z", "2026-13-01T00:00:00Z"] {
+        for bad in [
+            "2026-02-29T00:00:00Z",
+            "2026-11-18 11:06:40Z",
+            "2026-11-18T11:06:40",
+            "1969-12-31T23:59:59Z",
+            "2026-13-01T00:00:00Z",
+            "2026-12-01T00:00:00+-1:00",
+            "2026-12-01T00:00:00-0+:00",
+            "9999-12-31T23:59:59-00:01",
+        ] {
             assert!(parse_rfc3339("f", bad).is_err(), "{bad}");
         }
+        assert_eq!(parse_rfc3339("f", "9999-12-31T23:59:59.999Z").unwrap(), RFC3339_MS_MAX);
+        assert_eq!(rfc3339(RFC3339_MS_MAX), "9999-12-31T23:59:59.999Z");
     }
 
     #[test]
