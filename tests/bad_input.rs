@@ -151,6 +151,23 @@ async fn a_body_that_is_json_but_not_an_object_is_422_and_changes_nothing() {
     f.assert_nothing_changed().await;
 }
 
+/// `null` clears a field that can be cleared (a tenant's name, its limit override); on one
+/// that cannot it is refused, naming the field, not taken for "absent" with a 200 for nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_for_a_field_that_cannot_be_cleared_is_422_naming_it() {
+    let mut f = Fixture::new().await;
+    for (path, body, field) in [
+        ("/v1/tenants/acme", json!({"plan": null}), "plan"),
+        ("/v1/tenants/acme", json!({"prepaid": null}), "prepaid"),
+        ("/v1/platform/pools/standard_voice", json!({"capacity": null}), "capacity"),
+        ("/v1/platform/pools/standard_voice", json!({"reserved": null}), "reserved"),
+    ] {
+        let response = send_json(&mut f.client, "PATCH", path, body).await;
+        assert_invalid(&response, "INVALID_FIELD", field);
+    }
+    f.assert_nothing_changed().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_fields_are_422_naming_the_field() {
     let mut f = Fixture::new().await;

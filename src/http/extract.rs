@@ -56,6 +56,13 @@ pub async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> 
     parse_json(&bytes)
 }
 
+/// For an optional field that cannot be cleared (`#[serde(default, deserialize_with =
+/// "not_null")]`): absent is `None`, a value is `Some`, and `null` is refused naming the
+/// field, where a plain `Option` would take it for absent and answer 200 for nothing done.
+pub fn not_null<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(deserializer: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
+}
+
 /// Parses JSON, reporting the path of the field that failed (`tenant_id`, `contacts[2].phone`).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     // Every body is an object. serde reads a struct from an array too, field by field in

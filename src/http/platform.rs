@@ -25,10 +25,10 @@ pub struct UpdatePlatform {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdatePool {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::extract::not_null")]
     capacity: Option<u32>,
     /// Class → headroom reserved for it and the classes above it. Replaces the whole map.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::extract::not_null")]
     reserved: Option<BTreeMap<String, u32>>,
 }
 

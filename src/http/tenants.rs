@@ -40,11 +40,11 @@ pub struct CreateTenant {
 pub struct UpdateTenant {
     #[serde(default, deserialize_with = "nullable")]
     name: Option<Option<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::extract::not_null")]
     plan: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
     concurrent_limit_override: Option<Option<u32>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::extract::not_null")]
     prepaid: Option<bool>,
 }
 
