@@ -504,9 +504,12 @@ async fn bad_list_query_parameters_are_400() {
     let response = f.client.get("/v1/calls?starting_after=garbage").await.expect("request");
     let problem = assert_problem(&response, 400, "INVALID_QUERY");
     assert_eq!(problem["field"], "starting_after");
-    for query in ["limit=-1", "limit=ten", "limit=", "colour=red", "limit=5&limit=6"] {
+    for (query, field) in
+        [("limit=-1", "limit"), ("limit=ten", "limit"), ("limit=", "limit"), ("colour=red", "colour"), ("limit=5&limit=6", "limit")]
+    {
         let response = f.client.get(&format!("/v1/calls?{query}")).await.expect("request");
-        assert_problem(&response, 400, "INVALID_QUERY");
+        let problem = assert_problem(&response, 400, "INVALID_QUERY");
+        assert_eq!(problem["field"], field, "{query}: {problem}");
     }
     // The bounds themselves are fine.
     for query in ["limit=1", "limit=200", "starting_after=call_000000000001"] {

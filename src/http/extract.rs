@@ -128,9 +128,27 @@ fn serde_urlencoded_like<T: DeserializeOwned>(query: &str) -> Result<T, Problem>
     let uri: axum::http::Uri = format!("/?{query}")
         .parse()
         .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "INVALID_QUERY", "the query string is malformed"))?;
-    axum::extract::Query::<T>::try_from_uri(&uri)
-        .map(|axum::extract::Query(value)| value)
-        .map_err(|rejection| Problem::new(StatusCode::BAD_REQUEST, "INVALID_QUERY", rejection.body_text()))
+    axum::extract::Query::<T>::try_from_uri(&uri).map(|axum::extract::Query(value)| value).map_err(|rejection| {
+        let text = rejection.body_text();
+        let problem = Problem::new(StatusCode::BAD_REQUEST, "INVALID_QUERY", text.clone());
+        match query_field(&text) {
+            Some(field) => problem.with_field(field),
+            None => problem,
+        }
+    })
+}
+
+/// The parameter a query rejection names: "…: limit: invalid digit found in string", or an
+/// unknown, missing or repeated one ("unknown field `foo`, expected …").
+fn query_field(text: &str) -> Option<String> {
+    let message = text.strip_prefix("Failed to deserialize query string: ").unwrap_or(text);
+    if let Some(name) = unknown_field_name(message)
+        .or_else(|| message.strip_prefix("duplicate field `").and_then(|r| r.split('`').next()).map(str::to_owned))
+    {
+        return Some(name);
+    }
+    let (name, _) = message.split_once(": ")?;
+    (!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')).then(|| name.to_owned())
 }
 
 #[cfg(test)]
@@ -160,6 +178,23 @@ mod tests {
         assert_eq!((wrong_kind.code, wrong_kind.field.as_deref()), ("INVALID_FIELD", Some("tenant_id")));
         let negative = parse_json::<Body>(br#"{"tenant_id": "t", "channels": -2}"#).unwrap_err();
         assert_eq!(negative.field.as_deref(), Some("channels"));
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Page {
+        limit: Option<u32>,
+        status: Option<String>,
+    }
+
+    #[test]
+    fn query_problems_name_the_parameter() {
+        for (query, field) in [("limit=-1", "limit"), ("limit=abc", "limit"), ("foo=1", "foo"), ("limit=1&limit=2", "limit")] {
+            let problem = serde_urlencoded_like::<Page>(query).unwrap_err();
+            assert_eq!((problem.code, problem.field.as_deref()), ("INVALID_QUERY", Some(field)), "{query}: {}", problem.detail);
+        }
+        assert!(serde_urlencoded_like::<Page>("limit=5&status=pending").is_ok());
     }
 
     /// serde reads a struct from an array, field by field: a body must be an object.
