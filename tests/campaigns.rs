@@ -17,7 +17,7 @@
 //! - a dialer 500 fails the contact and ends its call `dial_failed`; a dialer 429 cools the pool
 //!   down and the contact waits pending, then is dialled on a new call;
 //! - the lifecycle refuses wrong transitions (409), bad input names its field (422) and
-//!   journals nothing, unknown lines and campaigns are 404;
+//!   journals nothing, an unknown line in the body is 422 and an unknown campaign 404;
 //! - a running campaign with a dialled contact survives a restart and completes after it.
 //!
 //! Windows use the real clock: each test picks windows at least two hours away from now.
@@ -734,7 +734,8 @@ async fn a_rate_limited_dial_does_not_use_up_the_leads_daily_cap() {
 // ---------------------------------------------------------------- 5. lifecycle errors and bad input
 
 /// Wrong transitions are 409 `CAMPAIGN_WRONG_STATUS`, one running or paused campaign per line;
-/// bad input is 422 naming the field and journals nothing; unknown lines and campaigns are 404.
+/// bad input (an unknown line among it) is 422 naming the field and journals nothing; unknown
+/// campaigns are 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lifecycle_refuses_wrong_transitions_and_bad_input_names_its_field_and_journals_nothing() {
     let dialer = FakeDialer::start().await;
@@ -826,9 +827,9 @@ async fn the_lifecycle_refuses_wrong_transitions_and_bad_input_names_its_field_a
         let response = create(&mut client, body.clone()).await;
         assert!(response.status == 400 || response.status == 422, "{body}: {}", response.text());
     }
-    // An unknown line: 404.
+    // An unknown line in the body: 422 naming it, as an admission does.
     let response = create(&mut client, json!({"line_id": "+14155550999", "contacts": ok_contacts})).await;
-    assert_problem(&response, 404, "NOT_FOUND");
+    assert_eq!(assert_problem(&response, 422, "UNKNOWN_LINE")["field"], "line_id");
     // Wrong transitions journal nothing either.
     assert_refused(&mut client, &third, "pause").await;
     assert_refused(&mut client, &first, "start").await;

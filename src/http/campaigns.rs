@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use switchboard_actors::callback_queue::CampaignAction;
 use switchboard_actors::core::campaign::known_timezone;
 use switchboard_actors::model::{Campaign, CampaignId, CampaignRecord, Contact, ContactStatus};
-use switchboard_actors::system::CampaignApiError;
+use switchboard_actors::system::{CampaignApiError, SystemError};
 
 use super::AppStateRef;
 use super::calls::system_problem;
@@ -172,7 +172,11 @@ pub async fn create(State(state): State<AppStateRef>, JsonBody(body): JsonBody<C
         return Err(Problem::invalid("window.end", "the window must not be empty"));
     }
     let system = state.system()?;
-    let line = system.get_line(&body.line_id).await.map_err(|e| system_problem(e, "line", &body.line_id))?;
+    let line = system.get_line(&body.line_id).await.map_err(|error| match error {
+        // A line the body names, not the URL: 422 naming the field, as an admission does.
+        SystemError::NotFound => campaign_problem(CampaignApiError::UnknownLine(body.line_id.clone()), ""),
+        error => system_problem(error, "line", &body.line_id),
+    })?;
     let record = CampaignRecord {
         id: CampaignId(0),
         tenant_id: line.record.tenant_id,
