@@ -816,6 +816,10 @@ async fn the_lifecycle_refuses_wrong_transitions_and_bad_input_names_its_field_a
         (json!({"line_id": LINE, "contacts": ok_contacts, "window": {"start": "9:00", "end": "10:00"}}), "window.start"),
         (json!({"line_id": LINE, "contacts": ok_contacts, "window": {"start": "09:00", "end": "10:60"}}), "window.end"),
         (json!({"line_id": LINE, "contacts": ok_contacts, "window": {"start": "10:00", "end": "10:00"}}), "window.end"),
+        (json!({"line_id": LINE, "contacts": ok_contacts, "window": {"start": "+9:00", "end": "10:00"}}), "window.start"),
+        // serde's derive would read these objects from arrays, field by field.
+        (json!({"line_id": LINE, "contacts": ok_contacts, "window": ["09:00", "17:00"]}), "window"),
+        (json!({"line_id": LINE, "contacts": [{"phone": ALICE}, [BOB]]}), "contacts[1]"),
     ];
     for (body, field) in cases {
         let response = create(&mut client, body.clone()).await;

@@ -15,7 +15,7 @@ use switchboard_actors::system::{CampaignApiError, SystemError};
 
 use super::AppStateRef;
 use super::calls::system_problem;
-use super::extract::JsonBody;
+use super::extract::{JsonBody, Obj};
 use super::problem::Problem;
 use super::validate::{self, rfc3339};
 
@@ -45,13 +45,13 @@ pub struct WindowBody {
 #[serde(deny_unknown_fields)]
 pub struct CreateCampaign {
     line_id: String,
-    contacts: Vec<ContactBody>,
+    contacts: Vec<Obj<ContactBody>>,
     #[serde(default)]
     concurrency: Option<u32>,
     #[serde(default)]
     max_calls_per_lead_per_day: Option<u32>,
     #[serde(default)]
-    window: Option<WindowBody>,
+    window: Option<Obj<WindowBody>>,
 }
 
 /// `HH:MM` → minutes after midnight.
@@ -150,7 +150,7 @@ pub async fn create(State(state): State<AppStateRef>, JsonBody(body): JsonBody<C
         return Err(Problem::invalid("contacts", format!("must hold 1-{CAMPAIGN_CONTACTS_MAX} contacts")));
     }
     let mut contacts = Vec::with_capacity(body.contacts.len());
-    for (n, contact) in body.contacts.into_iter().enumerate() {
+    for (n, Obj(contact)) in body.contacts.into_iter().enumerate() {
         validate::e164(&format!("contacts[{n}].phone"), &contact.phone)?;
         if let Some(name) = &contact.name {
             validate::text(&format!("contacts[{n}].name"), name, 200)?;
@@ -165,7 +165,7 @@ pub async fn create(State(state): State<AppStateRef>, JsonBody(body): JsonBody<C
     let per_day = body.max_calls_per_lead_per_day.unwrap_or(2);
     validate::range("max_calls_per_lead_per_day", per_day, 1, CALLS_PER_LEAD_PER_DAY_MAX)?;
     let (start, end) = match &body.window {
-        Some(window) => (minutes("window.start", &window.start)?, minutes("window.end", &window.end)?),
+        Some(Obj(window)) => (minutes("window.start", &window.start)?, minutes("window.end", &window.end)?),
         None => (9 * 60, 21 * 60),
     };
     if start == end {

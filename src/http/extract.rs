@@ -56,6 +56,27 @@ pub async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> 
     parse_json(&bytes)
 }
 
+/// A nested object read only from a JSON object: serde's derive also reads a struct from an
+/// array, field by field in order (`"window": ["09:00", "17:00"]`).
+#[derive(Debug)]
+pub struct Obj<T>(pub T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Obj<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Visitor<T> {
+            type Value = Obj<T>;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Obj<T>, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Obj)
+            }
+        }
+        deserializer.deserialize_map(Visitor(std::marker::PhantomData))
+    }
+}
+
 /// For an optional field that cannot be cleared (`#[serde(default, deserialize_with =
 /// "not_null")]`): absent is `None`, a value is `Some`, and `null` is refused naming the
 /// field, where a plain `Option` would take it for absent and answer 200 for nothing done.
@@ -195,6 +216,32 @@ mod tests {
             assert_eq!((problem.code, problem.field.as_deref()), ("INVALID_QUERY", Some(field)), "{query}: {}", problem.detail);
         }
         assert!(serde_urlencoded_like::<Page>("limit=5&status=pending").is_ok());
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Nested {
+        items: Vec<Obj<Body>>,
+        #[serde(default)]
+        one: Option<Obj<Body>>,
+    }
+
+    /// Nested objects too: an array in their place is refused, naming where it is, and a
+    /// problem inside one still names its own field.
+    #[test]
+    fn a_nested_object_is_read_only_from_an_object() {
+        let ok = parse_json::<Nested>(br#"{"items": [{"tenant_id": "a"}, {"tenant_id": "b", "channels": 2}], "one": null}"#).unwrap();
+        assert_eq!((ok.items.len(), ok.items[1].0.channels), (2, Some(2)));
+        for (body, field) in [
+            (&br#"{"items": [{"tenant_id": "a"}, ["b", 2]]}"#[..], "items[1]"),
+            (br#"{"items": [], "one": ["a"]}"#, "one"),
+            (br#"{"items": [{"tenant_id": "a"}, {"tenant_id": "b", "channels": "x"}]}"#, "items[1].channels"),
+            (br#"{"items": [{"tenant_id": "a", "colour": 1}]}"#, "items[0].colour"),
+        ] {
+            let problem = parse_json::<Nested>(body).unwrap_err();
+            assert_eq!((problem.code, problem.field.as_deref()), ("INVALID_FIELD", Some(field)), "{}", problem.detail);
+        }
     }
 
     /// serde reads a struct from an array, field by field: a body must be an object.
