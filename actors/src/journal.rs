@@ -186,10 +186,10 @@ pub enum JournalMsg {
     /// Bumps `entity`'s generation and hands over its state (supervisor only), once every
     /// event in that state is durable: a rebuilt actor must not answer from an event whose
     /// write may still fail (the append that timed out and made its actor fail, say). A failed
-    /// journal hands over nothing.
+    /// journal refuses.
     Handover {
         entity: Entity,
-        reply: RpcReplyPort<HandedOver>,
+        reply: HandoverReply,
     },
     /// Runs a read-only closure against the durable state (summaries, the invariant test).
     Inspect(Inspector),
@@ -230,6 +230,8 @@ struct PendingAlert {
 
 /// An entity's new generation and its state.
 pub type HandedOver = (u32, Handover);
+/// Where a handover is answered: its state, or why the journal refuses it.
+pub type HandoverReply = RpcReplyPort<Result<HandedOver, AppendError>>;
 
 pub struct JournalState {
     durable: DurableState,
@@ -238,10 +240,11 @@ pub struct JournalState {
     /// `JOURNAL_PENDING_MAX`.
     waiting: VecDeque<(u64, Waiter)>,
     syncs_waiting: Vec<(u64, RpcReplyPort<Result<(), AppendError>>)>,
-    /// Handovers waiting for their state to be durable. The supervisor asks for one at a time,
-    /// again after each journal timeout for up to `HANDOVER_WAIT_MAX`: these entries are bounded
-    /// by that, and all are answered by the next write's end, or dropped by a failed one.
-    handovers_waiting: Vec<(u64, RpcReplyPort<HandedOver>, HandedOver)>,
+    /// Handovers waiting for their state to be durable. The supervisor asks for one at a time
+    /// and asks again after each journal timeout; an ask it gave up on is dropped when the next
+    /// one comes, so this holds one entry, and the next write's end answers it (a failed write
+    /// refuses it).
+    handovers_waiting: Vec<(u64, HandoverReply, HandedOver)>,
     /// Balances changed by accepted events, published to `balances` as durable once they are,
     /// in sequence order. At most one per accepted event, so bounded like `waiting`.
     balances_pending: VecDeque<(u64, crate::model::TenantId, u64)>,
@@ -313,12 +316,16 @@ impl Actor for JournalWriter {
             JournalMsg::Handover { entity, reply } => {
                 let generation = state.generations.entry(entity.clone()).or_insert(0);
                 *generation += 1;
-                let answer = (*generation, handover(&state.durable, &entity));
-                if state.failed.is_some() {
-                    // Dropped: the state may hold events that never reached the disk.
+                if let Some(why) = &state.failed {
+                    // Refused: the state may hold events that never reached the disk.
+                    let _ = reply.send(Err(AppendError::Failed(why.clone())));
                 } else if state.last_durable_seq >= state.durable.last_seq {
-                    let _ = reply.send(answer);
+                    let _ = reply.send(Ok((*generation, handover(&state.durable, &entity))));
                 } else {
+                    // Asks the supervisor gave up on (it asks again after each timeout) go first:
+                    // each holds a copy of an entity's state.
+                    state.handovers_waiting.retain(|(_, reply, _)| !reply.is_closed());
+                    let answer = (*generation, handover(&state.durable, &entity));
                     state.handovers_waiting.push((state.durable.last_seq, reply, answer));
                 }
             }
@@ -497,7 +504,7 @@ impl JournalWriter {
                 let (ready, waiting): (Vec<_>, Vec<_>) = state.handovers_waiting.drain(..).partition(|(seq, _, _)| *seq <= durable);
                 state.handovers_waiting = waiting;
                 for (_, reply, answer) in ready {
-                    let _ = reply.send(answer);
+                    let _ = reply.send(Ok(answer));
                 }
             }
             Err(why) => {
@@ -509,8 +516,10 @@ impl JournalWriter {
                 for (_, reply) in state.syncs_waiting.drain(..) {
                     let _ = reply.send(Err(error.clone()));
                 }
-                // Dropped unanswered: their state holds events that failed.
-                state.handovers_waiting.clear();
+                // Refused: their state holds events that failed.
+                for (_, reply, _) in state.handovers_waiting.drain(..) {
+                    let _ = reply.send(Err(error.clone()));
+                }
                 state.balances_pending.clear();
                 state.alerts_pending.clear();
                 if let Sink::Inline(batch) = &mut state.sink {

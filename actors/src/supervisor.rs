@@ -29,8 +29,8 @@ use std::collections::BTreeSet;
 /// Global feature flags at once; past it a new flag is refused.
 pub const GLOBAL_FLAGS_MAX: usize = 256;
 /// How long the supervisor waits for the journal to hand over an entity's state (asking again
-/// every journal timeout) before it gives up on rebuilding it, as it does when the journal
-/// does not answer at all: a disk stalled that long is an outage for an operator.
+/// every journal timeout) before it leaves the entity down, as it does when the journal has
+/// failed: a disk stalled that long is an outage for an operator.
 pub const HANDOVER_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(600);
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -259,15 +259,26 @@ impl Supervisor {
         let timeout = Some(self.context.settings.journal_timeout);
         // The journal answers once the entity's state is durable: a stalled disk (the usual
         // reason an actor failed on purpose) keeps the entity down, answering 503, until then.
+        // A journal that failed, or one stalled past `HANDOVER_WAIT_MAX`, leaves the entity
+        // down (503) until an operator restarts the process; the supervisor goes on serving the
+        // others (failing it would stop every actor it supervises).
         let asked = tokio::time::Instant::now();
         let (generation, handover) = loop {
-            match state.journal.call(|reply| JournalMsg::Handover { entity: entity.clone(), reply }, timeout).await? {
-                ractor::rpc::CallResult::Success(answer) => break answer,
+            let asking = state.journal.call(|reply| JournalMsg::Handover { entity: entity.clone(), reply }, timeout).await;
+            match asking.unwrap_or(ractor::rpc::CallResult::SenderError) {
+                ractor::rpc::CallResult::Success(Ok(answer)) => break answer,
                 ractor::rpc::CallResult::Timeout if asked.elapsed() < HANDOVER_WAIT_MAX => {
                     let waited_s = asked.elapsed().as_secs();
                     tracing::warn!(entity = %entity, waited_s, "the journal has not yet made the state to hand over durable; waiting");
                 }
-                other => return Err(format!("journal did not hand over state: {other:?}").into()),
+                ractor::rpc::CallResult::Success(Err(error)) => {
+                    tracing::error!(entity = %entity, %error, "not rebuilding: the journal failed; restart the process");
+                    return Ok(());
+                }
+                other => {
+                    tracing::error!(entity = %entity, answer = ?other, "not rebuilding: the journal did not hand over its state; restart the process");
+                    return Ok(());
+                }
             }
         };
         let cell = myself.get_cell();

@@ -91,6 +91,8 @@ struct SlowStore {
     inner: MemoryStore,
     delay_ms: std::sync::atomic::AtomicU64,
     held: AtomicBool,
+    /// Writes fail (once released, for a held one).
+    failing: AtomicBool,
 }
 
 const HELD_MAX: std::time::Duration = std::time::Duration::from_secs(20);
@@ -101,6 +103,9 @@ impl Store for SlowStore {
         let held_since = std::time::Instant::now();
         while self.held.load(Ordering::SeqCst) && held_since.elapsed() < HELD_MAX {
             std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Io("injected: the stalled write failed".into()));
         }
         self.inner.write(batch)
     }
@@ -224,4 +229,32 @@ async fn a_charge_shows_in_the_balance_only_once_it_is_durable() {
     store.held.store(false, Ordering::SeqCst);
     assert_eq!(end.await.unwrap().unwrap().outcome, "completed");
     assert_eq!(system.get_tenant("acme").await.unwrap().balance, 900, "shown as soon as the end is answered");
+}
+
+/// The stalled write then fails: the entity whose actor failed stays down (its state held an
+/// event that never reached the disk), and nothing else is taken down with it. Reads of every
+/// other entity keep working; writes are refused and the system reports itself unhealthy, until
+/// an operator restarts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_journal_leaves_the_entity_in_doubt_down_and_the_others_up() {
+    use switchboard_actors::tenant::TenantPatch;
+    let store = Arc::new(SlowStore::default());
+    let shared: Arc<dyn Store> = store.clone();
+    let settings = Settings { journal_timeout: std::time::Duration::from_millis(100), ..Settings::default() };
+    let system = Arc::new(System::start(settings, shared, DurableState::new(), ManualClock::new(0), Arc::new(NoTelemetry)).await.unwrap());
+    system.create_tenant(TenantRecord::new("acme", "PRO", None, 0)).await.unwrap();
+    system.create_tenant(TenantRecord::new("other", "PRO", None, 0)).await.unwrap();
+
+    store.held.store(true, Ordering::SeqCst);
+    let patch = TenantPatch { name: Some(Some("Renamed".into())), ..TenantPatch::default() };
+    assert!(system.update_tenant("acme", patch).await.is_err(), "the PATCH's outcome was unknown");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    store.failing.store(true, Ordering::SeqCst);
+    store.held.store(false, Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    assert!(!system.healthy(), "a failed write turns the system unhealthy");
+    assert!(system.get_tenant("acme").await.is_err(), "acme's state held the failed event: it stays down");
+    assert_eq!(system.get_tenant("other").await.expect("the other tenant still answers").record.id, "other");
+    assert!(system.create_tenant(TenantRecord::new("later", "PRO", None, 0)).await.is_err(), "writes are refused");
 }
