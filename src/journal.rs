@@ -66,6 +66,16 @@ impl SledStore {
         let snapshots = db.open_tree("snapshots").map_err(io)?;
         let log_path = data_dir.join("journal").join("db");
         let log_file = std::fs::File::open(&log_path).map_err(|e| StoreError::Io(format!("opening {}: {e}", log_path.display())))?;
+        // The directory entries sled created or renamed while opening (`journal/` itself, its
+        // log file, `blobs/`, its page-cache snapshot), and the data dir's own, are on disk
+        // before anything is written, let alone acknowledged: syncing a file does not make its
+        // name durable.
+        let parent = data_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        for dir in [parent.to_owned(), data_dir.to_owned(), data_dir.join("journal")] {
+            std::fs::File::open(&dir)
+                .and_then(|handle| handle.sync_all())
+                .map_err(|e| StoreError::Io(format!("syncing the directory {}: {e}", dir.display())))?;
+        }
         Ok(SledStore { inner: Mutex::new(Some(Inner { db, events, snapshots, log_file })) })
     }
 

@@ -249,9 +249,17 @@ async fn every_blob_sled_writes_is_on_disk_before_the_log_that_points_to_it() {
     };
     assert!(status.success(), "the traced server exited with {status}");
 
-    let (blobs, problems) = blob_sync_violations(&std::fs::read_to_string(&trace).unwrap());
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let (blobs, problems) = blob_sync_violations(&trace);
     assert!(blobs > 0, "no blob was written: the test needs larger values");
     assert!(problems.is_empty(), "{blobs} blobs written; not durable in time:\n{}", problems.join("\n"));
+    // The names sled created while opening are durable before the first write is.
+    let first_log_sync =
+        trace.lines().position(|line| line.contains("fdatasync(") && line.contains("/journal/db>")).expect("the log was synced");
+    for dir in ["/data>", "/data/journal>"] {
+        let synced = trace.lines().position(|line| line.contains(" fsync(") && line.contains(dir));
+        assert!(synced.is_some_and(|at| at < first_log_sync), "the directory {dir} was not synced before the first log sync");
+    }
 
     // And the data dir, snapshots in blobs, boots with every tenant.
     let server = start_in(&data_dir, |_| {}).await;
