@@ -8,6 +8,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
+/// The characters of an unknown id a 404 repeats in its detail.
+pub const ECHOED_ID_CHARS_MAX: usize = 100;
+
 #[derive(Debug)]
 pub struct Problem {
     pub status: StatusCode,
@@ -28,8 +31,14 @@ impl Problem {
         Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_FIELD", detail).with_field(field)
     }
 
+    /// 404 for `what` named `id`. An id longer than `ECHOED_ID_CHARS_MAX` is shown cut, so a
+    /// 60 KB path does not come back as a 60 KB answer.
     pub fn not_found(what: &str, id: &str) -> Problem {
-        Problem::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no {what} with id {id}"))
+        let shown = match id.char_indices().nth(ECHOED_ID_CHARS_MAX) {
+            Some((cut, _)) => format!("{}… ({} bytes)", &id[..cut], id.len()),
+            None => id.to_owned(),
+        };
+        Problem::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no {what} with id {shown}"))
     }
 
     /// 503: a transient condition on our side; the client should retry.
@@ -80,5 +89,20 @@ impl IntoResponse for Problem {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_404_repeats_a_long_id_cut() {
+        assert_eq!(Problem::not_found("call", "call_7").detail, "no call with id call_7");
+        let long = "é".repeat(30_000);
+        let detail = Problem::not_found("tenant", &long).detail;
+        assert!(detail.len() < 300, "{} bytes", detail.len());
+        assert!(detail.starts_with(&format!("no tenant with id {}…", "é".repeat(ECHOED_ID_CHARS_MAX))), "{detail}");
+        assert!(detail.ends_with("(60000 bytes)"), "{detail}");
     }
 }
