@@ -70,11 +70,15 @@ impl SledStore {
         // log file, `blobs/`, its page-cache snapshot), and the data dir's own, are on disk
         // before anything is written, let alone acknowledged: syncing a file does not make its
         // name durable.
+        let sync_dir = |dir: &Path| std::fs::File::open(dir).and_then(|handle| handle.sync_all());
+        for dir in [data_dir.to_owned(), data_dir.join("journal")] {
+            sync_dir(&dir).map_err(|e| StoreError::Io(format!("syncing the directory {}: {e}", dir.display())))?;
+        }
+        // The parent may not be ours to read (a data dir under a root-owned 0711 directory):
+        // there a failed sync is reported, not fatal.
         let parent = data_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        for dir in [parent.to_owned(), data_dir.to_owned(), data_dir.join("journal")] {
-            std::fs::File::open(&dir)
-                .and_then(|handle| handle.sync_all())
-                .map_err(|e| StoreError::Io(format!("syncing the directory {}: {e}", dir.display())))?;
+        if let Err(error) = sync_dir(parent) {
+            tracing::warn!(dir = %parent.display(), %error, "could not sync the data dir's parent directory; a new data dir's name may not survive a power cut");
         }
         Ok(SledStore { inner: Mutex::new(Some(Inner { db, events, snapshots, log_file })) })
     }
