@@ -120,6 +120,18 @@ impl Store for SlowStore {
     }
 }
 
+/// A journal timeout short enough for a test to outlive it.
+const JOURNAL_TIMEOUT_SHORT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A system on a `SlowStore`, with this journal timeout.
+async fn start_slow(journal_timeout: std::time::Duration) -> (Arc<SlowStore>, Arc<System>) {
+    let store = Arc::new(SlowStore::default());
+    let shared: Arc<dyn Store> = store.clone();
+    let settings = Settings { journal_timeout, ..Settings::default() };
+    let system = System::start(settings, shared, DurableState::new(), ManualClock::new(0), Arc::new(NoTelemetry)).await.unwrap();
+    (store, Arc::new(system))
+}
+
 /// An append that outlives `journal_timeout` has an unknown outcome for its caller. The
 /// admission settles it from the durable state; an actor (here: a call ending) answers 503
 /// and is rebuilt from the journal, which by then knows how it went. Either way the live state
@@ -127,10 +139,7 @@ impl Store for SlowStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_with_unknown_outcomes_are_settled_from_the_journal() {
     std::panic::set_hook(Box::new(|info| eprintln!("{info}")));
-    let store = Arc::new(SlowStore::default());
-    let shared: Arc<dyn Store> = store.clone();
-    let settings = Settings { journal_timeout: std::time::Duration::from_millis(100), ..Settings::default() };
-    let system = Arc::new(System::start(settings, shared, DurableState::new(), ManualClock::new(0), Arc::new(NoTelemetry)).await.unwrap());
+    let (store, system) = start_slow(JOURNAL_TIMEOUT_SHORT).await;
     let tenant = TenantRecord::new("acme", "PRO", None, 0);
     system.create_tenant(tenant).await.unwrap();
 
@@ -165,10 +174,7 @@ async fn appends_with_unknown_outcomes_are_settled_from_the_journal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuilt_actor_acknowledges_nothing_that_is_not_yet_durable() {
     use switchboard_actors::tenant::TenantPatch;
-    let store = Arc::new(SlowStore::default());
-    let shared: Arc<dyn Store> = store.clone();
-    let settings = Settings { journal_timeout: std::time::Duration::from_millis(100), ..Settings::default() };
-    let system = Arc::new(System::start(settings, shared, DurableState::new(), ManualClock::new(0), Arc::new(NoTelemetry)).await.unwrap());
+    let (store, system) = start_slow(JOURNAL_TIMEOUT_SHORT).await;
     system.create_tenant(TenantRecord::new("acme", "PRO", None, 0)).await.unwrap();
     let call = system.admit(AdmitRequest::outbound("acme")).await.unwrap().call.id;
     let events_before = store.inner.event_count();
@@ -209,11 +215,7 @@ async fn a_rebuilt_actor_acknowledges_nothing_that_is_not_yet_durable() {
 /// already count it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charge_shows_in_the_balance_only_once_it_is_durable() {
-    let store = Arc::new(SlowStore::default());
-    let shared: Arc<dyn Store> = store.clone();
-    let system = Arc::new(
-        System::start(Settings::default(), shared, DurableState::new(), ManualClock::new(0), Arc::new(NoTelemetry)).await.unwrap(),
-    );
+    let (store, system) = start_slow(Settings::default().journal_timeout).await;
     system.create_tenant(TenantRecord::new("acme", "PRO", None, 0)).await.unwrap();
     system.credit("acme", 1_000, "top-up".into()).await.unwrap();
     let call = system.admit(AdmitRequest::outbound("acme")).await.unwrap().call.id;
@@ -238,10 +240,7 @@ async fn a_charge_shows_in_the_balance_only_once_it_is_durable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_journal_leaves_the_entity_in_doubt_down_and_the_others_up() {
     use switchboard_actors::tenant::TenantPatch;
-    let store = Arc::new(SlowStore::default());
-    let shared: Arc<dyn Store> = store.clone();
-    let settings = Settings { journal_timeout: std::time::Duration::from_millis(100), ..Settings::default() };
-    let system = Arc::new(System::start(settings, shared, DurableState::new(), ManualClock::new(0), Arc::new(NoTelemetry)).await.unwrap());
+    let (store, system) = start_slow(JOURNAL_TIMEOUT_SHORT).await;
     system.create_tenant(TenantRecord::new("acme", "PRO", None, 0)).await.unwrap();
     system.create_tenant(TenantRecord::new("other", "PRO", None, 0)).await.unwrap();
 
