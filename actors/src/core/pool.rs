@@ -116,10 +116,8 @@ struct ClassQueue {
     rotation: BTreeMap<Turn, TenantId>,
     next_turn: Turn,
     /// Each waiting tenant's oldest waiter's arrival, with its turn: the aged tenants are a
-    /// range of it.
+    /// range of it, and its first entry says whether anyone is aged.
     fronts: BTreeSet<(u64, Turn)>,
-    /// Every waiter by arrival, so "is anyone aged?" is a lookup, not a scan.
-    by_age: BTreeSet<(u64, CallId)>,
     len: usize,
 }
 
@@ -135,14 +133,13 @@ impl ClassQueue {
             self.fronts.insert((waiter.enqueued_at_ms, turn));
             (turn, VecDeque::new())
         });
-        self.by_age.insert((waiter.enqueued_at_ms, waiter.call));
         queue.push_back(waiter);
         self.len += 1;
     }
 
-    /// When the longest-waiting waiter arrived.
+    /// When the longest-waiting tenant's oldest waiter arrived (only those are served).
     fn oldest_ms(&self) -> Option<u64> {
-        self.by_age.first().map(|(at, _)| *at)
+        self.fronts.first().map(|(at, _)| *at)
     }
 
     /// The tenant whose turn it is.
@@ -173,7 +170,6 @@ impl ClassQueue {
     fn pop(&mut self, tenant: &TenantId) -> Waiter {
         let (turn, queue) = self.by_tenant.get_mut(tenant).expect("picked tenant has a queue");
         let waiter = queue.pop_front().expect("picked tenant has a waiter");
-        self.by_age.remove(&(waiter.enqueued_at_ms, waiter.call));
         self.fronts.remove(&(waiter.enqueued_at_ms, *turn));
         self.rotation.remove(turn);
         self.len -= 1;
@@ -196,7 +192,6 @@ impl ClassQueue {
         let (turn, queue) = self.by_tenant.get_mut(tenant)?;
         let index = queue.iter().position(|w| w.call == call)?;
         let waiter = queue.remove(index).expect("index is in range");
-        self.by_age.remove(&(waiter.enqueued_at_ms, waiter.call));
         self.len -= 1;
         if index == 0 {
             self.fronts.remove(&(waiter.enqueued_at_ms, *turn));
