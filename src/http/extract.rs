@@ -77,6 +77,12 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Obj<T> {
     }
 }
 
+/// For a PATCH field that can be cleared (`#[serde(default, deserialize_with = "nullable")]`):
+/// absent is `None`, `null` is `Some(None)`, a value is `Some(Some(_))`.
+pub fn nullable<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(deserializer: D) -> Result<Option<Option<T>>, D::Error> {
+    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
+
 /// For an optional field that cannot be cleared (`#[serde(default, deserialize_with =
 /// "not_null")]`): absent is `None`, a value is `Some`, and `null` is refused naming the
 /// field, where a plain `Option` would take it for absent and answer 200 for nothing done.

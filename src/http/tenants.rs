@@ -3,7 +3,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use switchboard_actors::model::{LineRecord, OnBusy, TenantRecord};
 use switchboard_actors::phone_line::LineView;
@@ -16,11 +16,6 @@ use super::extract::JsonBody;
 use super::problem::Problem;
 use super::validate::{self, rfc3339};
 use crate::config::{CHANNELS_MAX, CONCURRENT_LIMIT_MAX};
-
-/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`) in a PATCH.
-fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(deserializer).map(Some)
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,11 +33,11 @@ pub struct CreateTenant {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTenant {
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "super::extract::nullable")]
     name: Option<Option<String>>,
     #[serde(default, deserialize_with = "super::extract::not_null")]
     plan: Option<String>,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "super::extract::nullable")]
     concurrent_limit_override: Option<Option<u32>>,
     #[serde(default, deserialize_with = "super::extract::not_null")]
     prepaid: Option<bool>,
