@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::process::{Launcher, Server};
 use common::*;
 use serde_json::json;
 use switchboard::client::Client;
@@ -187,39 +188,17 @@ async fn every_blob_sled_writes_is_on_disk_before_the_log_that_points_to_it() {
         return;
     }
     let dir = temp_dir();
-    let (data_dir, config, trace) = (dir.path().join("data"), dir.path().join("switchboard.toml"), dir.path().join("strace.log"));
+    let trace = dir.path().join("strace.log");
+    let mut launcher = Launcher::new(dir.path(), TOKEN, &[]);
+    let trace_arg = trace.to_str().expect("a UTF-8 temp path").to_owned();
+    launcher.wrapper =
+        ["strace", "-f", "--seccomp-bpf", "-y", "-qq", "-e", "trace=openat,fsync,fdatasync", "-o", &trace_arg].map(str::to_owned).to_vec();
     // A snapshot every 100 events: with a few hundred long-named tenants they pass 128 KiB.
-    std::fs::write(&config, "[journal]\nsnapshot_every_events = 100\n").unwrap();
-    let addr = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
-    let mut strace = std::process::Command::new("strace")
-        .args(["-f", "--seccomp-bpf", "-y", "-qq", "-e", "trace=openat,fsync,fdatasync", "-o"])
-        .arg(&trace)
-        .arg(env!("CARGO_BIN_EXE_switchboard"))
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .arg("--config")
-        .arg(&config)
-        .args(["--listen", &addr.to_string()])
-        .env("SWITCHBOARD_ADMIN_TOKEN", TOKEN)
-        .env("SWITCHBOARD_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("spawning strace");
-    let ready = async {
-        loop {
-            if let Ok(mut client) = Client::connect(addr, Some(TOKEN.to_owned())).await
-                && client.get("/readyz").await.is_ok_and(|r| r.status == 200)
-            {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(30), ready).await.expect("the traced server became ready");
+    let config = launcher.config.clone();
+    let configure =
+        |_| Ok(std::fs::write(&config, "[journal]\nsnapshot_every_events = 100\n").map(|()| "a snapshot every 100 events".to_owned())?);
+    let (mut server, _, _) = Server::start(&launcher, "traced", configure).await.expect("the traced server became ready");
+    let addr = server.addr;
     let creators: Vec<_> = (0..CLIENTS)
         .map(|c| {
             tokio::spawn(async move {
@@ -235,19 +214,8 @@ async fn every_blob_sled_writes_is_on_disk_before_the_log_that_points_to_it() {
     for creator in creators {
         creator.await.unwrap();
     }
-    // SIGTERM the traced server itself; strace exits with it.
-    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", strace.id())).unwrap();
-    let server = children.split_whitespace().next().expect("strace's child is the server").to_owned();
-    assert!(std::process::Command::new("kill").args(["-TERM", &server]).status().unwrap().success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = strace.try_wait().unwrap() {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "the traced server did not exit within 15 s of SIGTERM");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
-    assert!(status.success(), "the traced server exited with {status}");
+    server.sigterm().await.expect("the traced server exits 0 on SIGTERM");
+    let data_dir = launcher.data_dir.clone();
 
     let trace = std::fs::read_to_string(&trace).unwrap();
     let (blobs, problems) = blob_sync_violations(&trace);

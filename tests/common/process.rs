@@ -27,6 +27,8 @@ pub struct Launcher {
     env_remove: &'static [&'static str],
     /// Extra command-line arguments for every child.
     pub args: Vec<String>,
+    /// A program and its arguments that run the binary (`strace …`); empty: run it directly.
+    pub wrapper: Vec<String>,
 }
 
 impl Launcher {
@@ -56,6 +58,7 @@ impl Launcher {
             token,
             env_remove,
             args: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
 
@@ -72,6 +75,8 @@ pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     token: &'static str,
+    /// `child` is the launcher's wrapper, whose own child is the server.
+    wrapped: bool,
 }
 
 impl Drop for Server {
@@ -97,7 +102,15 @@ impl Server {
         let note = configure(addr)?;
         let mut log = OpenOptions::new().create(true).append(true).open(&launcher.log).context("opening the server log")?;
         std::io::Write::write_all(&mut log, format!("==== {what}: listen {addr}, {note}\n").as_bytes())?;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        let binary = env!("CARGO_BIN_EXE_switchboard");
+        let mut command = match launcher.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         command
             .arg("--data-dir")
             .arg(&launcher.data_dir)
@@ -112,7 +125,7 @@ impl Server {
             command.env_remove(name);
         }
         let child = command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn().context("spawning the switchboard binary")?;
-        Ok(Server { child, addr, token: launcher.token })
+        Ok(Server { child, addr, token: launcher.token, wrapped: !launcher.wrapper.is_empty() })
     }
 
     /// Starts the binary and waits until `/readyz` answers 200; retries on another port if the
@@ -188,9 +201,15 @@ impl Server {
         Ok(())
     }
 
-    /// SIGTERM, then the server must exit 0 within `EXIT_TIMEOUT`.
+    /// SIGTERM, then the server must exit 0 within `EXIT_TIMEOUT`. A wrapped server gets the
+    /// signal itself, and its wrapper (strace) exits with its status.
     pub async fn sigterm(&mut self) -> Result<Duration> {
-        let pid = self.child.id().to_string();
+        let pid = if self.wrapped {
+            let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.child.id()))?;
+            children.split_whitespace().next().context("the wrapper has no child")?.to_owned()
+        } else {
+            self.child.id().to_string()
+        };
         let started = Instant::now();
         let kill = Command::new("kill").arg("-TERM").arg(&pid).status().context("running kill -TERM")?;
         ensure!(kill.success(), "kill -TERM {pid} failed: {kill}");
